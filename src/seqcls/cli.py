@@ -1,0 +1,95 @@
+"""Command line: `seqcls train [--name value ...]`. One top-level handler turns every failure into
+the failure file, a `job_failed` event and a non-zero exit; the traceback goes to stderr only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from . import logs
+from . import platform as runtime
+from .errors import SeqclsError, UserError
+
+FAILURE_REASON_LIMIT = 1024
+USAGE = """usage: seqcls train [--train PATH] [--validation PATH] [--test PATH] [--model PATH] [--output_dir DIR] [--<hyperparameter> VALUE ...]
+
+Fine-tune a sequence classifier. Hyperparameters also come from <root>/input/config/hyperparameters.json
+and SEQCLS_<NAME> environment variables; see README.md for the contract."""
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line, no traceback, at most 1024 characters: what the platform shows as the failure reason."""
+    if isinstance(err, SeqclsError):
+        text = str(err)
+    elif isinstance(err, KeyboardInterrupt):
+        text = "interrupted (SIGINT)"
+    elif isinstance(err, MemoryError):
+        text = "out of memory: lower batch_size, eval_batch_size or max_length"
+    elif isinstance(err, OSError) and err.errno == 28:
+        text = f"no space left on device while writing {err.filename or 'output'}"
+    else:
+        text = f"internal error: {type(err).__name__}: {err}"
+    text = " ".join(text.split())
+    return text[:FAILURE_REASON_LIMIT]
+
+
+def write_failure(path: Path, reason: str) -> None:
+    """First write wins: a later, secondary error must not hide the original reason."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as handle:
+            handle.write(reason + "\n")
+    except FileExistsError:
+        pass
+    except OSError as err:
+        print(f"seqcls: could not write failure file {path}: {err}", file=sys.stderr)
+
+
+def exit_code(err: BaseException) -> int:
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    return 2 if isinstance(err, UserError) else 1
+
+
+def train_command(argv: Sequence[str]) -> int:
+    from . import job  # heavy imports (torch, transformers) only once we know the command
+
+    failure_file = runtime.failure_file_for(argv)
+    try:
+        where = runtime.detect(argv)
+        failure_file = where.failure_file
+        job.run(where)
+        return 0
+    except BaseException as err:  # noqa: BLE001 - the one place that turns every failure into a reason
+        reason = failure_reason(err)
+        kind = err.kind if isinstance(err, SeqclsError) else "internal"
+        logs.event("job_failed", reason, level=logging.ERROR, error_kind=kind, error_type=type(err).__name__)
+        traceback.print_exc(file=sys.stderr)
+        if failure_file is not None:
+            write_failure(failure_file, reason)
+        return exit_code(err)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logs.setup(rank=int(os.environ.get("RANK", "0")))
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, file=sys.stderr)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "train":
+        # SageMaker runs the image as `train`; an ENTRYPOINT of `train` then sees `train` again.
+        if rest[:1] == ["train"]:
+            rest = rest[1:]
+        return train_command(rest)
+    print(f"seqcls: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Data: read channels, map labels, split, tokenize, and cut batches.
+
+Rows live in pandas while they are text and in flat numpy arrays once tokenized (no Python object
+per row), so a million-row file stays in bounded memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import logs
+from .errors import DataError
+from .settings import Settings
+
+SUPPORTED_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
+COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
+COLA_TEXT, COLA_LABEL = "sentence", "label"
+TEXT, PAIR, LABEL = "text", "text_pair", "label"
+TOKENIZE_CHUNK_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One split's rows with canonical columns text, [text_pair], label (labels as strings)."""
+
+    name: str
+    frame: pd.DataFrame
+    files: list[dict[str, object]]  # path, sha256, rows: recorded in the run manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def channel_files(path: Path, channel: str) -> list[Path]:
+    """A channel is one file or a folder of files (hidden files and unsupported suffixes skipped)."""
+    if not path.exists():
+        raise DataError(f"{channel} channel {path} does not exist")
+    if path.is_file():
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise DataError(f"{channel} file {path} has unsupported type {path.suffix or '(none)'}; "
+                            f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    supported = [p for p in files if p.suffix.lower() in SUPPORTED_SUFFIXES]
+    if not supported:
+        listing = ", ".join(p.name for p in files[:5]) or "no files"
+        raise DataError(f"{channel} channel {path} holds no {'/'.join(SUPPORTED_SUFFIXES)} files (found: {listing})")
+    return supported
+
+
+def _is_cola_layout(first_line: str, settings: Settings) -> bool:
+    fields = first_line.rstrip("\r\n").split("\t")
+    return (len(fields) == 4 and fields[1].strip().lstrip("-").isdigit()
+            and settings.text_column not in fields and settings.label_column not in fields)
+
+
+def _read_file(path: Path, settings: Settings) -> tuple[pd.DataFrame, str, str]:
+    """Read one file as strings; returns the frame and the names of its text and label columns."""
+    suffix = path.suffix.lower()
+    text_col, label_col = settings.text_column, settings.label_column
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix in (".jsonl", ".json"):
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            with path.open("r", encoding="utf-8") as handle:
+                first_line = handle.readline()
+            if not first_line.strip():
+                raise DataError(f"{path} is empty")
+            if suffix == ".tsv" and _is_cola_layout(first_line, settings):
+                frame = pd.read_csv(path, sep="\t", header=None, names=COLA_COLUMNS, dtype=str, quoting=csv.QUOTE_NONE,
+                                    keep_default_na=False, engine="c")
+                text_col, label_col = COLA_TEXT, COLA_LABEL
+            else:
+                frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
+                                    quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL, engine="c")
+                # pandas renames a repeated header "a" to "a.1"; a silently renamed column is a bug magnet.
+                header = next(csv.reader([first_line], delimiter="\t" if suffix == ".tsv" else ","))
+                duplicates = sorted({h for h in header if header.count(h) > 1})
+                if duplicates:
+                    raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicates))} in the header")
+    except DataError:
+        raise
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not valid UTF-8 (byte {err.start}): save it as UTF-8") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path} could not be parsed: {str(err).strip()}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty") from None
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path} could not be read as {suffix[1:]}: {str(err).strip()[:300]}") from None
+    return frame, text_col, label_col
+
+
+def _normalise_label(value: object) -> str:
+    """Labels compare as strings: 1, 1.0 and "1" are the same label across files and formats."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    text = str(value).strip()
+    try:
+        number = float(text)
+        if number.is_integer():
+            return str(int(number))
+    except ValueError:
+        pass
+    return text
+
+
+def _canonical(frame: pd.DataFrame, path: Path, text_col: str, label_col: str, settings: Settings,
+               channel: str, labelled: bool) -> pd.DataFrame:
+    wanted = [text_col] + ([settings.text_pair_column] if settings.text_pair_column else []) + ([label_col] if labelled else [])
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, map(str, frame.columns)))}"
+                        f" (set text_column / text_pair_column / label_column)")
+    if len(frame) == 0:
+        raise DataError(f"{path} has a header but no rows")
+    out = pd.DataFrame({TEXT: frame[text_col]})
+    if settings.text_pair_column:
+        out[PAIR] = frame[settings.text_pair_column]
+    for column in out.columns:
+        out[column] = out[column].where(out[column].notna(), "").astype(str)
+    if labelled:
+        labels = frame[label_col]
+        empty = labels.isna() | (labels.astype(str).str.strip() == "")
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0])
+            raise DataError(f"{path}: row {row + 1} has an empty label in column {label_col!r} ({int(empty.sum())} such rows)")
+        out[LABEL] = [_normalise_label(v) for v in labels.tolist()]
+    return out
+
+
+def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = True) -> Channel:
+    """Read every file of a channel into one frame; rows with empty text are dropped and counted."""
+    frames, files = [], []
+    for file in channel_files(path, channel):
+        frame, text_col, label_col = _read_file(file, settings)
+        frame = _canonical(frame, file, text_col, label_col, settings, channel, labelled)
+        frames.append(frame)
+        files.append({"channel": channel, "path": str(file), "sha256": _sha256(file), "rows": len(frame)})
+    combined = pd.concat(frames, ignore_index=True)
+    texts = [combined[TEXT]] + ([combined[PAIR]] if PAIR in combined else [])
+    empty = np.zeros(len(combined), dtype=bool)
+    for column in texts:
+        empty |= (column.str.strip() == "").to_numpy()
+    if empty.any():
+        logs.warning("rows_dropped", f"{channel}: dropped {int(empty.sum())} row(s) with empty text",
+                     channel=channel, dropped=int(empty.sum()))
+        combined = combined[~empty].reset_index(drop=True)
+    if len(combined) == 0:
+        raise DataError(f"{channel} channel {path} has no rows with text")
+    return Channel(channel, combined, files)
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    labels: list[str]  # id -> label
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @classmethod
+    def from_labels(cls, values: pd.Series) -> "LabelMap":
+        """Sorted for determinism: integers numerically, anything else as text."""
+        unique = sorted(set(values.tolist()))
+        if all(v.lstrip("-").isdigit() for v in unique):
+            unique.sort(key=int)
+        return cls(unique)
+
+    def encode(self, channel: Channel) -> np.ndarray:
+        mapping = self.label2id
+        unseen = sorted(set(channel.frame[LABEL]) - set(mapping))
+        if unseen:
+            raise DataError(f"{channel.name} channel has label(s) {', '.join(map(repr, unseen[:10]))} not seen in training "
+                            f"(training labels: {', '.join(map(repr, self.labels[:20]))})")
+        return np.array(channel.frame[LABEL].map(mapping).to_numpy(dtype=np.int64))  # writable: torch shares it
+
+
+def split_train_validation(train: Channel, share: float, seed: int) -> tuple[Channel, Channel]:
+    """Seeded, stratified hold-out (the tutorial's random_split was unseeded)."""
+    from sklearn.model_selection import train_test_split
+
+    frame = train.frame
+    counts = frame[LABEL].value_counts()
+    stratify = frame[LABEL] if counts.min() >= 2 else None
+    n_val = max(1, round(len(frame) * share))
+    if len(frame) - n_val < 1:
+        raise DataError(f"train channel has {len(frame)} row(s): too few to hold out validation_split={share}")
+    if stratify is not None and n_val < len(counts):
+        stratify = None
+    train_idx, val_idx = train_test_split(np.arange(len(frame)), test_size=n_val, random_state=seed, stratify=stratify)
+    return (Channel("train", frame.iloc[np.sort(train_idx)].reset_index(drop=True), train.files),
+            Channel("validation", frame.iloc[np.sort(val_idx)].reset_index(drop=True), []))
+
+
+def sample_rows(channel: Channel, limit: int, seed: int) -> Channel:
+    if not limit or len(channel.frame) <= limit:
+        return channel
+    return Channel(channel.name, channel.frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True), channel.files)
+
+
+def label_balance(labels: np.ndarray, label_map: LabelMap) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(label_map.labels))
+    return {label: int(count) for label, count in zip(label_map.labels, counts)}
+
+
+@dataclass
+class Encoded:
+    """A tokenized split as flat arrays: row i is input_ids[offsets[i]:offsets[i+1]]."""
+
+    input_ids: np.ndarray  # int32, all rows concatenated
+    token_type_ids: np.ndarray  # int8, same shape
+    offsets: np.ndarray  # int64, len rows + 1
+    labels: np.ndarray  # int64
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    longest: int
+    truncated: int
+
+
+def tokenize(tokenizer, channel: Channel, labels: np.ndarray, max_length: int) -> tuple[Encoded, TokenStats]:
+    """Batched fast-tokenizer calls in chunks; over-long rows are re-encoded with truncation.
+
+    Encoding without truncation first tells the true longest length (the tutorial prints it to choose
+    max_length) and exactly how many rows get cut.
+    """
+    frame = channel.frame
+    has_pair = PAIR in frame
+    id_chunks, type_chunks, length_chunks = [], [], []
+    longest = truncated = 0
+    for start in range(0, len(frame), TOKENIZE_CHUNK_ROWS):
+        part = frame.iloc[start:start + TOKENIZE_CHUNK_ROWS]
+        texts = part[TEXT].tolist()
+        pairs = part[PAIR].tolist() if has_pair else None
+        full = tokenizer(texts, pairs, truncation=False, return_attention_mask=False, return_token_type_ids=True)
+        ids, types = full["input_ids"], full["token_type_ids"]
+        too_long = [i for i, row in enumerate(ids) if len(row) > max_length]
+        longest = max(longest, max(map(len, ids)))
+        if too_long:
+            truncated += len(too_long)
+            cut = tokenizer([texts[i] for i in too_long], [pairs[i] for i in too_long] if has_pair else None,
+                            truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=True)
+            for j, i in enumerate(too_long):
+                ids[i], types[i] = cut["input_ids"][j], cut["token_type_ids"][j]
+        length_chunks.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+        id_chunks.append(np.fromiter((t for row in ids for t in row), dtype=np.int32))
+        type_chunks.append(np.fromiter((t for row in types for t in row), dtype=np.int8))
+    lengths = np.concatenate(length_chunks)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    encoded = Encoded(np.concatenate(id_chunks), np.concatenate(type_chunks), offsets, labels)
+    return encoded, TokenStats(longest=longest, truncated=truncated)
+
+
+def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[np.ndarray]:
+    """The batches of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order.
+
+    Every batch holds batch_size rows except the last. With group_by_length, a shuffled order is cut
+    into megabatches of 50 batches whose rows are sorted by length, so batches pad less yet stay random.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        mega = 50 * batch_size
+        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                                for chunk in np.split(order, range(mega, len(order), mega))])
+    return np.split(order, range(batch_size, len(order), batch_size))
+
+
+def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Evaluation batches sorted by length (least padding); callers restore row order by index."""
+    order = np.argsort(lengths, kind="stable")
+    return np.split(order, range(batch_size, len(order), batch_size))
+
+
+def collate(encoded: Encoded, rows: np.ndarray, pad_token_id: int, pad_to_multiple_of: int = 8) -> dict[str, np.ndarray]:
+    """Pad one batch to its own longest row (rounded up), not to max_length."""
+    starts, ends = encoded.offsets[rows], encoded.offsets[rows + 1]
+    width = int((ends - starts).max())
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
+    token_type_ids = np.zeros((len(rows), width), dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, (start, end) in enumerate(zip(starts, ends)):
+        n = end - start
+        input_ids[i, :n] = encoded.input_ids[start:end]
+        token_type_ids[i, :n] = encoded.token_type_ids[start:end]
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+            "labels": encoded.labels[rows]}
+
+
+def iter_batches(encoded: Encoded, batches: list[np.ndarray], pad_token_id: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    for rows in batches:
+        yield rows, collate(encoded, rows, pad_token_id)
+
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Channel
+    validation: Channel
+    test: Channel | None
+    label_map: LabelMap
+    validation_source: str  # "channel" or "split"
+
+
+def load_splits(channels: dict[str, Path], settings: Settings) -> Splits:
+    """Read train (+ validation, test); map labels from train; hold out a seeded validation share if needed."""
+    if "train" not in channels:
+        raise DataError("no train channel: mount data at <root>/input/data/train, set AIP_TRAINING_DATA_URI, or pass --train PATH")
+    train = sample_rows(read_channel(channels["train"], "train", settings), settings.max_train_samples, settings.seed)
+    if "validation" in channels:
+        validation, validation_source = read_channel(channels["validation"], "validation", settings), "channel"
+    else:
+        train, validation = split_train_validation(train, settings.validation_split, settings.seed)
+        validation_source = "split"
+    label_map = LabelMap.from_labels(train.frame[LABEL])
+    if len(label_map.labels) < 2:
+        raise DataError(f"train channel has a single label {label_map.labels[0]!r} in column "
+                        f"{settings.label_column!r}: a classifier needs at least two")
+    test = read_channel(channels["test"], "test", settings) if "test" in channels else None
+    return Splits(train, validation, test, label_map, validation_source)

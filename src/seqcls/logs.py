@@ -1,0 +1,73 @@
+"""JSON structured logging: stdout carries one JSON object per line and nothing else.
+
+Cloud Logging reads `severity`, CloudWatch and SageMaker metric regexes read the event fields, so
+`event` names and field names are part of the contract (see README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+LOGGER_NAME = "seqcls"
+_log = logging.getLogger(LOGGER_NAME)
+
+
+class _Formatter(JsonFormatter):
+    """Adds timestamp, level/severity, rank and host to every record."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__("%(message)s", json_ensure_ascii=False)
+        self._rank = rank
+        self._host = socket.gethostname()
+
+    def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        log_record["timestamp"] = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        log_record["level"] = record.levelname
+        log_record["severity"] = record.levelname
+        super().add_fields(log_record, record, message_dict)
+        log_record.setdefault("event", "log")
+        log_record["rank"] = self._rank
+        log_record["host"] = self._host
+
+
+def setup(rank: int = 0, level: int = logging.INFO) -> logging.Logger:
+    """Route the seqcls logger to stdout as JSON; silence library chatter that is not JSON."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_Formatter(rank))
+    _log.handlers[:] = [handler]
+    _log.setLevel(level)
+    _log.propagate = False
+    # transformers configures its own stderr handler and level on import: replace both, so its
+    # errors arrive as JSON and its warnings (load reports, advisories) stay out of stdout.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_default_handler()
+    hf_logging.disable_progress_bar()
+    for name in ("transformers", "huggingface_hub"):
+        lib = logging.getLogger(name)
+        lib.handlers[:] = [handler]
+        lib.setLevel(logging.ERROR)
+        lib.propagate = False
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers[:] = [handler]
+    warnings_logger.propagate = False
+    return _log
+
+
+def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one structured event: `event` is the stable name tools match on."""
+    _log.log(level, message, extra={"event": name, **fields})
+
+
+def warning(name: str, message: str, **fields: Any) -> None:
+    event(name, message, level=logging.WARNING, **fields)

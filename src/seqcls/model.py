@@ -1,0 +1,75 @@
+"""Model: find the pretrained model, check it is safe and fits the settings, load tokenizer and weights.
+
+Weights load from safetensors only and remote code is never trusted: a model folder is data, not code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
+
+from .data import LabelMap
+from .errors import ModelError, SettingsError
+
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def check_local_folder(path: Path) -> None:
+    """A local model folder needs a config and safetensors weights; pickle-only weights are refused."""
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist")
+    names = {p.name for p in path.iterdir()}
+    if "config.json" not in names:
+        raise ModelError(f"model folder {path} has no config.json (expected a save_pretrained folder)")
+    if not any(name in names for name in SAFE_WEIGHTS):
+        unsafe = sorted(names.intersection(PICKLE_WEIGHTS))
+        if unsafe:
+            raise ModelError(f"model folder {path} has only {', '.join(unsafe)}: pickle weights are refused; "
+                             "convert them to model.safetensors (save_pretrained does by default)")
+        raise ModelError(f"model folder {path} has no model.safetensors weights")
+
+
+def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
+    """The config with our label names; read before any weights so bad settings fail fast."""
+    local = Path(source)
+    if local.exists():
+        check_local_folder(local)
+    try:
+        config = AutoConfig.from_pretrained(source, num_labels=len(label_map.labels), id2label=label_map.id2label,
+                                            label2id=label_map.label2id, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load model {source!r}: {str(err).splitlines()[0][:300]} "
+                         "(offline or network-isolated? mount the model folder as the `model` channel)") from None
+    return config
+
+
+def check_max_length(config: PretrainedConfig, max_length: int, source: str) -> None:
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise SettingsError(f"hyperparameter max_length={max_length} is out of range: model {source} "
+                            f"supports at most {limit} positions")
+
+
+def load_tokenizer(source: str):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load the tokenizer of {source!r}: {str(err).splitlines()[0][:300]}") from None
+    if not tokenizer.is_fast:
+        raise ModelError(f"model {source!r} has no fast tokenizer (tokenizer.json); batched tokenization needs one")
+    return tokenizer
+
+
+def load_model(source: str, config: PretrainedConfig, seed: int) -> torch.nn.Module:
+    """Pretrained encoder plus a classification head initialised from the seed."""
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, use_safetensors=True, trust_remote_code=False, dtype=torch.float32,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load weights of {source!r}: {str(err).splitlines()[0][:300]}") from None
+    return model

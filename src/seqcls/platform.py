@@ -1,0 +1,225 @@
+"""The runtime contract: where inputs and outputs live on SageMaker, Vertex AI or a workstation.
+
+This is the only module that knows SageMaker and Vertex names and reads os.environ. It turns the
+environment and the command line into one read-only `Platform` object that the job passes around.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import DataError, SettingsError
+from .settings import FIELDS, load_hyperparameters_json, unknown_name
+
+# SageMaker training-container contract.
+OPT_ML_DEFAULT = "/opt/ml"
+OPT_ML_OVERRIDE = "SEQCLS_OPT_ML"
+SM_JOB_NAME = "TRAINING_JOB_NAME"
+SM_RESERVED_PREFIX = "sagemaker_"
+CHANNELS = ("train", "validation", "test", "model")
+
+# Vertex AI custom-job contract.
+AIP_MODEL_DIR = "AIP_MODEL_DIR"
+AIP_CHECKPOINT_DIR = "AIP_CHECKPOINT_DIR"
+AIP_TENSORBOARD_LOG_DIR = "AIP_TENSORBOARD_LOG_DIR"
+AIP_DATA_URIS = {"train": "AIP_TRAINING_DATA_URI", "validation": "AIP_VALIDATION_DATA_URI", "test": "AIP_TEST_DATA_URI"}
+VERTEX_JOB_ID = "CLOUD_ML_JOB_ID"
+GCS_FUSE_ROOT = "/gcs"
+
+ENV_PREFIX = "SEQCLS_"
+ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT"}
+
+# Command-line options that name paths (for a person); everything else on the command line is a hyperparameter.
+PATH_OPTIONS = {"train", "validation", "test", "model", "output_dir"}
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Read-only view of where this run reads and writes."""
+
+    name: str  # "sagemaker" | "vertex" | "local"
+    root: Path  # the SageMaker-style tree this run writes into
+    channels: dict[str, Path]  # channel name -> file or folder (only channels that exist)
+    model_dir: Path
+    output_data_dir: Path
+    failure_file: Path
+    checkpoint_dir: Path
+    tensorboard_dir: Path | None
+    run_id: str
+    default_output_uri: str  # where to publish when output_uri is unset ("" = nowhere)
+    hyperparameter_layers: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    git_commit: str = ""
+    host: str = field(default_factory=socket.gethostname)
+
+
+def gcs_to_fuse(uri: str) -> str:
+    """Vertex mounts buckets under /gcs: gs://bucket/path -> /gcs/bucket/path."""
+    if uri.startswith("gs://"):
+        return f"{GCS_FUSE_ROOT}/{uri[len('gs://'):]}"
+    return uri
+
+
+def parse_cli(argv: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split `--name value` / `--name=value` pairs into (path options, hyperparameters).
+
+    Vertex passes container args in both spellings; dashes and underscores are accepted alike.
+    """
+    paths: dict[str, str] = {}
+    hyperparameters: dict[str, str] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise SettingsError(f"unexpected argument {arg!r}: expected --name value or --name=value")
+        name, eq, value = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if not eq:
+            if i + 1 >= len(args) or (args[i + 1].startswith("--") and len(args[i + 1]) > 2):
+                raise SettingsError(f"argument --{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        if name in PATH_OPTIONS:
+            paths[name] = value
+        elif name in FIELDS:
+            hyperparameters[name] = value
+        else:
+            raise unknown_name(name)
+    return paths, hyperparameters
+
+
+def _env_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
+    values = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_HYPERPARAMETERS:
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in FIELDS:
+            raise unknown_name(name)
+        values[name] = value
+    return values
+
+
+def _read_hyperparameters_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    data = load_hyperparameters_json(path.read_text(encoding="utf-8", errors="replace"), str(path))
+    # SageMaker's own framework keys are not ours to parse.
+    return {k: v for k, v in data.items() if not k.startswith(SM_RESERVED_PREFIX)}
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.exists() else None
+
+
+def _vertex_channel(uri: str) -> Path | None:
+    """AIP_*_DATA_URI may be a file, a folder or a wildcard (exported managed datasets)."""
+    local = gcs_to_fuse(uri)
+    if uri.startswith("gs://") and not Path(GCS_FUSE_ROOT).is_dir():
+        raise DataError(f"{uri} is a gs:// URI but the Vertex GCS FUSE mount {GCS_FUSE_ROOT} is not present")
+    if any(ch in local for ch in "*?["):
+        matches = sorted(glob.glob(local))
+        if not matches:
+            raise DataError(f"no files match {uri}")
+        parent = Path(os.path.commonpath(matches))
+        return parent if len(matches) > 1 or parent.is_dir() else Path(matches[0])
+    return Path(local)
+
+
+def _git_commit(env: Mapping[str, str]) -> str:
+    if env.get("SEQCLS_GIT_COMMIT"):
+        return env["SEQCLS_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platform:
+    """Work out the platform from the environment and the command line."""
+    env = dict(os.environ if env is None else env)
+    cli_paths, cli_hyperparameters = parse_cli(argv)
+    timestamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+    if any(key in env for key in (AIP_MODEL_DIR, *AIP_DATA_URIS.values())):
+        name = "vertex"
+    elif OPT_ML_OVERRIDE in env or SM_JOB_NAME in env or Path(OPT_ML_DEFAULT, "input", "data").is_dir():
+        name = "sagemaker"
+    else:
+        name = "local"
+
+    if cli_paths.get("output_dir") or env.get(OPT_ML_OVERRIDE):
+        root = Path(cli_paths.get("output_dir") or env[OPT_ML_OVERRIDE])
+    elif name != "local" and Path(OPT_ML_DEFAULT).is_dir():
+        root = Path(OPT_ML_DEFAULT)
+    else:
+        root = Path("runs") / f"seqcls-{timestamp}"
+    root = root.absolute()
+
+    channels: dict[str, Path] = {}
+    for channel in CHANNELS:
+        found = _existing(root / "input" / "data" / channel)
+        if found is not None:
+            channels[channel] = found
+    default_output_uri = ""
+    checkpoint_dir = root / "checkpoints"
+    tensorboard_dir = None
+    run_id = env.get(SM_JOB_NAME, "") if name == "sagemaker" else ""
+    if name == "vertex":
+        for channel, var in AIP_DATA_URIS.items():
+            if env.get(var):
+                channels[channel] = _vertex_channel(env[var])
+        default_output_uri = gcs_to_fuse(env.get(AIP_MODEL_DIR, "")) if Path(GCS_FUSE_ROOT).is_dir() else env.get(AIP_MODEL_DIR, "")
+        if env.get(AIP_CHECKPOINT_DIR):
+            checkpoint_dir = Path(gcs_to_fuse(env[AIP_CHECKPOINT_DIR]))
+        if env.get(AIP_TENSORBOARD_LOG_DIR):
+            tensorboard_dir = Path(gcs_to_fuse(env[AIP_TENSORBOARD_LOG_DIR]))
+        run_id = env.get(VERTEX_JOB_ID, "")
+    for channel in ("train", "validation", "test", "model"):
+        if channel in cli_paths:
+            channels[channel] = Path(cli_paths[channel]).absolute()
+
+    layers = [
+        ("hyperparameters.json", _read_hyperparameters_file(root / "input" / "config" / "hyperparameters.json")),
+        ("env", _env_hyperparameters(env)),
+        ("cli", cli_hyperparameters),
+    ]
+    return Platform(
+        name=name,
+        root=root,
+        channels=channels,
+        model_dir=root / "model",
+        output_data_dir=root / "output" / "data",
+        failure_file=root / "output" / "failure",
+        checkpoint_dir=checkpoint_dir,
+        tensorboard_dir=tensorboard_dir,
+        run_id=run_id or f"seqcls-{timestamp}",
+        default_output_uri=default_output_uri,
+        hyperparameter_layers=layers,
+        git_commit=_git_commit(env),
+    )
+
+
+def failure_file_for(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Path | None:
+    """Where to write the failure reason when `detect` itself failed (bad arguments or hyperparameters.json)."""
+    env = os.environ if env is None else env
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--output_dir=", "--output-dir=")):
+            return Path(arg.split("=", 1)[1]) / "output" / "failure"
+        if arg in ("--output_dir", "--output-dir") and i + 1 < len(argv):
+            return Path(argv[i + 1]) / "output" / "failure"
+    if env.get(OPT_ML_OVERRIDE):
+        return Path(env[OPT_ML_OVERRIDE]) / "output" / "failure"
+    if Path(OPT_ML_DEFAULT).is_dir():
+        return Path(OPT_ML_DEFAULT) / "output" / "failure"
+    return None

@@ -1,0 +1,159 @@
+"""Training: device and precision choice, AdamW + linear schedule, the explicit loop, per-epoch validation.
+
+The loop is written out (no Trainer) so that resume can be exact and the step can later be captured
+whole as a CUDA graph. It syncs with the host only when it logs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from . import logs
+from .data import Encoded, epoch_order, iter_batches
+from .errors import SettingsError
+from .evaluate import autocast, epoch_validation, predict
+from .settings import Settings
+
+
+def pick_device(settings: Settings) -> torch.device:
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("hyperparameter device=cuda but no CUDA GPU is visible "
+                            "(run the container with --gpus all, or set device=auto to fall back to CPU)")
+    if settings.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def pick_precision(settings: Settings, device: torch.device) -> str:
+    """auto: bf16 on GPUs that support it, fp32 elsewhere (CPU bf16 is slower than fp32 on most hosts)."""
+    if settings.precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if settings.precision == "fp16" and device.type != "cuda":
+        raise SettingsError("hyperparameter precision=fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
+    if settings.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SettingsError("hyperparameter precision=bf16 is not supported by this GPU; use fp16 or fp32")
+    return settings.precision
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_mcc: float
+    val_f1: float
+    train_seconds: float
+    val_seconds: float
+
+
+@dataclass
+class Outcome:
+    stats: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0  # 1-based epoch whose weights the model holds at the end
+    train_seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+
+def _improved(metric: str, stats: EpochStats, best: EpochStats | None) -> bool:
+    if best is None:
+        return True
+    if metric == "mcc":
+        return stats.val_mcc > best.val_mcc
+    return stats.val_loss < best.val_loss
+
+
+def _progress_bar(total: int):
+    """A tqdm bar on stderr for a person at a terminal; stdout stays pure JSON."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+
+def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings: Settings, pad_token_id: int,
+          device: torch.device, precision: str) -> Outcome:
+    """Fine-tune `model` in place; returns per-epoch stats. With select_best, ends on the best epoch's weights."""
+    torch.manual_seed(settings.seed)
+    model.to(device)
+    model.train()
+    steps_per_epoch = -(-len(train_set) // settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, eps=settings.adam_epsilon,
+                                  weight_decay=settings.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    outcome = Outcome()
+    best: EpochStats | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
+    bar = _progress_bar(total_steps)
+    start = time.perf_counter()
+    global_step = 0
+    for epoch in range(1, settings.epochs + 1):
+        epoch_start = time.perf_counter()
+        epoch_loss = torch.zeros((), device=device)
+        window_loss = torch.zeros((), device=device)
+        window_steps = window_samples = 0
+        window_start = time.perf_counter()
+        batches = epoch_order(train_set.lengths, settings.batch_size, settings.seed, epoch, settings.group_by_length)
+        for rows, batch in iter_batches(train_set, batches, pad_token_id):
+            inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast(device, precision):
+                loss = model(**inputs).loss
+            scaler.scale(loss).backward()
+            if settings.max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            epoch_loss += loss.detach()
+            window_loss += loss.detach()
+            window_steps += 1
+            window_samples += len(rows)
+            if bar is not None:
+                bar.update(1)
+            if global_step % settings.log_every_steps == 0 or global_step == total_steps:
+                now = time.perf_counter()
+                rate = window_samples / max(now - window_start, 1e-9)
+                elapsed = now - start
+                logs.event("train_progress", f"epoch {epoch} step {global_step}/{total_steps}",
+                           epoch=epoch, step=global_step, total_steps=total_steps,
+                           loss=round(window_loss.item() / window_steps, 6), lr=scheduler.get_last_lr()[0],
+                           samples_per_s=round(rate, 1), elapsed_s=round(elapsed, 2),
+                           eta_s=round(elapsed / global_step * (total_steps - global_step), 1))
+                window_loss.zero_()
+                window_steps = window_samples = 0
+                window_start = time.perf_counter()
+        train_seconds = time.perf_counter() - epoch_start
+        val_start = time.perf_counter()
+        predictions = predict(model, val_set, pad_token_id, device, precision, settings.eval_batch_size)
+        validation = epoch_validation(val_set.labels, predictions, len(model.config.id2label))
+        stats = EpochStats(epoch=epoch, train_loss=epoch_loss.item() / len(batches), train_seconds=train_seconds,
+                           val_seconds=time.perf_counter() - val_start, **validation)
+        outcome.stats.append(stats)
+        logs.event("epoch_end", f"epoch {epoch}/{settings.epochs}: train loss {stats.train_loss:.4f}, "
+                                f"val loss {stats.val_loss:.4f}, val MCC {stats.val_mcc:.4f}",
+                   **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.__dict__.items()})
+        if settings.select_best != "none" and _improved(settings.select_best, stats, best):
+            best = stats
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if bar is not None:
+        bar.close()
+    outcome.train_seconds = time.perf_counter() - start
+    outcome.samples_per_s = len(train_set) * settings.epochs / max(outcome.train_seconds, 1e-9)
+    outcome.best_epoch = settings.epochs
+    if best is not None and best_weights is not None:
+        model.load_state_dict(best_weights)
+        outcome.best_epoch = best.epoch
+        logs.event("best_epoch_selected", f"keeping epoch {best.epoch} (best val {settings.select_best})",
+                   epoch=best.epoch, metric=settings.select_best)
+    return outcome
