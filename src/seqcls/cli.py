@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Sequence
 
 from . import logs
 from . import platform as runtime
-from .errors import SeqclsError, UserError
+from .errors import Interrupted, SeqclsError, UserError
 
 FAILURE_REASON_LIMIT = 1024
 USAGE = """usage: seqcls train [--train PATH] [--validation PATH] [--test PATH] [--model PATH] [--output_dir DIR] [--<hyperparameter> VALUE ...]
@@ -53,11 +54,20 @@ def write_failure(path: Path, reason: str) -> None:
 def exit_code(err: BaseException) -> int:
     if isinstance(err, KeyboardInterrupt):
         return 130
+    if isinstance(err, Interrupted):
+        return 143
     return 2 if isinstance(err, UserError) else 1
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SageMaker and Vertex stop jobs with SIGTERM: end with a reason instead of dying mid-write."""
+    raise Interrupted("interrupted by SIGTERM (platform stop or spot reclaim); rerun to retry")
 
 
 def train_command(argv: Sequence[str]) -> int:
     from . import job  # heavy imports (torch, transformers) only once we know the command
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
     failure_file = runtime.failure_file_for(argv)
     try:
