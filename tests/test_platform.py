@@ -1,0 +1,76 @@
+"""The runtime contract: SageMaker tree, Vertex AIP_* variables, plain local paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from seqcls import platform
+from seqcls.errors import SettingsError
+
+
+def test_sagemaker_tree_relocated_with_seqcls_opt_ml(tmp_path):
+    for channel in ("train", "test", "model"):
+        (tmp_path / "input" / "data" / channel).mkdir(parents=True)
+    where = platform.detect([], {"SEQCLS_OPT_ML": str(tmp_path), "TRAINING_JOB_NAME": "job-123"})
+    assert where.name == "sagemaker"
+    assert where.run_id == "job-123"
+    assert set(where.channels) == {"train", "test", "model"}
+    assert where.model_dir == tmp_path / "model"
+    assert where.output_data_dir == tmp_path / "output" / "data"
+    assert where.failure_file == tmp_path / "output" / "failure"
+    assert where.checkpoint_dir == tmp_path / "checkpoints"
+
+
+def test_vertex_variables_map_gcs_uris_to_the_fuse_mount(tmp_path, monkeypatch):
+    fuse = tmp_path / "gcs"
+    (fuse / "bucket" / "data").mkdir(parents=True)
+    (fuse / "bucket" / "data" / "train-0.jsonl").write_text("{}")
+    (fuse / "bucket" / "data" / "train-1.jsonl").write_text("{}")
+    monkeypatch.setattr(platform, "GCS_FUSE_ROOT", str(fuse))
+    env = {
+        "SEQCLS_OPT_ML": str(tmp_path / "ml"),
+        "AIP_MODEL_DIR": "gs://bucket/out/model/",
+        "AIP_CHECKPOINT_DIR": "gs://bucket/out/checkpoints/",
+        "AIP_TRAINING_DATA_URI": "gs://bucket/data/train-*",
+        "AIP_TEST_DATA_URI": "gs://bucket/data/train-1.jsonl",
+        "CLOUD_ML_JOB_ID": "987",
+    }
+    where = platform.detect(["--epochs=2"], env)
+    assert where.name == "vertex"
+    assert where.run_id == "987"
+    assert where.channels["train"] == fuse / "bucket" / "data"
+    assert where.channels["test"] == fuse / "bucket" / "data" / "train-1.jsonl"
+    assert where.default_output_uri == f"{fuse}/bucket/out/model/"
+    assert where.checkpoint_dir == fuse / "bucket" / "out" / "checkpoints"
+    assert where.hyperparameter_layers[-1] == ("cli", {"epochs": "2"})
+
+
+def test_gcs_to_fuse():
+    assert platform.gcs_to_fuse("gs://b/p/x.csv") == "/gcs/b/p/x.csv"
+    assert platform.gcs_to_fuse("/local/x.csv") == "/local/x.csv"
+
+
+def test_local_paths_from_the_command_line(tmp_path):
+    data = tmp_path / "train.csv"
+    data.write_text("sentence,label\n")
+    where = platform.detect(["--train", str(data), "--output-dir", str(tmp_path / "out"), "--epochs", "1"], {})
+    assert where.name == "local"
+    assert where.channels == {"train": data}
+    assert where.root == tmp_path / "out"
+    assert where.hyperparameter_layers[-1] == ("cli", {"epochs": "1"})
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--epochs"], "needs a value"),
+    (["epochs", "2"], "unexpected argument"),
+    (["--epoch", "2"], "did you mean epochs"),
+])
+def test_bad_command_lines(argv, fragment):
+    with pytest.raises(SettingsError, match=fragment):
+        platform.detect(argv, {})
+
+
+def test_failure_file_without_a_tree_is_none_for_a_person(tmp_path, monkeypatch):
+    monkeypatch.setattr(platform, "OPT_ML_DEFAULT", str(tmp_path / "absent"))
+    assert platform.failure_file_for([], {}) is None
+    assert platform.failure_file_for(["--output_dir", str(tmp_path)], {}) == tmp_path / "output" / "failure"

@@ -1,0 +1,106 @@
+"""Hyperparameters: defaults, layered sources and their precedence, typed parsing, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seqcls import platform
+from seqcls.errors import SettingsError
+from seqcls.settings import parse_value, resolve
+
+
+def test_defaults_are_the_tutorial_recipe():
+    s = resolve([]).settings
+    assert (s.model_name_or_path, s.max_length, s.batch_size, s.learning_rate, s.adam_epsilon) == \
+        ("bert-base-uncased", 64, 32, 2e-5, 1e-8)
+    assert (s.weight_decay, s.epochs, s.warmup_ratio, s.max_grad_norm, s.seed, s.validation_split, s.log_every_steps) == \
+        (0.0, 4, 0.0, 1.0, 42, 0.1, 40)
+
+
+@pytest.mark.parametrize("name, raw, expected", [
+    ("group_by_length", "False", False),
+    ("group_by_length", "true", True),
+    ("group_by_length", "0", False),
+    ("learning_rate", "2e-5", 2e-5),
+    ("epochs", "4", 4),
+    ("epochs", "4.0", 4),
+    ("epochs", 3, 3),
+    ("max_grad_norm", "1", 1.0),
+    ("precision", " bf16 ", "bf16"),
+])
+def test_typed_parsing_of_sagemaker_strings(name, raw, expected):
+    value = parse_value(name, raw)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("name, raw, fragment", [
+    ("epochs", "four", "expected an integer"),
+    ("epochs", "2.5", "expected an integer"),
+    ("learning_rate", "fast", "expected a number"),
+    ("learning_rate", "nan", "expected a number"),
+    ("group_by_length", "maybe", "expected true or false"),
+])
+def test_mistyped_values_name_the_hyperparameter(name, raw, fragment):
+    with pytest.raises(SettingsError, match=name) as err:
+        parse_value(name, raw)
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("layer, fragment", [
+    ({"batch_size": "0"}, "batch_size=0 is out of range"),
+    ({"validation_split": "1"}, "validation_split=1.0 is out of range"),
+    ({"validation_split": "1.5"}, "validation_split=1.5 is out of range"),
+    ({"precision": "fp8"}, "precision='fp8' is out of range"),
+    ({"select_best": "f1"}, "select_best='f1' is out of range"),
+    ({"learning_rate": "0"}, "learning_rate=0.0 is out of range"),
+    ({"run_id": "../escape"}, "run_id='../escape' is out of range"),
+])
+def test_out_of_range_values_are_clear_errors(layer, fragment):
+    with pytest.raises(SettingsError, match="hyperparameter") as err:
+        resolve([("cli", layer)])
+    assert fragment in str(err.value)
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(SettingsError, match=r"unknown hyperparameter 'learning_rat'; did you mean learning_rate\?"):
+        resolve([("cli", {"learning_rat": "1e-5"})])
+
+
+def test_sources_precedence_defaults_json_env_cli(tmp_path):
+    root = tmp_path / "ml"
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(
+        {"epochs": "2", "batch_size": "16", "learning_rate": "3e-5", "seed": "7", "sagemaker_program": "ignored"}))
+    env = {"SEQCLS_OPT_ML": str(root), "SEQCLS_BATCH_SIZE": "8", "SEQCLS_LEARNING_RATE": "4e-5"}
+    where = platform.detect(["--learning_rate", "5e-5", "--max_length=128"], env)
+    resolved = resolve(where.hyperparameter_layers)
+    s = resolved.settings
+    assert (s.epochs, s.batch_size, s.learning_rate, s.max_length, s.seed, s.weight_decay) == (2, 8, 5e-5, 128, 7, 0.0)
+    assert resolved.sources["epochs"] == "hyperparameters.json"
+    assert resolved.sources["batch_size"] == "env"
+    assert resolved.sources["learning_rate"] == "cli"
+    assert resolved.sources["max_length"] == "cli"
+    assert resolved.sources["weight_decay"] == "default"
+    snapshot = resolved.snapshot()
+    assert snapshot["batch_size"] == {"value": 8, "source": "env"}
+
+
+def test_unknown_env_hyperparameter_is_an_error():
+    with pytest.raises(SettingsError, match="did you mean batch_size"):
+        platform.detect([], {"SEQCLS_OPT_ML": "/nonexistent", "SEQCLS_BATCH_SIZ": "8"})
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{not json", "is not valid JSON"),
+    ('["epochs", "2"]', "must hold a JSON object"),
+    ('{"epochs": ["2"]}', "hyperparameter epochs must be a string or number"),
+])
+def test_malformed_hyperparameters_json(tmp_path, content, fragment):
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    (tmp_path / "input" / "config" / "hyperparameters.json").write_text(content)
+    with pytest.raises(SettingsError, match="hyperparameters.json") as err:
+        platform.detect([], {"SEQCLS_OPT_ML": str(tmp_path)})
+    assert fragment in str(err.value)
+
