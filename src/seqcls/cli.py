@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -59,15 +58,11 @@ def exit_code(err: BaseException) -> int:
     return 2 if isinstance(err, UserError) else 1
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    """SageMaker and Vertex stop jobs with SIGTERM: end with a reason instead of dying mid-write."""
-    raise Interrupted("interrupted by SIGTERM (platform stop or spot reclaim); rerun to retry")
-
-
 def train_command(argv: Sequence[str]) -> int:
     from . import job  # heavy imports (torch, transformers) only once we know the command
+    from .checkpoint import STOP
 
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    STOP.install()
 
     failure_file = runtime.failure_file_for(argv)
     try:

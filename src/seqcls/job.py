@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 import torch
 
-from . import artifacts, data, evaluate, logs, model, train
+from . import artifacts, checkpoint, data, evaluate, logs, model, train
 from . import platform as runtime
 from . import settings as hyperparameters
 
@@ -69,7 +69,12 @@ def run(where: runtime.Platform) -> Path:
     # Step 3: model and training.
     classifier = model.load_model(model_source, config, settings.seed)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    outcome = train.train(classifier, encoded["train"], encoded["validation"], settings, pad_token_id, device, precision)
+    data_files = [f for split in (splits.train, splits.validation) for f in split.files]
+    checkpointer = checkpoint.Checkpointer(
+        Path(settings.checkpoint_dir) if settings.checkpoint_dir else where.checkpoint_dir,
+        checkpoint.fingerprint(settings.as_dict(), model_source, data_files), settings.ignore_checkpoint)
+    outcome = train.train(classifier, encoded["train"], encoded["validation"], settings, pad_token_id, device, precision,
+                          checkpointer)
 
     # Step 4: test.
     metrics: dict[str, object] = {

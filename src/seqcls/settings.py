@@ -52,6 +52,8 @@ class Settings:
     output_uri: str = field(default="", metadata=_doc("s3://, gs:// or a path to publish <run_id>/ to; empty: no publish"))
     run_id: str = field(default="", metadata=_doc("Name of the published run folder; empty: the platform's job name or a timestamp"))
     checkpoint_every_steps: int = field(default=0, metadata=_doc("Checkpoint every N optimizer steps (0: only at epoch ends)"))
+    checkpoint_dir: str = field(default="", metadata=_doc("Checkpoint folder; empty: the platform's (<root>/checkpoints, AIP_CHECKPOINT_DIR)"))
+    ignore_checkpoint: bool = field(default=False, metadata=_doc("Start fresh when the checkpoint does not match this run (default: refuse)"))
     log_every_steps: int = field(default=40, metadata=_doc("Emit a train_progress event every N steps"))
     select_best: str = field(default="none", metadata=_doc("none | mcc | loss: keep the best epoch's weights instead of the last"))
     max_train_samples: int = field(default=0, metadata=_doc("Use a seeded sample of at most N training rows (0: all)"))

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import get_linear_schedule_with_warmup
 
 from . import logs
 from .data import Encoded, epoch_order, iter_batches
-from .errors import SettingsError
+from .checkpoint import STOP, Checkpointer, Progress
+from .errors import Interrupted, SettingsError
 from .evaluate import autocast, epoch_validation, predict
 from .settings import Settings
 
@@ -60,12 +61,12 @@ class Outcome:
     samples_per_s: float = 0.0
 
 
-def _improved(metric: str, stats: EpochStats, best: EpochStats | None) -> bool:
+def _improved(metric: str, stats: EpochStats, best: dict[str, float] | None) -> bool:
     if best is None:
         return True
     if metric == "mcc":
-        return stats.val_mcc > best.val_mcc
-    return stats.val_loss < best.val_loss
+        return stats.val_mcc > best["val_mcc"]
+    return stats.val_loss < best["val_loss"]
 
 
 def _progress_bar(total: int):
@@ -78,8 +79,12 @@ def _progress_bar(total: int):
 
 
 def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings: Settings, pad_token_id: int,
-          device: torch.device, precision: str) -> Outcome:
-    """Fine-tune `model` in place; returns per-epoch stats. With select_best, ends on the best epoch's weights."""
+          device: torch.device, precision: str, checkpointer: Checkpointer) -> Outcome:
+    """Fine-tune `model` in place, resuming from the newest matching checkpoint; returns per-epoch stats.
+
+    With select_best, the model ends on the best epoch's weights. On SIGTERM the current step
+    finishes, a checkpoint is written, and `Interrupted` is raised so the platform can retry.
+    """
     torch.manual_seed(settings.seed)
     model.to(device)
     model.train()
@@ -89,71 +94,95 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
                                   weight_decay=settings.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    outcome = Outcome()
-    best: EpochStats | None = None
-    best_weights: dict[str, torch.Tensor] | None = None
+    progress, best_weights = checkpointer.restore(model, optimizer, scheduler, scaler) or (Progress(), None)
+    outcome = Outcome(stats=[EpochStats(**s) for s in progress.stats])
+
+    def save_checkpoint() -> None:
+        checkpointer.save(model, optimizer, scheduler, scaler, progress, best_weights)
+
     bar = _progress_bar(total_steps)
+    if bar is not None:
+        bar.update(progress.global_step)
     start = time.perf_counter()
-    global_step = 0
-    for epoch in range(1, settings.epochs + 1):
-        epoch_start = time.perf_counter()
-        epoch_loss = torch.zeros((), device=device)
-        window_loss = torch.zeros((), device=device)
-        window_steps = window_samples = 0
-        window_start = time.perf_counter()
-        batches = epoch_order(train_set.lengths, settings.batch_size, settings.seed, epoch, settings.group_by_length)
-        for rows, batch in iter_batches(train_set, batches, pad_token_id):
-            inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast(device, precision):
-                loss = model(**inputs).loss
-            scaler.scale(loss).backward()
-            if settings.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            epoch_loss += loss.detach()
-            window_loss += loss.detach()
-            window_steps += 1
-            window_samples += len(rows)
-            if bar is not None:
-                bar.update(1)
-            if global_step % settings.log_every_steps == 0 or global_step == total_steps:
-                now = time.perf_counter()
-                rate = window_samples / max(now - window_start, 1e-9)
-                elapsed = now - start
-                logs.event("train_progress", f"epoch {epoch} step {global_step}/{total_steps}",
-                           epoch=epoch, step=global_step, total_steps=total_steps,
-                           loss=round(window_loss.item() / window_steps, 6), lr=scheduler.get_last_lr()[0],
-                           samples_per_s=round(rate, 1), elapsed_s=round(elapsed, 2),
-                           eta_s=round(elapsed / global_step * (total_steps - global_step), 1))
-                window_loss.zero_()
-                window_steps = window_samples = 0
-                window_start = time.perf_counter()
-        train_seconds = time.perf_counter() - epoch_start
-        val_start = time.perf_counter()
-        predictions = predict(model, val_set, pad_token_id, device, precision, settings.eval_batch_size)
-        validation = epoch_validation(val_set.labels, predictions, len(model.config.id2label))
-        stats = EpochStats(epoch=epoch, train_loss=epoch_loss.item() / len(batches), train_seconds=train_seconds,
-                           val_seconds=time.perf_counter() - val_start, **validation)
-        outcome.stats.append(stats)
-        logs.event("epoch_end", f"epoch {epoch}/{settings.epochs}: train loss {stats.train_loss:.4f}, "
-                                f"val loss {stats.val_loss:.4f}, val MCC {stats.val_mcc:.4f}",
-                   **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.__dict__.items()})
-        if settings.select_best != "none" and _improved(settings.select_best, stats, best):
-            best = stats
-            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    first_step = progress.global_step
+    trained_samples = 0
+    with STOP.deferred():
+        for epoch in range(progress.epoch, settings.epochs + 1):
+            epoch_start = time.perf_counter()
+            epoch_loss = torch.tensor(progress.epoch_loss_sum, dtype=torch.float32, device=device)
+            window_loss = torch.zeros((), device=device)
+            window_steps = window_samples = 0
+            window_start = time.perf_counter()
+            batches = epoch_order(train_set.lengths, settings.batch_size, settings.seed, epoch, settings.group_by_length)
+            for rows, batch in iter_batches(train_set, batches[progress.step_in_epoch:], pad_token_id):
+                inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+                with autocast(device, precision):
+                    loss = model(**inputs).loss
+                scaler.scale(loss).backward()
+                if settings.max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                progress.global_step += 1
+                progress.step_in_epoch += 1
+                epoch_loss += loss.detach()
+                window_loss += loss.detach()
+                window_steps += 1
+                window_samples += len(rows)
+                trained_samples += len(rows)
+                if bar is not None:
+                    bar.update(1)
+                if progress.global_step % settings.log_every_steps == 0 or progress.global_step == total_steps:
+                    now = time.perf_counter()
+                    elapsed = now - start
+                    done = progress.global_step - first_step
+                    logs.event("train_progress", f"epoch {epoch} step {progress.global_step}/{total_steps}",
+                               epoch=epoch, step=progress.global_step, total_steps=total_steps,
+                               loss=round(window_loss.item() / window_steps, 6), lr=scheduler.get_last_lr()[0],
+                               samples_per_s=round(window_samples / max(now - window_start, 1e-9), 1),
+                               elapsed_s=round(elapsed, 2),
+                               eta_s=round(elapsed / done * (total_steps - progress.global_step), 1))
+                    window_loss.zero_()
+                    window_steps = window_samples = 0
+                    window_start = time.perf_counter()
+                periodic = settings.checkpoint_every_steps and progress.global_step % settings.checkpoint_every_steps == 0
+                last_of_epoch = progress.step_in_epoch == len(batches)
+                if (periodic or STOP.requested) and not last_of_epoch:
+                    progress.epoch_loss_sum = epoch_loss.item()
+                    save_checkpoint()
+                    if STOP.requested:
+                        raise Interrupted(f"interrupted by SIGTERM at step {progress.global_step}/{total_steps}; "
+                                          f"checkpoint saved in {checkpointer.directory}: rerun to resume")
+            train_seconds = time.perf_counter() - epoch_start
+            val_start = time.perf_counter()
+            predictions = predict(model, val_set, pad_token_id, device, precision, settings.eval_batch_size)
+            validation = epoch_validation(val_set.labels, predictions, len(model.config.id2label))
+            stats = EpochStats(epoch=epoch, train_loss=epoch_loss.item() / len(batches), train_seconds=train_seconds,
+                               val_seconds=time.perf_counter() - val_start, **validation)
+            outcome.stats.append(stats)
+            logs.event("epoch_end", f"epoch {epoch}/{settings.epochs}: train loss {stats.train_loss:.4f}, "
+                                    f"val loss {stats.val_loss:.4f}, val MCC {stats.val_mcc:.4f}",
+                       **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(stats).items()})
+            if settings.select_best != "none" and _improved(settings.select_best, stats, progress.best):
+                progress.best = asdict(stats)
+                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
+            progress.stats = [asdict(s) for s in outcome.stats]
+            save_checkpoint()
+            if STOP.requested:
+                raise Interrupted(f"interrupted by SIGTERM after epoch {epoch}; checkpoint saved in "
+                                  f"{checkpointer.directory}: rerun to resume")
     if bar is not None:
         bar.close()
     outcome.train_seconds = time.perf_counter() - start
-    outcome.samples_per_s = len(train_set) * settings.epochs / max(outcome.train_seconds, 1e-9)
+    outcome.samples_per_s = trained_samples / max(outcome.train_seconds, 1e-9)
     outcome.best_epoch = settings.epochs
-    if best is not None and best_weights is not None:
+    if progress.best is not None and best_weights is not None:
         model.load_state_dict(best_weights)
-        outcome.best_epoch = best.epoch
-        logs.event("best_epoch_selected", f"keeping epoch {best.epoch} (best val {settings.select_best})",
-                   epoch=best.epoch, metric=settings.select_best)
+        outcome.best_epoch = progress.best["epoch"]
+        logs.event("best_epoch_selected", f"keeping epoch {outcome.best_epoch} (best val {settings.select_best})",
+                   epoch=outcome.best_epoch, metric=settings.select_best)
     return outcome

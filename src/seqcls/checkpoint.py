@@ -1,0 +1,212 @@
+"""Training state that survives preemption: atomic checkpoints, exact resume, and SIGTERM handling.
+
+A checkpoint holds everything the loop needs to continue as if it had never stopped: weights,
+optimizer, scheduler and scaler state, RNG states, the epoch and step within it (the data order is a
+pure function of seed and epoch), the running epoch loss, per-epoch stats and the best epoch so far.
+Files are written to a temporary name and renamed; they load with `torch.load(weights_only=True)`
+and safetensors, never arbitrary pickle. The newest checkpoint and one fallback are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import logs
+from .errors import Interrupted, UserError
+
+FORMAT_VERSION = 1
+KEEP = 2
+NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+# Settings that do not change the math: a checkpoint made with other values still resumes exactly.
+OPERATIONAL = {"eval_batch_size", "output_uri", "run_id", "checkpoint_every_steps", "log_every_steps",
+               "checkpoint_dir", "ignore_checkpoint", "device"}
+
+
+def fingerprint(settings: dict[str, Any], model_source: str, data_files: list[dict[str, object]]) -> str:
+    """What a checkpoint must match to be resumed: the math-relevant settings, the model and the data bytes."""
+    relevant = {k: v for k, v in sorted(settings.items()) if k not in OPERATIONAL}
+    digests = sorted(f"{f['channel']}:{f['sha256']}" for f in data_files)
+    payload = json.dumps({"settings": relevant, "model": model_source, "data": digests}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class Progress:
+    """Where the loop is: `epoch` is 1-based; `step_in_epoch` batches of it are done."""
+
+    epoch: int = 1
+    step_in_epoch: int = 0
+    global_step: int = 0
+    epoch_loss_sum: float = 0.0  # float64 sum of this epoch's batch losses so far
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # EpochStats of the best epoch, when select_best is on
+    best_file: str = ""
+
+
+class StopSignal:
+    """SIGTERM handler: inside `deferred()` it only raises a flag the loop checks after each step
+    (so the step finishes and a checkpoint is written); elsewhere it stops the job at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._deferred = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if not self._deferred:
+            raise Interrupted("interrupted by SIGTERM (platform stop or spot reclaim) before training; rerun to retry")
+        logs.warning("stop_requested", "SIGTERM received: finishing the current step, then checkpointing")
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
+
+
+STOP = StopSignal()
+
+
+def _atomic_torch_save(value: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(value, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Owns the checkpoint folder of one run."""
+
+    def __init__(self, directory: Path, run_fingerprint: str, ignore_mismatch: bool) -> None:
+        self.directory = directory
+        self.fingerprint = run_fingerprint
+        self.ignore_mismatch = ignore_mismatch
+
+    def _checkpoints(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if NAME.match(p.name)]
+        return sorted(found, key=lambda p: p.name, reverse=True)
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+             progress: Progress, best_weights: dict[str, torch.Tensor] | None) -> Path:
+        """Write best weights (if new) then the checkpoint, atomically; prune all but the newest KEEP."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if best_weights is not None and progress.best is not None:
+            progress.best_file = f"best-epoch{progress.best['epoch']:04d}.safetensors"
+            if not (self.directory / progress.best_file).exists():
+                _atomic_safetensors(best_weights, self.directory / progress.best_file)
+        path = self.directory / f"ckpt-{progress.global_step:09d}.pt"
+        _atomic_torch_save({
+            "format": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _rng_state(),
+            "progress": progress.__dict__,
+        }, path)
+        for old in self._checkpoints()[KEEP:]:
+            old.unlink(missing_ok=True)
+        # Checkpoints come at least once per epoch, so the best epoch changes at most once between two
+        # kept checkpoints: the two newest best files are all that any kept checkpoint can reference.
+        for old in sorted(self.directory.glob("best-epoch*.safetensors"), reverse=True)[KEEP:]:
+            old.unlink(missing_ok=True)
+        logs.event("checkpoint_saved", f"checkpoint at step {progress.global_step} -> {path}",
+                   step=progress.global_step, epoch=progress.epoch, step_in_epoch=progress.step_in_epoch, path=str(path))
+        return path
+
+    def clear(self) -> None:
+        for old in [*self._checkpoints(), *self.directory.glob("best-epoch*.safetensors")]:
+            old.unlink(missing_ok=True)
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                scaler: Any) -> tuple[Progress, dict[str, torch.Tensor] | None] | None:
+        """Load the newest readable checkpoint into the objects; None when there is none to resume."""
+        for path in self._checkpoints():
+            try:
+                state = torch.load(path, weights_only=True, map_location="cpu")
+                if state.get("format") != FORMAT_VERSION:
+                    raise ValueError(f"format {state.get('format')!r}")
+            except Exception as err:  # noqa: BLE001 - any unreadable file: warn and fall back
+                logs.warning("checkpoint_unreadable", f"ignoring unreadable checkpoint {path}: {type(err).__name__}: "
+                                                      f"{str(err)[:200]}", path=str(path))
+                continue
+            if state["fingerprint"] != self.fingerprint:
+                if self.ignore_mismatch:
+                    logs.warning("checkpoint_ignored", f"checkpoint {path} was made with other settings, model or "
+                                                       "data; removing it and starting fresh (ignore_checkpoint=true)",
+                                 path=str(path))
+                    self.clear()
+                    return None
+                raise UserError(f"checkpoint {path} was made with other settings, model or data than this run; "
+                                "refusing to resume. Use the original inputs, empty the checkpoint folder, or set "
+                                "ignore_checkpoint=true to start fresh")
+            progress = Progress(**state["progress"])
+            best_weights = None
+            if progress.best_file:
+                best_path = self.directory / progress.best_file
+                try:
+                    best_weights = load_file(best_path)
+                except Exception as err:  # noqa: BLE001
+                    logs.warning("checkpoint_unreadable", f"ignoring checkpoint {path}: its best weights "
+                                                          f"{best_path} are unreadable ({type(err).__name__})", path=str(path))
+                    continue
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            logs.event("resumed", f"resumed from {path} at step {progress.global_step} (epoch {progress.epoch}, "
+                                  f"step {progress.step_in_epoch} within it)", step=progress.global_step,
+                       epoch=progress.epoch, step_in_epoch=progress.step_in_epoch, path=str(path))
+            return progress, best_weights
+        return None

@@ -1,0 +1,129 @@
+"""Preemption: SIGTERM/SIGKILL at different points, resume, and compare with an uninterrupted run bit for bit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import json_lines, make_tree, run_cli
+
+pytestmark = pytest.mark.slow
+
+HYPERPARAMETERS = {"epochs": "2", "batch_size": "16", "learning_rate": "5e-5", "log_every_steps": "1",
+                   "checkpoint_every_steps": "2", "select_best": "mcc"}
+STEPS_PER_EPOCH = 6  # 96 rows, 10% held out -> 86 train rows in batches of 16
+
+
+def outputs(root: Path) -> tuple[str, dict]:
+    weights = hashlib.sha256((root / "model" / "model.safetensors").read_bytes()).hexdigest()
+    return weights, json.loads((root / "model" / "metrics.json").read_text())
+
+
+def env_for(root: Path) -> dict[str, str]:
+    return {"SEQCLS_OPT_ML": str(root), "TRAINING_JOB_NAME": "resume-test"}
+
+
+def interrupt(root: Path, when, sig: int = signal.SIGTERM) -> tuple[int, list[dict]]:
+    """Run the job and send `sig` once an event satisfies `when`; returns the exit code and the events."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQCLS_")} | env_for(root)
+    child = subprocess.Popen([sys.executable, "-m", "seqcls", "train"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    events, sent = [], False
+    for line in child.stdout:
+        events.append(json.loads(line))
+        if not sent and when(events[-1]):
+            child.send_signal(sig)
+            sent = True
+    assert sent, "the trigger event never came"
+    return child.wait(timeout=120), events
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, cola_dir, minilm_path) -> Path:
+    return make_tree(tmp_path_factory.mktemp("template"), cola_dir, HYPERPARAMETERS, train_rows=96, test_rows=64,
+                     model=minilm_path)
+
+
+@pytest.fixture(scope="module")
+def reference(template, tmp_path_factory) -> tuple[str, dict]:
+    root = tmp_path_factory.mktemp("reference") / "ml"
+    shutil.copytree(template, root, symlinks=True)
+    result = run_cli(["train"], env=env_for(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return outputs(root)
+
+
+def fresh(template: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "ml"
+    shutil.copytree(template, root, symlinks=True)
+    return root
+
+
+@pytest.mark.parametrize("label, when", [
+    ("mid first epoch", lambda e: e["event"] == "train_progress" and e["step"] == 3),
+    ("at the epoch boundary", lambda e: e["event"] == "epoch_end" and e["epoch"] == 1),
+    ("mid second epoch", lambda e: e["event"] == "train_progress" and e["step"] == STEPS_PER_EPOCH + 3),
+])
+def test_sigterm_then_resume_is_bitwise_identical(template, reference, tmp_path, label, when):
+    root = fresh(template, tmp_path)
+    code, events = interrupt(root, when)
+    assert code == 143, label
+    saved = [e for e in events if e["event"] == "checkpoint_saved"]
+    assert saved, "no checkpoint on SIGTERM"
+    reason = (root / "output" / "failure").read_text()
+    assert "SIGTERM" in reason and "rerun to resume" in reason
+    assert events[-1]["event"] == "job_failed"
+    assert not (root / "model" / "model.safetensors").exists()
+
+    result = run_cli(["train"], env=env_for(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = [e for e in json_lines(result.stdout) if e["event"] == "resumed"]
+    assert resumed and resumed[0]["step"] == saved[-1]["step"]
+    assert not (root / "output" / "failure").exists()
+    assert outputs(root) == reference
+
+
+def test_sigkill_resumes_from_the_last_periodic_checkpoint_and_skips_a_corrupt_one(template, reference, tmp_path):
+    root = fresh(template, tmp_path)
+    code, events = interrupt(root, lambda e: e["event"] == "checkpoint_saved" and e["step"] == 4, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    checkpoints = sorted((root / "checkpoints").glob("ckpt-*.pt"))
+    assert [p.name for p in checkpoints][-1] >= "ckpt-000000004.pt" and len(checkpoints) == 2
+    newest = checkpoints[-1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])  # a torn write
+
+    result = run_cli(["train"], env=env_for(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = json_lines(result.stdout)
+    assert any(e["event"] == "checkpoint_unreadable" and e["path"] == str(newest) for e in records)
+    resumed = next(e for e in records if e["event"] == "resumed")
+    assert resumed["path"] == str(checkpoints[0])
+    assert outputs(root) == reference
+
+
+def test_a_mismatched_checkpoint_is_refused_unless_ignored(template, tmp_path):
+    root = fresh(template, tmp_path)
+    code, _ = interrupt(root, lambda e: e["event"] == "train_progress" and e["step"] == 2)
+    assert code == 143
+    hyperparameters = root / "input" / "config" / "hyperparameters.json"
+    hyperparameters.write_text(json.dumps(HYPERPARAMETERS | {"learning_rate": "3e-5"}))
+    (root / "output" / "failure").unlink()
+
+    refused = run_cli(["train"], env=env_for(root))
+    assert refused.returncode == 2
+    reason = (root / "output" / "failure").read_text()
+    assert "refusing to resume" in reason and "ignore_checkpoint=true" in reason
+
+    fresh_start = run_cli(["train", "--ignore_checkpoint", "true", "--epochs", "1"], env=env_for(root))
+    assert fresh_start.returncode == 0, fresh_start.stderr[-2000:]
+    records = json_lines(fresh_start.stdout)
+    assert any(e["event"] == "checkpoint_ignored" for e in records)
+    assert not any(e["event"] == "resumed" for e in records)
