@@ -27,6 +27,12 @@ from .train import EpochStats
 RELOAD_CHECK_ROWS = 8
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,6 +41,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are for other users too
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,6 +61,7 @@ def save_model(model: torch.nn.Module, tokenizer, model_dir: Path) -> list[str]:
         tokenizer.save_pretrained(staging)
         names = sorted(p.name for p in staging.iterdir())
         for name in names:
+            os.chmod(staging / name, 0o666 & ~_umask())
             os.replace(staging / name, model_dir / name)
         return names
     finally:

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import logs
+from .distributed import World, gather_objects
 from .errors import Interrupted, UserError
 
 FORMAT_VERSION = 1
@@ -31,14 +32,16 @@ KEEP = 2
 NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 # Settings that do not change the math: a checkpoint made with other values still resumes exactly.
 OPERATIONAL = {"eval_batch_size", "output_uri", "run_id", "checkpoint_every_steps", "log_every_steps",
-               "checkpoint_dir", "ignore_checkpoint", "device"}
+               "checkpoint_dir", "ignore_checkpoint", "device", "distributed_timeout_s"}
 
 
-def fingerprint(settings: dict[str, Any], model_source: str, data_files: list[dict[str, object]]) -> str:
-    """What a checkpoint must match to be resumed: the math-relevant settings, the model and the data bytes."""
+def fingerprint(settings: dict[str, Any], model_source: str, data_files: list[dict[str, object]], world_size: int) -> str:
+    """What a checkpoint must match to be resumed: the math-relevant settings, the model, the data bytes,
+    and the number of processes (each rank has its own dropout RNG stream)."""
     relevant = {k: v for k, v in sorted(settings.items()) if k not in OPERATIONAL}
     digests = sorted(f"{f['channel']}:{f['sha256']}" for f in data_files)
-    payload = json.dumps({"settings": relevant, "model": model_source, "data": digests}, sort_keys=True, default=str)
+    payload = json.dumps({"settings": relevant, "model": model_source, "data": digests, "world_size": world_size},
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -136,8 +139,14 @@ class Checkpointer:
         return sorted(found, key=lambda p: p.name, reverse=True)
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-             progress: Progress, best_weights: dict[str, torch.Tensor] | None) -> Path:
-        """Write best weights (if new) then the checkpoint, atomically; prune all but the newest KEEP."""
+             progress: Progress, best_weights: dict[str, torch.Tensor] | None, world: World) -> None:
+        """Write best weights (if new) then the checkpoint, atomically; prune all but the newest KEEP.
+
+        Every rank calls this (the RNG states are gathered); rank 0 alone writes.
+        """
+        rng_states = gather_objects(_rng_state(), world)
+        if not world.is_main:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         if best_weights is not None and progress.best is not None:
             progress.best_file = f"best-epoch{progress.best['epoch']:04d}.safetensors"
@@ -151,7 +160,7 @@ class Checkpointer:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_states,
             "progress": progress.__dict__,
         }, path)
         for old in self._checkpoints()[KEEP:]:
@@ -162,15 +171,18 @@ class Checkpointer:
             old.unlink(missing_ok=True)
         logs.event("checkpoint_saved", f"checkpoint at step {progress.global_step} -> {path}",
                    step=progress.global_step, epoch=progress.epoch, step_in_epoch=progress.step_in_epoch, path=str(path))
-        return path
 
     def clear(self) -> None:
         for old in [*self._checkpoints(), *self.directory.glob("best-epoch*.safetensors")]:
             old.unlink(missing_ok=True)
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                scaler: Any) -> tuple[Progress, dict[str, torch.Tensor] | None] | None:
-        """Load the newest readable checkpoint into the objects; None when there is none to resume."""
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                world: World) -> tuple[Progress, dict[str, torch.Tensor] | None] | None:
+        """Load the newest readable checkpoint into the objects; None when there is none to resume.
+
+        Every rank reads the same folder (on several nodes it must be shared or synced, as SageMaker
+        does for checkpoint_s3_uri) and takes its own RNG state.
+        """
         for path in self._checkpoints():
             try:
                 state = torch.load(path, weights_only=True, map_location="cpu")
@@ -185,7 +197,8 @@ class Checkpointer:
                     logs.warning("checkpoint_ignored", f"checkpoint {path} was made with other settings, model or "
                                                        "data; removing it and starting fresh (ignore_checkpoint=true)",
                                  path=str(path))
-                    self.clear()
+                    if world.is_main:
+                        self.clear()
                     return None
                 raise UserError(f"checkpoint {path} was made with other settings, model or data than this run; "
                                 "refusing to resume. Use the original inputs, empty the checkpoint folder, or set "
@@ -204,7 +217,7 @@ class Checkpointer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
+            _set_rng_state(state["rng"][world.rank])
             logs.event("resumed", f"resumed from {path} at step {progress.global_step} (epoch {progress.epoch}, "
                                   f"step {progress.step_in_epoch} within it)", step=progress.global_step,
                        epoch=progress.epoch, step_in_epoch=progress.step_in_epoch, path=str(path))

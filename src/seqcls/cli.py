@@ -59,7 +59,9 @@ def exit_code(err: BaseException) -> int:
 
 
 def train_command(argv: Sequence[str]) -> int:
-    from . import job  # heavy imports (torch, transformers) only once we know the command
+    import torch  # heavy imports (torch, transformers) only once we know the command
+
+    from . import distributed, job
     from .checkpoint import STOP
 
     STOP.install()
@@ -68,16 +70,29 @@ def train_command(argv: Sequence[str]) -> int:
     try:
         where = runtime.detect(argv)
         failure_file = where.failure_file
+        launch = runtime.launch_plan(where.root, torch.cuda.device_count())
+        if launch is not None:
+            logs.event("launch", f"starting torchrun: {launch.nnodes} node(s) x {launch.nproc_per_node} process(es)",
+                       nnodes=launch.nnodes, node_rank=launch.node_rank, nproc_per_node=launch.nproc_per_node,
+                       master_addr=launch.master_addr, master_port=launch.master_port)
+            sys.stdout.flush()
+            # exec: torchrun becomes this process, so the platform's SIGTERM reaches it (it forwards to ranks).
+            os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(),
+                                      "-m", "seqcls", "train", *argv, *runtime.pinned_for_ranks(where, argv)])
         job.run(where)
         return 0
     except BaseException as err:  # noqa: BLE001 - the one place that turns every failure into a reason
         reason = failure_reason(err)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            reason = f"rank {os.environ.get('RANK', '?')}: {reason}"[:FAILURE_REASON_LIMIT]
         kind = err.kind if isinstance(err, SeqclsError) else "internal"
         logs.event("job_failed", reason, level=logging.ERROR, error_kind=kind, error_type=type(err).__name__)
         traceback.print_exc(file=sys.stderr)
         if failure_file is not None:
             write_failure(failure_file, reason)
         return exit_code(err)
+    finally:
+        distributed.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthew
                              precision_recall_fscore_support)
 
 from .data import Encoded, collate, eval_order
+from .distributed import World, gather_rows
 
 
 def autocast(device: torch.device, precision: str):
@@ -38,23 +39,30 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, device: torch.device, precision: str,
-            batch_size: int) -> Predictions:
-    """Logits for every row; batches sorted by length, results written back in row order on device."""
+            batch_size: int, world: World = World()) -> Predictions:
+    """Logits for every row, each rank predicting every world.size-th row, gathered in row order.
+
+    Batches are sorted by length (least padding) and results stay on the device until the end, so
+    there is one host sync per split rather than one per batch.
+    """
     was_training = model.training
     model.eval()
-    logits = None
-    for rows in eval_order(encoded.lengths, batch_size):
-        batch = collate(encoded, rows, pad_token_id)
+    mine = np.arange(len(encoded))[world.rank::world.size]
+    logits = torch.empty((len(mine), model.config.num_labels), dtype=torch.float32, device=device)
+    for positions in eval_order(encoded.lengths[mine], batch_size):
+        batch = collate(encoded, mine[positions], pad_token_id)
         inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         with autocast(device, precision):
             out = model(**inputs).logits
-        if logits is None:
-            logits = torch.empty((len(encoded), out.shape[1]), dtype=torch.float32, device=device)
-        logits[torch.from_numpy(rows).to(device)] = out.float()
+        logits[torch.from_numpy(positions).to(device)] = out.float()
     model.train(was_training)
+    gathered = gather_rows(logits, world)
+    order = np.concatenate([np.arange(len(encoded))[r::world.size] for r in range(world.size)])
+    full = torch.empty_like(gathered)
+    full[torch.from_numpy(order).to(device)] = gathered
     labels = torch.from_numpy(encoded.labels).to(device)
-    loss = torch.nn.functional.cross_entropy(logits, labels).item()
-    return Predictions(logits.cpu().numpy(), loss)
+    loss = torch.nn.functional.cross_entropy(full, labels).item()
+    return Predictions(full.cpu().numpy(), loss)
 
 
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray, num_labels: int) -> dict[str, object]:

@@ -5,6 +5,7 @@ Each step is one call into the module that owns it; this file only says the orde
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform as host_platform
 import time
@@ -12,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 import torch
 
-from . import artifacts, checkpoint, data, evaluate, logs, model, train
+from . import artifacts, checkpoint, data, distributed, evaluate, logs, model, train
 from . import platform as runtime
 from . import settings as hyperparameters
 
@@ -34,14 +35,20 @@ def run(where: runtime.Platform) -> Path:
     """Run the whole pipeline; returns the model folder. Raises on any failure (cli turns that into the failure file)."""
     started = time.perf_counter()
 
-    # Step 1: the hyperparameters (the platform already told where things are).
-    where.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run in this tree is stale
+    # Step 1: the hyperparameters (the platform already told where things are) and the processes.
+    world = distributed.from_env()
+    if world.is_main:
+        where.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run in this tree is stale
     resolved = hyperparameters.resolve(where.hyperparameter_layers)
     settings = resolved.settings
-    device = train.pick_device(settings)
+    if settings.run_id:
+        where = dataclasses.replace(where, run_id=settings.run_id)
+    device = train.pick_device(settings, world)
     precision = train.pick_precision(settings, device)
-    logs.event("job_start", f"seqcls run {where.run_id} on {where.name} ({device.type}, {precision})",
-               run_id=where.run_id, platform=where.name, device=device.type, precision=precision,
+    distributed.init(world, device, settings.distributed_timeout_s)
+    logs.event("job_start", f"seqcls run {where.run_id} on {where.name} ({device.type}, {precision}, "
+                            f"{world.size} process{'es' if world.active else ''})",
+               run_id=where.run_id, platform=where.name, device=device.type, precision=precision, world_size=world.size,
                torch_threads=torch.get_num_threads(), channels={k: str(v) for k, v in where.channels.items()},
                settings=resolved.snapshot())
 
@@ -72,9 +79,9 @@ def run(where: runtime.Platform) -> Path:
     data_files = [f for split in (splits.train, splits.validation) for f in split.files]
     checkpointer = checkpoint.Checkpointer(
         Path(settings.checkpoint_dir) if settings.checkpoint_dir else where.checkpoint_dir,
-        checkpoint.fingerprint(settings.as_dict(), model_source, data_files), settings.ignore_checkpoint)
+        checkpoint.fingerprint(settings.as_dict(), model_source, data_files, world.size), settings.ignore_checkpoint)
     outcome = train.train(classifier, encoded["train"], encoded["validation"], settings, pad_token_id, device, precision,
-                          checkpointer)
+                          checkpointer, world)
 
     # Step 4: test.
     metrics: dict[str, object] = {
@@ -86,7 +93,7 @@ def run(where: runtime.Platform) -> Path:
     test_predictions = None
     if "test" in encoded:
         test_predictions = evaluate.predict(classifier, encoded["test"], pad_token_id, device, precision,
-                                            settings.eval_batch_size)
+                                            settings.eval_batch_size, world)
         test_metrics = evaluate.classification_metrics(encoded["test"].labels, test_predictions.predicted,
                                                        len(splits.label_map.labels))
         test_metrics["loss"] = test_predictions.loss
@@ -95,6 +102,9 @@ def run(where: runtime.Platform) -> Path:
                    test_mcc=test_metrics["mcc"], test_accuracy=test_metrics["accuracy"], test_f1=test_metrics["f1"],
                    test_precision=test_metrics["precision"], test_recall=test_metrics["recall"],
                    test_loss=test_predictions.loss, confusion_matrix=test_metrics["confusion_matrix"])
+
+    if not world.is_main:
+        return where.model_dir  # rank 0 alone writes and publishes
 
     # Step 5: save the model and everything a person needs to judge it.
     saved = artifacts.save_model(classifier, tokenizer, where.model_dir)

@@ -42,7 +42,8 @@ def setup(rank: int = 0, level: int = logging.INFO) -> logging.Logger:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(_Formatter(rank))
     _log.handlers[:] = [handler]
-    _log.setLevel(level)
+    # Under torch.distributed only rank 0 reports progress; other ranks speak up for warnings and errors.
+    _log.setLevel(level if rank == 0 else max(level, logging.WARNING))
     _log.propagate = False
     # transformers configures its own stderr handler and level on import: replace both, so its
     # errors arrive as JSON and its warnings (load reports, advisories) stay out of stdout.

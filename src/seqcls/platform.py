@@ -7,6 +7,7 @@ environment and the command line into one read-only `Platform` object that the j
 from __future__ import annotations
 
 import glob
+import json
 import os
 import socket
 import subprocess
@@ -33,8 +34,16 @@ AIP_DATA_URIS = {"train": "AIP_TRAINING_DATA_URI", "validation": "AIP_VALIDATION
 VERTEX_JOB_ID = "CLOUD_ML_JOB_ID"
 GCS_FUSE_ROOT = "/gcs"
 
+# Distributed launch: SageMaker describes the cluster in resourceconfig.json, Vertex in CLUSTER_SPEC;
+# torchrun marks the processes it starts with LOCAL_RANK.
+SM_RESOURCE_CONFIG = ("input", "config", "resourceconfig.json")
+VERTEX_CLUSTER_SPEC = "CLUSTER_SPEC"
+VERTEX_POOLS = ("workerpool0", "workerpool1")
+NPROC_OVERRIDE = "SEQCLS_NPROC_PER_NODE"
+DEFAULT_MASTER_PORT = 29500
+
 ENV_PREFIX = "SEQCLS_"
-ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT"}
+ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT", NPROC_OVERRIDE}
 
 # Command-line options that name paths (for a person); everything else on the command line is a hyperparameter.
 PATH_OPTIONS = {"train", "validation", "test", "model", "output_dir"}
@@ -223,3 +232,59 @@ def failure_file_for(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     if Path(OPT_ML_DEFAULT).is_dir():
         return Path(OPT_ML_DEFAULT) / "output" / "failure"
     return None
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How many processes on how many nodes, and where they meet (torchrun's arguments)."""
+
+    nnodes: int
+    node_rank: int
+    nproc_per_node: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    def torchrun_args(self) -> list[str]:
+        if self.nnodes == 1:
+            return ["--standalone", f"--nproc_per_node={self.nproc_per_node}"]
+        return [f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}", f"--nproc_per_node={self.nproc_per_node}",
+                f"--master_addr={self.master_addr}", f"--master_port={self.master_port}"]
+
+
+def launch_plan(root: Path, gpu_count: int, env: Mapping[str, str] | None = None) -> Launch | None:
+    """The torchrun launch this node needs, or None when one process is enough or torchrun already started us."""
+    env = os.environ if env is None else env
+    if "LOCAL_RANK" in env:
+        return None
+    try:
+        nproc = int(env.get(NPROC_OVERRIDE) or max(gpu_count, 1))
+    except ValueError:
+        raise SettingsError(f"{NPROC_OVERRIDE}={env[NPROC_OVERRIDE]!r} must be an integer") from None
+    port = int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT))
+    nodes, node_rank = ["localhost"], 0
+    resource_config = root.joinpath(*SM_RESOURCE_CONFIG)
+    if resource_config.is_file():
+        config = json.loads(resource_config.read_text())
+        nodes = sorted(config["hosts"])
+        node_rank = nodes.index(config["current_host"])
+    elif env.get(VERTEX_CLUSTER_SPEC):
+        spec = json.loads(env[VERTEX_CLUSTER_SPEC])
+        nodes = [address.rsplit(":", 1)[0] for pool in VERTEX_POOLS for address in spec["cluster"].get(pool, [])]
+        task = spec["task"]
+        node_rank = 0 if task["type"] == VERTEX_POOLS[0] else len(spec["cluster"][VERTEX_POOLS[0]]) + int(task["index"])
+    launch = Launch(len(nodes), node_rank, nproc, nodes[0], port)
+    return launch if launch.world_size > 1 else None
+
+
+def pinned_for_ranks(where: Platform, argv: Sequence[str]) -> list[str]:
+    """Arguments that make every rank agree on a locally derived output folder and run id (both carry a timestamp)."""
+    if where.name != "local":
+        return []
+    pinned = [] if parse_cli(argv)[0].get("output_dir") else [f"--output_dir={where.root}"]
+    if not any("run_id" in values for _, values in where.hyperparameter_layers):
+        pinned.append(f"--run_id={where.run_id}")
+    return pinned

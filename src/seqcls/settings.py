@@ -54,6 +54,7 @@ class Settings:
     checkpoint_every_steps: int = field(default=0, metadata=_doc("Checkpoint every N optimizer steps (0: only at epoch ends)"))
     checkpoint_dir: str = field(default="", metadata=_doc("Checkpoint folder; empty: the platform's (<root>/checkpoints, AIP_CHECKPOINT_DIR)"))
     ignore_checkpoint: bool = field(default=False, metadata=_doc("Start fresh when the checkpoint does not match this run (default: refuse)"))
+    distributed_timeout_s: int = field(default=600, metadata=_doc("Seconds a collective may wait for a peer before the job fails (torch.distributed)"))
     log_every_steps: int = field(default=40, metadata=_doc("Emit a train_progress event every N steps"))
     select_best: str = field(default="none", metadata=_doc("none | mcc | loss: keep the best epoch's weights instead of the last"))
     max_train_samples: int = field(default=0, metadata=_doc("Use a seeded sample of at most N training rows (0: all)"))
@@ -145,6 +146,7 @@ def validate(s: Settings) -> None:
     _check(s.device in DEVICES, "device", s.device, f"must be one of {', '.join(DEVICES)}")
     _check(s.select_best in SELECT_BEST, "select_best", s.select_best, f"must be one of {', '.join(SELECT_BEST)}")
     _check(s.checkpoint_every_steps >= 0, "checkpoint_every_steps", s.checkpoint_every_steps, "must be >= 0")
+    _check(10 <= s.distributed_timeout_s <= 86400, "distributed_timeout_s", s.distributed_timeout_s, "must be between 10 and 86400")
     _check(s.log_every_steps >= 1, "log_every_steps", s.log_every_steps, "must be >= 1")
     _check(s.max_train_samples >= 0, "max_train_samples", s.max_train_samples, "must be >= 0 (0: all rows)")
     _check(all(c.isalnum() or c in "-_." for c in s.run_id) and not s.run_id.startswith("."), "run_id", s.run_id,

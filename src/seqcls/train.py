@@ -11,23 +11,27 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
 from . import logs
-from .data import Encoded, epoch_order, iter_batches
 from .checkpoint import STOP, Checkpointer, Progress
+from .data import Encoded, collate, epoch_order
+from .distributed import World, all_reduce_sum, any_rank, shard
 from .errors import Interrupted, SettingsError
 from .evaluate import autocast, epoch_validation, predict
 from .settings import Settings
 
 
-def pick_device(settings: Settings) -> torch.device:
+def pick_device(settings: Settings, world: World) -> torch.device:
+    """The GPU of this process's local rank, or the CPU."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("hyperparameter device=cuda but no CUDA GPU is visible "
                             "(run the container with --gpus all, or set device=auto to fall back to CPU)")
     if settings.device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    torch.cuda.set_device(world.local_rank)
+    return torch.device("cuda", world.local_rank)
 
 
 def pick_precision(settings: Settings, device: torch.device) -> str:
@@ -79,26 +83,28 @@ def _progress_bar(total: int):
 
 
 def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings: Settings, pad_token_id: int,
-          device: torch.device, precision: str, checkpointer: Checkpointer) -> Outcome:
+          device: torch.device, precision: str, checkpointer: Checkpointer, world: World) -> Outcome:
     """Fine-tune `model` in place, resuming from the newest matching checkpoint; returns per-epoch stats.
 
     With select_best, the model ends on the best epoch's weights. On SIGTERM the current step
     finishes, a checkpoint is written, and `Interrupted` is raised so the platform can retry.
+    Under torch.distributed each rank trains on its share of every global batch (see distributed.py).
     """
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(settings.seed + world.rank)  # dropout differs per rank; rank 0 alone matches 1 process
     model.to(device)
     model.train()
+    forward = DistributedDataParallel(model) if world.active else model
     steps_per_epoch = -(-len(train_set) // settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, eps=settings.adam_epsilon,
                                   weight_decay=settings.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    progress, best_weights = checkpointer.restore(model, optimizer, scheduler, scaler) or (Progress(), None)
+    progress, best_weights = checkpointer.restore(model, optimizer, scheduler, scaler, world) or (Progress(), None)
     outcome = Outcome(stats=[EpochStats(**s) for s in progress.stats])
 
     def save_checkpoint() -> None:
-        checkpointer.save(model, optimizer, scheduler, scaler, progress, best_weights)
+        checkpointer.save(model, optimizer, scheduler, scaler, progress, best_weights, world)
 
     bar = _progress_bar(total_steps)
     if bar is not None:
@@ -109,15 +115,18 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
     with STOP.deferred():
         for epoch in range(progress.epoch, settings.epochs + 1):
             epoch_start = time.perf_counter()
-            epoch_loss = torch.tensor(progress.epoch_loss_sum, dtype=torch.float32, device=device)
+            # A checkpoint stores the all-rank sum; rank 0 carries it on.
+            epoch_loss = torch.tensor(progress.epoch_loss_sum if world.is_main else 0.0, dtype=torch.float32, device=device)
             window_loss = torch.zeros((), device=device)
             window_steps = window_samples = 0
             window_start = time.perf_counter()
             batches = epoch_order(train_set.lengths, settings.batch_size, settings.seed, epoch, settings.group_by_length)
-            for rows, batch in iter_batches(train_set, batches[progress.step_in_epoch:], pad_token_id):
+            for rows in batches[progress.step_in_epoch:]:
+                mine, share = shard(rows, world)
+                batch = collate(train_set, mine, pad_token_id)
                 inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
                 with autocast(device, precision):
-                    loss = model(**inputs).loss
+                    loss = forward(**inputs).loss * share
                 scaler.scale(loss).backward()
                 if settings.max_grad_norm > 0:
                     scaler.unscale_(optimizer)
@@ -128,14 +137,15 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
                 optimizer.zero_grad(set_to_none=True)
                 progress.global_step += 1
                 progress.step_in_epoch += 1
-                epoch_loss += loss.detach()
-                window_loss += loss.detach()
+                epoch_loss += loss.detach() / world.size  # summed over ranks below: the global batch mean
+                window_loss += loss.detach() / world.size
                 window_steps += 1
                 window_samples += len(rows)
                 trained_samples += len(rows)
                 if bar is not None:
                     bar.update(1)
                 if progress.global_step % settings.log_every_steps == 0 or progress.global_step == total_steps:
+                    all_reduce_sum(window_loss, world)
                     now = time.perf_counter()
                     elapsed = now - start
                     done = progress.global_step - first_step
@@ -143,6 +153,7 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
                                epoch=epoch, step=progress.global_step, total_steps=total_steps,
                                loss=round(window_loss.item() / window_steps, 6), lr=scheduler.get_last_lr()[0],
                                samples_per_s=round(window_samples / max(now - window_start, 1e-9), 1),
+                               world_size=world.size,
                                elapsed_s=round(elapsed, 2),
                                eta_s=round(elapsed / done * (total_steps - progress.global_step), 1))
                     window_loss.zero_()
@@ -150,15 +161,19 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
                     window_start = time.perf_counter()
                 periodic = settings.checkpoint_every_steps and progress.global_step % settings.checkpoint_every_steps == 0
                 last_of_epoch = progress.step_in_epoch == len(batches)
-                if (periodic or STOP.requested) and not last_of_epoch:
-                    progress.epoch_loss_sum = epoch_loss.item()
+                stopping = any_rank(STOP.requested, world, device)
+                if (periodic or stopping) and not last_of_epoch:
+                    summed = epoch_loss.clone()
+                    all_reduce_sum(summed, world)
+                    progress.epoch_loss_sum = summed.item()
                     save_checkpoint()
-                    if STOP.requested:
+                    if stopping:
                         raise Interrupted(f"interrupted by SIGTERM at step {progress.global_step}/{total_steps}; "
                                           f"checkpoint saved in {checkpointer.directory}: rerun to resume")
             train_seconds = time.perf_counter() - epoch_start
+            all_reduce_sum(epoch_loss, world)
             val_start = time.perf_counter()
-            predictions = predict(model, val_set, pad_token_id, device, precision, settings.eval_batch_size)
+            predictions = predict(model, val_set, pad_token_id, device, precision, settings.eval_batch_size, world)
             validation = epoch_validation(val_set.labels, predictions, len(model.config.id2label))
             stats = EpochStats(epoch=epoch, train_loss=epoch_loss.item() / len(batches), train_seconds=train_seconds,
                                val_seconds=time.perf_counter() - val_start, **validation)
@@ -172,7 +187,7 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
             progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
             progress.stats = [asdict(s) for s in outcome.stats]
             save_checkpoint()
-            if STOP.requested:
+            if any_rank(STOP.requested, world, device):
                 raise Interrupted(f"interrupted by SIGTERM after epoch {epoch}; checkpoint saved in "
                                   f"{checkpointer.directory}: rerun to resume")
     if bar is not None:
