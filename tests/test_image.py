@@ -103,7 +103,8 @@ def test_sagemaker_run_writes_artifacts(tmp_path: Path, model_dir: Path) -> None
     metrics = json.loads((model / "metrics.json").read_text())
     assert -1.0 <= metrics["test"]["mcc"] <= 1.0
     manifest = json.loads((model / "run_manifest.json").read_text())
-    assert manifest["platform"] == "sagemaker" and manifest["settings"]["epochs"] == 1
+    assert manifest["platform"] == "sagemaker"
+    assert manifest["settings"]["epochs"] == {"value": 1, "source": "hyperparameters.json"}  # "1" parsed as int
     assert manifest["data"]["rows"]["test"] == TEST_ROWS
     data = root / "output" / "data"
     for name in ("training_stats.csv", "test_predictions.csv", "loss_curve.png", "confusion_matrix.png"):
