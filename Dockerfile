@@ -9,7 +9,8 @@ FROM ${BASE_IMAGE}
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# Python from the distribution only when the base has none that can make a virtualenv.
+# Python from the distribution only when the base has none that can make a virtualenv. DL3008: apt
+# versions are whatever the base's release carries; the Python packages are the pinned ones.
 # hadolint ignore=DL3008
 RUN if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
       apt-get update \
