@@ -138,7 +138,7 @@ def _read_lines(stream: TextIO, lines: queue.Queue) -> None:
 
 
 def test_docker_stop_ends_job_with_sigterm_reason(tmp_path: Path, model_dir: Path) -> None:
-    """`docker stop` sends SIGTERM to PID 1: the job must stop within the grace period, not be killed."""
+    """`docker stop` sends SIGTERM to PID 1: the job must checkpoint and stop within the grace period, not be killed."""
     root = sagemaker_tree(tmp_path / "opt_ml", {})
     name = _name()
     # Vertex-style container args instead of `train`; enough epochs that the stop lands mid-training.
@@ -169,4 +169,6 @@ def test_docker_stop_ends_job_with_sigterm_reason(tmp_path: Path, model_dir: Pat
     assert stopped_in < STOP_GRACE_S
     reason = (root / "output" / "failure").read_text()
     assert "SIGTERM" in reason, reason
-    assert json_events("".join(stdout))[-1]["event"] == "job_failed"
+    events = [e["event"] for e in json_events("".join(stdout))]
+    assert "checkpoint_saved" in events and events[-1] == "job_failed", events
+    assert list((root / "checkpoints").glob("ckpt-*.pt")), "no checkpoint to resume from after SIGTERM"
