@@ -25,7 +25,7 @@ from sagemaker.core.helper.session_helper import Session
 from sagemaker.core.shapes import MetricDefinition
 from sagemaker.core.utils.exceptions import FailedStatusError
 from sagemaker.train import ModelTrainer
-from sagemaker.train.configs import (
+from sagemaker.core.training.configs import (
     CheckpointConfig,
     Compute,
     InputData,
