@@ -7,7 +7,8 @@ value must be sent as the string the job parses back to the same value.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from seqcls import platform as runtime
 from seqcls import settings

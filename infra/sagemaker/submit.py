@@ -16,15 +16,14 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import boto3
 from botocore.validate import ParamValidator
 from sagemaker.core.helper.session_helper import Session
 from sagemaker.core.shapes import MetricDefinition
-from sagemaker.core.utils.exceptions import FailedStatusError
-from sagemaker.train import ModelTrainer
 from sagemaker.core.training.configs import (
     CheckpointConfig,
     Compute,
@@ -33,8 +32,16 @@ from sagemaker.core.training.configs import (
     OutputDataConfig,
     StoppingCondition,
 )
+from sagemaker.core.utils.exceptions import FailedStatusError
+from sagemaker.train import ModelTrainer
 
-from infra.common import SubmitError, check_environment, job_hyperparameters, parse_pairs, run_cli
+from infra.common import (
+    SubmitError,
+    check_environment,
+    job_hyperparameters,
+    parse_pairs,
+    run_cli,
+)
 from infra.sagemaker.metrics import metric_definitions
 
 CHANNELS = ("train", "validation", "test", "model")

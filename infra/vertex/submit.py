@@ -14,15 +14,21 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from google.auth.credentials import Credentials
 from google.cloud import aiplatform
 from google.cloud.aiplatform_v1.types import CustomJob, JobState, Scheduling
 from google.protobuf import duration_pb2
 
-from infra.common import SubmitError, check_environment, job_hyperparameters, parse_pairs, run_cli
+from infra.common import (
+    SubmitError,
+    check_environment,
+    job_hyperparameters,
+    parse_pairs,
+    run_cli,
+)
 from seqcls.platform import gcs_to_fuse
 
 CHANNELS = ("train", "validation", "test", "model")

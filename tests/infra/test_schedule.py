@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import re
 import shlex
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,8 +81,10 @@ def test_push_ecr_builds_tags_pushes_and_prints_the_digest(checkout: Path, tmp_p
     assert done.stdout.strip().splitlines()[-1] == f"{repo_uri}@{DIGEST}"
     calls = [c for c in _calls(tmp_path) if c[:3] != ["aws", "ecr", "describe-repositories"]]
     assert calls[0][:3] == ["aws", "ecr", "create-repository"]  # the stub said the repository is missing
-    assert calls[1] == ["aws", "ecr", "get-login-password", "--region", "eu-west-1"]
-    assert calls[2] == ["docker", "login", "--username", "AWS", "--password-stdin", "123456789012.dkr.ecr.eu-west-1.amazonaws.com"]
+    # The two sides of `aws ecr get-login-password | docker login` run at once: either may log first.
+    assert sorted(calls[1:3]) == [["aws", "ecr", "get-login-password", "--region", "eu-west-1"],
+                                  ["docker", "login", "--username", "AWS", "--password-stdin",
+                                   "123456789012.dkr.ecr.eu-west-1.amazonaws.com"]]
     assert calls[3][:2] == ["docker", "build"] and f"{repo_uri}:{tag}" in calls[3] and calls[3][-1] == str(checkout)
     assert calls[4] == ["docker", "push", f"{repo_uri}:{tag}"]
 
