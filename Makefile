@@ -17,7 +17,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	# torch first, pinned: on these machines 2.13.0 resolves to the local CPU wheel (no CUDA download).
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,infra]'
 
 run:
 	@test -f $(COLA_DIR)/in_domain_train.tsv || { echo "CoLA not found in $(COLA_DIR): download https://nyu-mll.github.io/CoLA/cola_public_1.1.zip, unzip, and pass COLA_DIR=.../cola_public/raw"; exit 2; }
@@ -70,3 +70,33 @@ lock: $(BIN)/python
 	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip compile --quiet --no-config \
 	  --index-url https://pypi.org/simple --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  --custom-compile-command 'make lock' -o container/requirements.txt pyproject.toml container/requirements.in
+
+# --- infra: image push, local GPU run, schedule examples (README "Submitting jobs (infra)") ---
+RUN_IMAGE ?= seqcls:latest
+EXAMPLE_SAGEMAKER := --image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/seqcls:0123456789ab \
+  --role arn:aws:iam::123456789012:role/SeqclsTraining --region eu-west-1 \
+  --train s3://example-seqcls-data/cola/train/ --test s3://example-seqcls-data/cola/test/ \
+  --model s3://example-seqcls-data/models/bert-base-uncased/ --output-path s3://example-seqcls-artifacts/jobs \
+  --spot --checkpoint-s3-uri s3://example-seqcls-artifacts/checkpoints --network-isolation --hp epochs=4
+EXAMPLE_VERTEX := --project example-project --region us-central1 \
+  --image us-central1-docker.pkg.dev/example-project/seqcls/seqcls:0123456789ab \
+  --train gs://example-seqcls-data/cola/in_domain_train.tsv --test gs://example-seqcls-data/cola/out_of_domain_dev.tsv \
+  --base-output-dir gs://example-seqcls-artifacts/scheduled --spot --hp epochs=4 \
+  --service-account seqcls-training@example-project.iam.gserviceaccount.com
+
+.PHONY: push-ecr push-gar run-local-gpu schedule-examples
+
+push-ecr:
+	infra/image/push-ecr.sh
+
+push-gar:
+	infra/image/push-gar.sh
+
+run-local-gpu:
+	infra/local/run.sh --image $(RUN_IMAGE) --train $(COLA_DIR)/in_domain_train.tsv \
+	  --test $(COLA_DIR)/out_of_domain_dev.tsv --output $(RUN_DIR) --hp epochs=$(EPOCHS)
+
+# The committed examples that tests keep in sync with the submitters.
+schedule-examples:
+	$(BIN)/python -m infra.schedule.aws.render $(EXAMPLE_SAGEMAKER) > infra/schedule/aws/retrain.example.asl.json
+	$(BIN)/python -m infra.vertex.submit $(EXAMPLE_VERTEX) --dry-run > infra/schedule/vertex/retrain.example.json

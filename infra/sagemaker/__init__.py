@@ -1,0 +1,1 @@
+"""SageMaker training jobs for seqcls (SDK v3, `sagemaker.train.ModelTrainer`)."""

@@ -1,0 +1,38 @@
+"""SageMaker metric definitions that read seqcls's JSON log lines (see seqcls.logs and the README).
+
+SageMaker applies each regex to every CloudWatch log line and takes the first group as the value.
+A line looks like `{"timestamp": ..., "message": ..., "event": "epoch_end", "epoch": 1,
+"train_loss": 0.68, "val_loss": 0.67, ...}`: `event` always comes before the event's own fields,
+so anchoring on it keeps `"loss"` of `train_progress` apart from every other loss.
+"""
+
+from __future__ import annotations
+
+# A JSON number without a second capture group (SageMaker reads group 1): 0.5, -0.03, 1.3e-05.
+# NaN and Infinity are not matched, so a diverged run reports no value rather than a wrong one.
+NUMBER = r"(-?[0-9][0-9.eE+-]*)"
+
+# (SageMaker metric name, seqcls event, field of that event)
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("train:loss", "train_progress", "loss"),
+    ("train:learning_rate", "train_progress", "lr"),
+    ("train:samples_per_s", "train_progress", "samples_per_s"),
+    ("train:epoch_loss", "epoch_end", "train_loss"),
+    ("validation:loss", "epoch_end", "val_loss"),
+    ("validation:accuracy", "epoch_end", "val_accuracy"),
+    ("validation:mcc", "epoch_end", "val_mcc"),
+    ("validation:f1", "epoch_end", "val_f1"),
+    ("test:mcc", "test_metrics", "test_mcc"),
+    ("test:accuracy", "test_metrics", "test_accuracy"),
+    ("test:f1", "test_metrics", "test_f1"),
+    ("test:loss", "test_metrics", "test_loss"),
+)
+
+
+def regex(event: str, field: str) -> str:
+    return f'"event": "{event}".*"{field}": {NUMBER}'
+
+
+def metric_definitions() -> list[dict[str, str]]:
+    """CreateTrainingJob's AlgorithmSpecification.MetricDefinitions, in the service's own shape."""
+    return [{"Name": name, "Regex": regex(event, field)} for name, event, field in METRICS]

@@ -1,0 +1,1 @@
+"""Scheduled retraining: EventBridge Scheduler -> Step Functions on AWS, Cloud Scheduler on Google Cloud."""

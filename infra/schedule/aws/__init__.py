@@ -1,0 +1,1 @@
+"""EventBridge Scheduler -> Step Functions -> SageMaker createTrainingJob.sync."""

@@ -1,0 +1,1 @@
+"""Vertex AI custom jobs for seqcls (google-cloud-aiplatform `CustomJob`)."""
