@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 import torch
 
-from . import artifacts, checkpoint, data, evaluate, logs, model, train
+from . import artifacts, checkpoint, data, evaluate, logs, model, storage, train
 from . import platform as runtime
 from . import settings as hyperparameters
 
@@ -38,12 +38,18 @@ def run(where: runtime.Platform) -> Path:
     where.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run in this tree is stale
     resolved = hyperparameters.resolve(where.hyperparameter_layers)
     settings = resolved.settings
+    run_id = settings.run_id or where.run_id
     device = train.pick_device(settings)
     precision = train.pick_precision(settings, device)
-    logs.event("job_start", f"seqcls run {where.run_id} on {where.name} ({device.type}, {precision})",
-               run_id=where.run_id, platform=where.name, device=device.type, precision=precision,
+    logs.event("job_start", f"seqcls run {run_id} on {where.name} ({device.type}, {precision})",
+               run_id=run_id, platform=where.name, device=device.type, precision=precision,
                torch_threads=torch.get_num_threads(), channels={k: str(v) for k, v in where.channels.items()},
                settings=resolved.snapshot())
+    # Fail before training, not after it, on a bad output location, wrong credentials or a taken run id.
+    output_uri = settings.output_uri or where.default_output_uri
+    publish_options = storage.Options(settings.s3_sse_kms_id, settings.s3_expected_bucket_owner, settings.publish_latest)
+    if output_uri:
+        storage.preflight(output_uri, run_id, publish_options)
 
     # Step 2: data. Read and split first, then check the model config before loading any weights.
     splits = data.load_splits(where.channels, settings)
@@ -108,7 +114,7 @@ def run(where: runtime.Platform) -> Path:
         artifacts.plot_confusion_matrix(out / "confusion_matrix.png", metrics["test"]["confusion_matrix"],
                                         splits.label_map.labels)
     artifacts.write_json(where.model_dir / "run_manifest.json", {
-        "run_id": where.run_id,
+        "run_id": run_id,
         "platform": where.name,
         "git_commit": where.git_commit,
         "settings": resolved.snapshot(),
@@ -126,8 +132,16 @@ def run(where: runtime.Platform) -> Path:
                model_dir=str(where.model_dir), output_data_dir=str(out), files=saved + ["metrics.json", "run_manifest.json"],
                reload_check_rows=checked)
 
+    # Step 6: publish a plain, directly loadable copy; manifest.json last, so consumers never see half a model.
+    if output_uri:
+        published = storage.publish(output_uri, run_id, [where.model_dir, out], publish_options)
+        logs.event("artifacts_published", f"published {published.files} files ({published.bytes} bytes) to "
+                                          f"{published.uri} in {published.seconds:.1f}s",
+                   uri=published.uri, files=published.files, bytes=published.bytes, seconds=published.seconds,
+                   checks=published.checks)
+
     test_mcc = metrics.get("test", {}).get("mcc") if isinstance(metrics.get("test"), dict) else None
     logs.event("job_end", f"done in {time.perf_counter() - started:.1f}s" + (f", test MCC {test_mcc:.4f}" if test_mcc is not None else ""),
-               run_id=where.run_id, test_mcc=test_mcc, best_epoch=outcome.best_epoch,
+               run_id=run_id, test_mcc=test_mcc, best_epoch=outcome.best_epoch,
                seconds=round(time.perf_counter() - started, 2), model_dir=str(where.model_dir))
     return where.model_dir
