@@ -273,6 +273,8 @@ class _S3(_Store):
                                    ContentType="application/json", **self.put_args, **condition)
         except ClientError as err:
             if new and err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if self.read(name) == data:
+                    return  # a retry of our own write that landed but whose answer was lost
                 raise StorageError(f"{self.target.join(name)} was written by another publisher meanwhile; "
                                    "this run's copy is not the published one") from None
             raise
@@ -359,6 +361,8 @@ class _GCS(_Store):
             self._blob(name).upload_from_string(data, content_type="application/json", retry=DEFAULT_RETRY,
                                                 if_generation_match=0 if new else None)
         except PreconditionFailed:
+            if self.read(name) == data:
+                return  # a retry of our own write that landed but whose answer was lost
             raise StorageError(f"{self.target.join(name)} was written by another publisher meanwhile; "
                                "this run's copy is not the published one") from None
 
@@ -458,7 +462,7 @@ def _check_free(store: _Store, run_id: str) -> None:
     try:
         taken = store.exists(f"{run_id}/{MANIFEST}")
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
-        raise StorageError(f"cannot check {store.target.join(run_id)}: {store.reason(err)}") from err
+        raise StorageError(f"cannot check {store.target.join(run_id)} for an earlier publish: {store.reason(err)}") from err
     if taken:
         raise StorageError(f"{store.target.join(run_id, MANIFEST)} already exists: run {run_id!r} was published "
                            "before and is never overwritten; set a new run_id (or output_uri)")
@@ -555,6 +559,7 @@ def fetch(uri: str, scratch: Path) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             store.download(item["name"], dest)
         _check_against_manifest(manifest, scratch, source)
+        (scratch / MANIFEST).write_bytes(raw)  # the local copy mirrors the published folder
         return scratch
     except SeqclsError:
         raise
