@@ -461,6 +461,8 @@ def _check_free(store: _Store, run_id: str) -> None:
     """The run id must not hold a manifest yet; also the first request, so bad credentials fail here."""
     try:
         taken = store.exists(f"{run_id}/{MANIFEST}")
+    except SeqclsError:
+        raise
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
         raise StorageError(f"cannot check {store.target.join(run_id)} for an earlier publish: {store.reason(err)}") from err
     if taken:
@@ -491,23 +493,26 @@ def publish(output_uri: str, run_id: str, folders: Sequence[Path], options: Opti
     run_uri = store.target.join(run_id)
     entries = collect(folders)
     _check_free(store, run_id)
-    step = "uploading"
+    step, outcome = "uploading", "no manifest was written"
     try:
         store.upload([(f"{run_id}/{e.name}", e) for e in entries])
         step = "verifying the uploaded files"
         checks = [store.verify(f"{run_id}/{e.name}", e) for e in entries]
-        step = f"writing {MANIFEST}"
+        step, outcome = f"writing {MANIFEST}", f"this run wrote no {MANIFEST}"
         store.put(f"{run_id}/{MANIFEST}", _manifest(run_id, entries), new=True)
     except StorageError as err:
-        raise StorageError(f"publishing to {run_uri} failed while {step}: {err}; no manifest was written") from err
+        raise StorageError(f"publishing to {run_uri} failed while {step}: {err}; {outcome}") from err
+    except SeqclsError:
+        raise  # Interrupted (SIGTERM) keeps its own exit code
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
-        raise StorageError(f"publishing to {run_uri} failed while {step}: {store.reason(err)}; "
-                           "no manifest was written") from err
+        raise StorageError(f"publishing to {run_uri} failed while {step}: {store.reason(err)}; {outcome}") from err
     if options.latest:
         pointer = {"run_id": run_id, "uri": run_uri, "manifest": store.target.join(run_id, MANIFEST),
                    "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         try:
             store.put(LATEST, (json.dumps(pointer, indent=2) + "\n").encode(), new=False)
+        except SeqclsError:
+            raise
         except Exception as err:  # noqa: BLE001
             raise StorageError(f"run published to {run_uri} (manifest written) but updating "
                                f"{store.target.join(LATEST)} failed: {store.reason(err)}") from err
