@@ -60,11 +60,11 @@ def inputs(tmp_path_factory, cola_dir, minilm_path) -> dict[str, Path]:
     return {"train": cola_dir / "in_domain_train.tsv", "test": test, "model": minilm_path}
 
 
-def train_args(output_dir: Path, run_id: str, output_uri: str, inputs: dict[str, Path]) -> list[str]:
-    return ["train", "--train", str(inputs["train"]), "--test", str(inputs["test"]),
-            "--model_name_or_path", str(inputs["model"]), "--epochs", "1",
-            "--max_train_samples", "64", "--max_length", "48", "--output_dir", str(output_dir), "--run_id", run_id,
-            "--output_uri", output_uri]
+def train_args(output_dir: Path, inputs: dict[str, Path], run_id: str = "", output_uri: str = "") -> list[str]:
+    args = ["train", "--train", str(inputs["train"]), "--test", str(inputs["test"]),
+            "--model_name_or_path", str(inputs["model"]), "--epochs", "1", "--max_train_samples", "64",
+            "--max_length", "48", "--output_dir", str(output_dir)]
+    return args + (["--run_id", run_id] if run_id else []) + (["--output_uri", output_uri] if output_uri else [])
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def s3(tmp_path_factory):
 def job(s3, inputs, tmp_path_factory):
     """One real job run that publishes to s3://seqcls-models/cola/job-1."""
     root = tmp_path_factory.mktemp("job")
-    code, events, stderr = run_seqcls(train_args(root / "run", "job-1", f"s3://{BUCKET}/cola", inputs), s3.env(), root)
+    code, events, stderr = run_seqcls(train_args(root / "run", inputs, "job-1", f"s3://{BUCKET}/cola"), s3.env(), root)
     assert code == 0, stderr[-3000:]
     return root, events
 
@@ -122,7 +122,7 @@ def test_predict_loads_the_published_s3_copy_and_matches_the_jobs_test_predictio
 
 @pytest.mark.slow
 def test_rerun_with_a_published_run_id_is_refused_before_training(s3, job, inputs, tmp_path, monkeypatch, capsys):
-    code, events, _ = run_in_process(train_args(tmp_path / "run", "job-1", f"s3://{BUCKET}/cola", inputs), s3.env(),
+    code, events, _ = run_in_process(train_args(tmp_path / "run", inputs, "job-1", f"s3://{BUCKET}/cola"), s3.env(),
                                      monkeypatch, capsys)
     assert code == 1
     assert not events_named(events, "data_ready"), "refused before reading data or training"
@@ -134,7 +134,7 @@ def test_rerun_with_a_published_run_id_is_refused_before_training(s3, job, input
 @pytest.mark.slow
 def test_wrong_credentials_fail_before_training_without_leaking_the_secret(s3, inputs, tmp_path, monkeypatch, capsys):
     wrong = "wrong-job-secret-99aa11"
-    code, events, stderr = run_in_process(train_args(tmp_path / "run", "job-2", f"s3://{BUCKET}/cola", inputs),
+    code, events, stderr = run_in_process(train_args(tmp_path / "run", inputs, "job-2", f"s3://{BUCKET}/cola"),
                                           s3.env(secret_key=wrong), monkeypatch, capsys)
     assert code == 1 and not events_named(events, "data_ready")
     reason = (tmp_path / "run" / "output" / "failure").read_text()
@@ -150,3 +150,14 @@ def test_bad_output_uri_fails_as_a_settings_error(tmp_path, monkeypatch, capsys)
     reason = (tmp_path / "run" / "output" / "failure").read_text()
     assert "hyperparameter output_uri 'ftp://host/models': unsupported location" in reason
     assert events_named(events, "job_failed")[0]["error_kind"] == "user"
+
+
+def test_vertex_publishes_to_aip_model_dir_when_output_uri_is_unset(inputs, tmp_path, monkeypatch, capsys):
+    """AIP_MODEL_DIR is the default target: a run id already published there is refused before training."""
+    model_dir = tmp_path / "aip-model"
+    (model_dir / "vertex-42").mkdir(parents=True)
+    (model_dir / "vertex-42" / "manifest.json").write_text("{}")
+    vertex = {"AIP_MODEL_DIR": str(model_dir), "CLOUD_ML_JOB_ID": "vertex-42"}
+    code, events, _ = run_in_process(train_args(tmp_path / "run", inputs), vertex, monkeypatch, capsys)
+    assert code == 1 and events_named(events, "job_start")[0]["platform"] == "vertex"
+    assert f"{model_dir}/vertex-42/manifest.json already exists" in events_named(events, "job_failed")[0]["message"]
