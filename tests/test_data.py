@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import cola_lines
+from jobtools import cola_lines
 from seqcls import data
 from seqcls.errors import DataError
 from seqcls.settings import Settings

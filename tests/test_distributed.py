@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, json_lines, run_cli
+from jobtools import REPO, json_lines, run_cli
 from seqcls import platform
 from seqcls.distributed import World, shard
 
@@ -77,7 +77,7 @@ def test_sharded_gradients_equal_the_global_batch_gradient(batch):
 
 @pytest.mark.slow
 def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, cola_dir, minilm_path):
-    from conftest import make_tree
+    from jobtools import make_tree
     from seqcls import data, evaluate
     from seqcls.settings import Settings
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -112,7 +112,7 @@ def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, col
 
 @pytest.mark.slow
 def test_a_failing_rank_fails_the_job_and_is_named(tmp_path, cola_dir, minilm_path):
-    from conftest import make_tree
+    from jobtools import make_tree
 
     root = make_tree(tmp_path / "ml", cola_dir, {"epochs": "1", "batch_size": "8", "distributed_timeout_s": "60"},
                      train_rows=120, test_rows=20, model=minilm_path)

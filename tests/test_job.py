@@ -8,7 +8,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from conftest import json_lines, make_tree, run_cli
+from jobtools import json_lines, make_tree, run_cli
 from seqcls import cli
 
 pytestmark = pytest.mark.slow

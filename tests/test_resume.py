@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import json_lines, make_tree, run_cli
+from jobtools import json_lines, make_tree, run_cli
 
 pytestmark = pytest.mark.slow
 

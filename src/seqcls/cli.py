@@ -1,9 +1,12 @@
-"""Command line: `seqcls train [--name value ...]`. One top-level handler turns every failure into
-the failure file, a `job_failed` event and a non-zero exit; the traceback goes to stderr only.
+"""Command line: `seqcls train [--name value ...]` and `seqcls predict --model URI --input FILE`.
+
+One top-level handler turns every failure into the failure file, a `job_failed` event and a non-zero
+exit; the traceback goes to stderr only.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -17,6 +20,7 @@ from .errors import Interrupted, SeqclsError, UserError
 
 FAILURE_REASON_LIMIT = 1024
 USAGE = """usage: seqcls train [--train PATH] [--validation PATH] [--test PATH] [--model PATH] [--output_dir DIR] [--<hyperparameter> VALUE ...]
+       seqcls predict --model s3://bucket/prefix/RUN_ID|gs://...|DIR --input FILE [--output FILE]
 
 Fine-tune a sequence classifier. Hyperparameters also come from <root>/input/config/hyperparameters.json
 and SEQCLS_<NAME> environment variables; see README.md for the contract."""
@@ -58,6 +62,18 @@ def exit_code(err: BaseException) -> int:
     return 2 if isinstance(err, UserError) else 1
 
 
+def _failed(err: BaseException, failure_file: Path | None) -> int:
+    reason = failure_reason(err)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        reason = f"rank {os.environ.get('RANK', '?')}: {reason}"[:FAILURE_REASON_LIMIT]
+    kind = err.kind if isinstance(err, SeqclsError) else "internal"
+    logs.event("job_failed", reason, level=logging.ERROR, error_kind=kind, error_type=type(err).__name__)
+    traceback.print_exc(file=sys.stderr)
+    if failure_file is not None:
+        write_failure(failure_file, reason)
+    return exit_code(err)
+
+
 def train_command(argv: Sequence[str]) -> int:
     import torch  # heavy imports (torch, transformers) only once we know the command
 
@@ -82,17 +98,32 @@ def train_command(argv: Sequence[str]) -> int:
         job.run(where)
         return 0
     except BaseException as err:  # noqa: BLE001 - the one place that turns every failure into a reason
-        reason = failure_reason(err)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            reason = f"rank {os.environ.get('RANK', '?')}: {reason}"[:FAILURE_REASON_LIMIT]
-        kind = err.kind if isinstance(err, SeqclsError) else "internal"
-        logs.event("job_failed", reason, level=logging.ERROR, error_kind=kind, error_type=type(err).__name__)
-        traceback.print_exc(file=sys.stderr)
-        if failure_file is not None:
-            write_failure(failure_file, reason)
-        return exit_code(err)
+        return _failed(err, failure_file)
     finally:
         distributed.shutdown()
+
+
+def predict_command(argv: Sequence[str]) -> int:
+    """Label a file with a published (or local) model; failures end like the job's, without a failure file."""
+    parser = argparse.ArgumentParser(prog="seqcls predict", description="Predict with a published seqcls run.")
+    parser.add_argument("--model", required=True, help="s3://bucket/prefix/RUN_ID, gs://bucket/prefix/RUN_ID or a folder")
+    parser.add_argument("--input", required=True, type=Path, help="a .tsv/.csv/.jsonl/.parquet file or folder (labels not needed)")
+    parser.add_argument("--output", type=Path, help="predictions .csv or .jsonl (default: <input stem>.predictions.csv here)")
+    for name in ("text_column", "text_pair_column", "max_length", "eval_batch_size"):
+        parser.add_argument(f"--{name}", help="default: the training run's value (from run_manifest.json)")
+    for name in ("device", "precision"):
+        parser.add_argument(f"--{name}", help="default: auto")
+    args = parser.parse_args(list(argv))
+    overrides = {name: value for name, value in vars(args).items()
+                 if name not in ("model", "input", "output") and value is not None}
+    output = args.output or Path(f"{args.input.stem}.predictions.csv")
+    from . import predict  # heavy imports only once the arguments are known
+
+    try:
+        predict.run(args.model, args.input, output, overrides)
+        return 0
+    except BaseException as err:  # noqa: BLE001 - same single handler as train
+        return _failed(err, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest[:1] == ["train"]:
             rest = rest[1:]
         return train_command(rest)
+    if command == "predict":
+        return predict_command(rest)
     print(f"seqcls: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

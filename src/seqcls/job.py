@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 import torch
 
-from . import artifacts, checkpoint, data, distributed, evaluate, logs, model, train
+from . import artifacts, checkpoint, data, distributed, evaluate, logs, model, storage, train
 from . import platform as runtime
 from . import settings as hyperparameters
 
@@ -51,6 +51,11 @@ def run(where: runtime.Platform) -> Path:
                run_id=where.run_id, platform=where.name, device=device.type, precision=precision, world_size=world.size,
                torch_threads=torch.get_num_threads(), channels={k: str(v) for k, v in where.channels.items()},
                settings=resolved.snapshot())
+    # Fail before training, not after it, on a bad output location, wrong credentials or a taken run id.
+    output_uri = settings.output_uri or where.default_output_uri
+    publish_options = storage.Options(settings.s3_sse_kms_id, settings.s3_expected_bucket_owner, settings.publish_latest)
+    if output_uri and world.is_main:
+        storage.preflight(output_uri, where.run_id, publish_options)
 
     # Step 2: data. Read and split first, then check the model config before loading any weights.
     splits = data.load_splits(where.channels, settings)
@@ -135,6 +140,14 @@ def run(where: runtime.Platform) -> Path:
     logs.event("artifacts_saved", f"model saved to {where.model_dir} (reload check passed on {checked} rows)",
                model_dir=str(where.model_dir), output_data_dir=str(out), files=saved + ["metrics.json", "run_manifest.json"],
                reload_check_rows=checked)
+
+    # Step 6: publish a plain, directly loadable copy; manifest.json last, so consumers never see half a model.
+    if output_uri:
+        published = storage.publish(output_uri, where.run_id, [where.model_dir, out], publish_options)
+        logs.event("artifacts_published", f"published {published.files} files ({published.bytes} bytes) to "
+                                          f"{published.uri} in {published.seconds:.1f}s",
+                   uri=published.uri, files=published.files, bytes=published.bytes, seconds=published.seconds,
+                   checks=published.checks)
 
     test_mcc = metrics.get("test", {}).get("mcc") if isinstance(metrics.get("test"), dict) else None
     logs.event("job_end", f"done in {time.perf_counter() - started:.1f}s" + (f", test MCC {test_mcc:.4f}" if test_mcc is not None else ""),

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from . import storage
 from .errors import SettingsError
 
 DEFAULT_MODEL = "bert-base-uncased"
@@ -51,6 +52,9 @@ class Settings:
     group_by_length: bool = field(default=True, metadata=_doc("Batch similar lengths together (less padding); order stays seeded"))
     output_uri: str = field(default="", metadata=_doc("s3://, gs:// or a path to publish <run_id>/ to; empty: no publish"))
     run_id: str = field(default="", metadata=_doc("Name of the published run folder; empty: the platform's job name or a timestamp"))
+    publish_latest: bool = field(default=True, metadata=_doc("After the manifest, point <output_uri>/latest.json at this run"))
+    s3_sse_kms_id: str = field(default="", metadata=_doc("KMS key id or ARN for SSE-KMS on S3 uploads; empty: the bucket's default encryption"))
+    s3_expected_bucket_owner: str = field(default="", metadata=_doc("12-digit AWS account that must own the bucket; empty: not checked"))
     checkpoint_every_steps: int = field(default=0, metadata=_doc("Checkpoint every N optimizer steps (0: only at epoch ends)"))
     checkpoint_dir: str = field(default="", metadata=_doc("Checkpoint folder; empty: the platform's (<root>/checkpoints, AIP_CHECKPOINT_DIR)"))
     ignore_checkpoint: bool = field(default=False, metadata=_doc("Start fresh when the checkpoint does not match this run (default: refuse)"))
@@ -149,6 +153,10 @@ def validate(s: Settings) -> None:
     _check(10 <= s.distributed_timeout_s <= 86400, "distributed_timeout_s", s.distributed_timeout_s, "must be between 10 and 86400")
     _check(s.log_every_steps >= 1, "log_every_steps", s.log_every_steps, "must be >= 1")
     _check(s.max_train_samples >= 0, "max_train_samples", s.max_train_samples, "must be >= 0 (0: all rows)")
+    if s.output_uri:
+        storage.parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
+    _check(not s.s3_expected_bucket_owner or (s.s3_expected_bucket_owner.isdigit() and len(s.s3_expected_bucket_owner) == 12),
+           "s3_expected_bucket_owner", s.s3_expected_bucket_owner, "must be a 12-digit AWS account id")
     _check(all(c.isalnum() or c in "-_." for c in s.run_id) and not s.run_id.startswith("."), "run_id", s.run_id,
            "may hold only letters, digits, '-', '_' and '.', and must not start with '.'")
 

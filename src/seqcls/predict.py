@@ -1,0 +1,85 @@
+"""Predict: load a published run (s3://, gs:// or a folder) the way a consumer would, and label a file.
+
+This is the proof that what the job publishes is usable: the model is fetched and checked against
+its manifest.json, loaded with plain transformers calls, and run on new rows with the training
+run's own max_length and column names (from run_manifest.json) unless the command line overrides them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from transformers import AutoConfig
+
+from . import artifacts, data, evaluate, logs, model, storage, train
+from . import settings as hyperparameters
+from .errors import ModelError
+
+# Settings that describe the input and the model, taken from the training run when it recorded them.
+INHERITED = ("max_length", "text_column", "text_pair_column", "eval_batch_size")
+
+
+@dataclass(frozen=True)
+class Summary:
+    rows: int
+    output: Path
+    labels: list[str]
+    seconds: float
+
+
+def _training_settings(folder: Path) -> dict[str, object]:
+    path = folder / "run_manifest.json"
+    if not path.is_file():
+        return {}
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    return {name: recorded[name]["value"] for name in INHERITED if name in recorded}
+
+
+def _write(path: Path, frame: pd.DataFrame) -> None:
+    """JSON lines for .jsonl/.json, CSV otherwise; written atomically like every other artifact."""
+    if path.suffix.lower() in (".jsonl", ".json"):
+        payload = frame.to_json(orient="records", lines=True, force_ascii=False)
+    else:
+        payload = frame.to_csv(index=False)
+    artifacts.write_atomic(path, payload.encode())
+
+
+def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[str, str]) -> Summary:
+    """Fetch (and verify) the model, read the input without labels, write one prediction per row."""
+    started = time.perf_counter()
+    storage.parse_uri(model_uri, "--model")
+    with tempfile.TemporaryDirectory(prefix="seqcls-predict-") as scratch:
+        folder = storage.fetch(model_uri, Path(scratch))
+        model.check_local_folder(folder)
+        settings = hyperparameters.resolve([("run_manifest.json", _training_settings(folder)), ("cli", overrides)]).settings
+        try:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            raise ModelError(f"cannot read the config of {model_uri}: {str(err).splitlines()[0][:300]}") from None
+        tokenizer = model.load_tokenizer(str(folder))
+        classifier = model.load_model(str(folder), config, settings.seed)
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    channel = data.read_channel(input_path, "input", settings, labelled=False)
+    encoded, _ = data.tokenize(tokenizer, channel, np.zeros(len(channel.frame), dtype=np.int64), settings.max_length)
+    device = train.pick_device(settings)
+    precision = train.pick_precision(settings, device)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    predictions = evaluate.predict(classifier.to(device), encoded, pad_token_id, device, precision, settings.eval_batch_size)
+
+    frame = channel.frame.copy()  # text, [text_pair]
+    frame["predicted"] = [labels[i] for i in predictions.predicted]
+    for i, label in enumerate(labels):
+        frame[f"prob_{label}"] = predictions.probabilities[:, i].round(6)
+    _write(output_path, frame)
+    summary = Summary(len(frame), output_path, labels, round(time.perf_counter() - started, 2))
+    logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
+               model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
+               labels=labels, device=device.type, seconds=summary.seconds)
+    return summary

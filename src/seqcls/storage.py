@@ -1,0 +1,572 @@
+"""Storage: publish a run to s3://, gs:// or a path with the manifest written last; fetch it back verified.
+
+The only module that talks to object storage. A consumer trusts a run folder only when its
+`manifest.json` exists, and that object is written after every file has been uploaded and checked
+against the server's own size and checksum, and never over an existing manifest. So a crash, a
+killed job or a failed upload leaves a folder without a manifest (ignored), never a half model that
+looks finished, and a rerun with the same run id cannot clobber a published model.
+
+Credentials come from the default chains (AWS: env, profile, role; GCP: ADC) and are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO, Iterable, Sequence
+
+from .errors import SeqclsError, SettingsError, StorageError
+
+MANIFEST = "manifest.json"
+LATEST = "latest.json"
+MANIFEST_FORMAT = "seqcls-manifest/1"
+S3_MULTIPART_THRESHOLD = 32 * 1024 * 1024
+S3_PART_BYTES = 16 * 1024 * 1024
+S3_CONCURRENCY = 8
+S3_MAX_ATTEMPTS = 8  # total attempts per request, standard mode (capped exponential backoff); AWS_MAX_ATTEMPTS overrides
+GCS_CHUNK_BYTES = 16 * 1024 * 1024  # a multiple of 256 KiB; setting it makes every upload resumable
+BLOCK = 1024 * 1024
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_CREDENTIAL_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                     "InvalidToken", "AllAccessDisabled"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed output location: scheme "s3", "gs" or "file"; for "file", `prefix` is the folder."""
+
+    scheme: str
+    bucket: str
+    prefix: str
+
+    def join(self, *names: str) -> str:
+        parts = [p for p in (self.prefix, *names) if p]
+        if self.scheme == "file":
+            return str(Path(*parts)) if parts else "."
+        return f"{self.scheme}://{self.bucket}/" + "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Publish options from the hyperparameters (S3 ones are ignored for other schemes)."""
+
+    s3_sse_kms_id: str = ""
+    s3_expected_bucket_owner: str = ""
+    latest: bool = True
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str  # path inside the run folder (posix)
+    path: Path  # local file
+    size: int
+    sha256: str  # hex
+    md5: str  # hex
+
+
+@dataclass(frozen=True)
+class Published:
+    uri: str  # the run folder
+    files: int  # artifacts, manifest not counted
+    bytes: int
+    seconds: float
+    checks: list[str]  # how the server's copies were verified ("sha256", "md5", "crc32c+md5", ...)
+
+
+def parse_uri(uri: str, what: str = "location") -> Target:
+    """s3://bucket[/prefix], gs://bucket[/prefix] or a path; any other scheme is a settings error."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?(.*)$", uri)
+    if match:
+        scheme = match.group(1).lower()
+        if scheme not in ("s3", "gs") or not match.group(2):
+            raise SettingsError(f"{what} {uri!r}: unsupported location; "
+                                "use s3://bucket/prefix, gs://bucket/prefix or a local/mounted path")
+        bucket, _, prefix = match.group(3).partition("/")
+        if not _BUCKET.match(bucket):
+            raise SettingsError(f"{what} {uri!r}: {bucket!r} is not a valid bucket name "
+                                "(3-222 lowercase letters, digits, '.', '-', '_')")
+        prefix = prefix.strip("/")
+        if any(part in (".", "..") for part in prefix.split("/")) or "//" in prefix:
+            raise SettingsError(f"{what} {uri!r}: the prefix must not hold empty, '.' or '..' parts")
+        return Target(scheme, bucket, prefix)
+    if not uri.strip():
+        raise SettingsError(f"{what} is empty")
+    return Target("file", "", uri)
+
+
+def _digest(path: Path) -> tuple[int, str, str]:
+    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(BLOCK), b""):
+            sha.update(block)
+            md5.update(block)
+            size += len(block)
+    return size, sha.hexdigest(), md5.hexdigest()
+
+
+def _part_digests(path: Path, part_bytes: int, algorithm: str) -> list[bytes]:
+    """Per-part digests, for the composite checksums and ETags of multipart uploads."""
+    digests = []
+    with path.open("rb") as handle:
+        while True:
+            h, left = hashlib.new(algorithm), part_bytes
+            while left:
+                block = handle.read(min(BLOCK, left))
+                if not block:
+                    break
+                h.update(block)
+                left -= len(block)
+            if left == part_bytes:
+                return digests
+            digests.append(h.digest())
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def collect(folders: Sequence[Path]) -> list[FileEntry]:
+    """Every non-hidden file of the folders, named by its path inside its folder; names must not collide."""
+    entries: dict[str, FileEntry] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+                continue  # staging folders and temp files of atomic writes
+            name = rel.as_posix()
+            if name in (MANIFEST, LATEST) or name in entries:
+                other = entries[name].path if name in entries else "the publisher's own file"
+                raise StorageError(f"cannot publish {path}: its name {name!r} collides with {other} "
+                                   "(the published folder is flat)")
+            size, sha256, md5 = _digest(path)
+            entries[name] = FileEntry(name, path, size, sha256, md5)
+    if not entries:
+        raise StorageError(f"nothing to publish: {', '.join(map(str, folders))} hold no files")
+    return list(entries.values())
+
+
+class _Store(ABC):
+    """One backend. Names are relative to the target; methods may raise the backend's own errors."""
+
+    target: Target
+
+    @abstractmethod
+    def exists(self, name: str) -> bool:
+        """Whether the object is there (a missing one is False, a denied check raises)."""
+
+    @abstractmethod
+    def upload(self, items: list[tuple[str, FileEntry]]) -> None:
+        """Upload every (name, local file); retries are the backend's."""
+
+    @abstractmethod
+    def verify(self, name: str, entry: FileEntry) -> str:
+        """Raise StorageError unless the stored object matches the file; return the check used."""
+
+    @abstractmethod
+    def put(self, name: str, data: bytes, new: bool) -> None:
+        """Write a small object; with `new`, fail instead of replacing an existing one."""
+
+    @abstractmethod
+    def read(self, name: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+
+    @abstractmethod
+    def download(self, name: str, dest: Path) -> None:
+        """Copy the object to a local file."""
+
+    def reason(self, err: Exception) -> str:
+        """One line for the failure file: what went wrong, with a hint where one helps."""
+        return f"{type(err).__name__}: {err}"
+
+
+class _S3(_Store):
+    def __init__(self, target: Target, options: Options) -> None:
+        import boto3
+        import botocore.session
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.target = target
+        session = botocore.session.get_session()  # reads AWS_* env, profiles, AWS_ENDPOINT_URL_S3
+        attempts = int(session.get_config_variable("max_attempts") or S3_MAX_ATTEMPTS)
+        self.client = boto3.Session(botocore_session=session).client("s3", config=Config(
+            retries={"mode": "standard", "total_max_attempts": attempts}, connect_timeout=10, read_timeout=120))
+        self.transfer = TransferConfig(multipart_threshold=S3_MULTIPART_THRESHOLD, multipart_chunksize=S3_PART_BYTES,
+                                       max_concurrency=S3_CONCURRENCY, preferred_transfer_client="classic")
+        self.owner = {"ExpectedBucketOwner": options.s3_expected_bucket_owner} if options.s3_expected_bucket_owner else {}
+        self.sse = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": options.s3_sse_kms_id} if options.s3_sse_kms_id else {}
+        self.put_args = {"ChecksumAlgorithm": "SHA256", **self.sse, **self.owner}
+
+    def _key(self, name: str) -> str:
+        return "/".join(p for p in (self.target.prefix, name) if p)
+
+    def exists(self, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.target.bucket, Key=self._key(name), **self.owner)
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def upload(self, items: list[tuple[str, FileEntry]]) -> None:
+        """All files through one TransferManager: parts and files upload concurrently, retried per request."""
+        from boto3.s3.transfer import create_transfer_manager
+
+        with create_transfer_manager(self.client, self.transfer) as manager:
+            futures = [manager.upload(str(entry.path), self.target.bucket, self._key(name), extra_args=dict(self.put_args))
+                       for name, entry in items]
+            for future in futures:
+                future.result()
+
+    def verify(self, name: str, entry: FileEntry) -> str:
+        """Compare the server's size and checksum (SHA-256, composite for multipart; else the MD5 ETag)."""
+        from s3transfer.utils import ChunksizeAdjuster
+
+        head = self.client.head_object(Bucket=self.target.bucket, Key=self._key(name), ChecksumMode="ENABLED", **self.owner)
+        if head["ContentLength"] != entry.size:
+            raise StorageError(f"{self.target.join(name)} holds {head['ContentLength']} bytes, expected {entry.size}")
+        part_bytes = ChunksizeAdjuster().adjust_chunksize(S3_PART_BYTES, entry.size)
+        stored = head.get("ChecksumSHA256")
+        etag = head.get("ETag", "").strip('"')
+        if stored:
+            kind, got = "sha256", stored
+            if "-" in stored:
+                parts = _part_digests(entry.path, part_bytes, "sha256")
+                expected = _b64(hashlib.sha256(b"".join(parts)).digest()) + f"-{len(parts)}"
+            else:
+                expected = _b64(bytes.fromhex(entry.sha256))
+        elif re.fullmatch(r"[0-9a-f]{32}(-\d+)?", etag) and not self.sse:  # SSE-KMS ETags are not MD5s
+            kind, got = "md5", etag
+            if "-" in etag:
+                parts = _part_digests(entry.path, part_bytes, "md5")
+                expected = hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest() + f"-{len(parts)}"
+            else:
+                expected = entry.md5
+        else:
+            return "size"
+        if got != expected:
+            raise StorageError(f"{self.target.join(name)}: server {kind} {got} does not match the local file's {expected}")
+        return kind
+
+    def put(self, name: str, data: bytes, new: bool) -> None:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if new else {}
+        try:
+            self.client.put_object(Bucket=self.target.bucket, Key=self._key(name), Body=data,
+                                   ContentType="application/json", **self.put_args, **condition)
+        except ClientError as err:
+            if new and err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                if self.read(name) == data:
+                    return  # a retry of our own write that landed but whose answer was lost
+                raise StorageError(f"{self.target.join(name)} was written by another publisher meanwhile; "
+                                   "this run's copy is not the published one") from None
+            raise
+
+    def read(self, name: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.target.bucket, Key=self._key(name), **self.owner)["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def download(self, name: str, dest: Path) -> None:
+        self.client.download_file(self.target.bucket, self._key(name), str(dest), ExtraArgs=dict(self.owner),
+                                  Config=self.transfer)
+
+    def reason(self, err: Exception) -> str:
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        if isinstance(err, NoCredentialsError):
+            return "no AWS credentials found (env AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile or instance role)"
+        if isinstance(err, ClientError):
+            error = err.response.get("Error", {})
+            code, message = str(error.get("Code", "")), error.get("Message", "") or str(err)
+            text = f"{code}: {message}"
+            if code in _CREDENTIAL_CODES:
+                text += " (check the AWS credentials and the bucket policy; the bucket owner if s3_expected_bucket_owner is set)"
+            return text
+        return f"{type(err).__name__}: {err} (endpoint {self.client.meta.endpoint_url})"
+
+
+class _GCS(_Store):
+    def __init__(self, target: Target) -> None:
+        try:
+            from google.cloud import storage as gcs
+        except ImportError:
+            raise StorageError(f"{target.join()} needs google-cloud-storage: pip install 'seqcls[gcs]'") from None
+        self.target = target
+        self.client = gcs.Client()  # ADC; STORAGE_EMULATOR_HOST switches to the emulator with anonymous credentials
+        self.bucket = self.client.bucket(target.bucket)
+
+    def _blob(self, name: str):
+        return self.bucket.blob("/".join(p for p in (self.target.prefix, name) if p), chunk_size=GCS_CHUNK_BYTES)
+
+    def exists(self, name: str) -> bool:
+        return self._blob(name).exists()
+
+    def upload(self, items: list[tuple[str, FileEntry]]) -> None:
+        """Resumable uploads, retried (whole-object writes of the same bytes are safe to repeat), crc32c-checked."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        for name, entry in items:
+            self._blob(name).upload_from_filename(str(entry.path), checksum="crc32c", retry=DEFAULT_RETRY)
+
+    def verify(self, name: str, entry: FileEntry) -> str:
+        import google_crc32c
+
+        blob = self.bucket.get_blob(self._blob(name).name)
+        if blob is None:
+            raise StorageError(f"{self.target.join(name)} is missing after upload")
+        if blob.size != entry.size:
+            raise StorageError(f"{self.target.join(name)} holds {blob.size} bytes, expected {entry.size}")
+        crc = google_crc32c.Checksum()
+        with entry.path.open("rb") as handle:
+            for block in iter(lambda: handle.read(BLOCK), b""):
+                crc.update(block)
+        checks = {"crc32c": (blob.crc32c, _b64(crc.digest())), "md5": (blob.md5_hash, _b64(bytes.fromhex(entry.md5)))}
+        done = []
+        for kind, (got, expected) in checks.items():
+            if got is None:
+                continue
+            if got != expected:
+                raise StorageError(f"{self.target.join(name)}: server {kind} {got} does not match the local file's {expected}")
+            done.append(kind)
+        return "+".join(done) or "size"
+
+    def put(self, name: str, data: bytes, new: bool) -> None:
+        from google.api_core.exceptions import PreconditionFailed
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        try:
+            self._blob(name).upload_from_string(data, content_type="application/json", retry=DEFAULT_RETRY,
+                                                if_generation_match=0 if new else None)
+        except PreconditionFailed:
+            if self.read(name) == data:
+                return  # a retry of our own write that landed but whose answer was lost
+            raise StorageError(f"{self.target.join(name)} was written by another publisher meanwhile; "
+                               "this run's copy is not the published one") from None
+
+    def read(self, name: str) -> bytes | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return self._blob(name).download_as_bytes()
+        except NotFound:
+            return None
+
+    def download(self, name: str, dest: Path) -> None:
+        self._blob(name).download_to_filename(str(dest))  # md5-checked by the client
+
+    def reason(self, err: Exception) -> str:
+        from google.api_core.exceptions import Forbidden, GoogleAPICallError, Unauthorized
+        from google.auth.exceptions import DefaultCredentialsError
+
+        if isinstance(err, DefaultCredentialsError):
+            return "no Google credentials found (Application Default Credentials)"
+        if isinstance(err, GoogleAPICallError):
+            hint = " (check the Google credentials and the bucket's IAM)" if isinstance(err, (Forbidden, Unauthorized)) else ""
+            return f"{err.code}: {err.message}{hint}"
+        return f"{type(err).__name__}: {err}"
+
+
+class _Local(_Store):
+    """A local or FUSE-mounted folder (Vertex's /gcs): every file written to a temp name, then renamed."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.root = Path(target.prefix)
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).exists()
+
+    def _write(self, dest: Path, source: BinaryIO) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(source, out, BLOCK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def upload(self, items: list[tuple[str, FileEntry]]) -> None:
+        for name, entry in items:
+            with entry.path.open("rb") as source:
+                self._write(self.root / name, source)
+
+    def verify(self, name: str, entry: FileEntry) -> str:
+        size, sha256, _ = _digest(self.root / name)  # reads back through the mount
+        if (size, sha256) != (entry.size, entry.sha256):
+            raise StorageError(f"{self.root / name} reads back as {size} bytes sha256 {sha256}, "
+                               f"expected {entry.size} bytes sha256 {entry.sha256}")
+        return "sha256"
+
+    def put(self, name: str, data: bytes, new: bool) -> None:
+        dest = self.root / name
+        if new and dest.exists():  # a mounted bucket has no no-clobber rename: check, then rename
+            raise StorageError(f"{dest} was written by another publisher meanwhile; this run's copy is not the published one")
+        self._write(dest, io.BytesIO(data))
+
+    def read(self, name: str) -> bytes | None:
+        path = self.root / name
+        return path.read_bytes() if path.is_file() else None
+
+    def download(self, name: str, dest: Path) -> None:
+        shutil.copyfile(self.root / name, dest)
+
+    def reason(self, err: Exception) -> str:
+        if isinstance(err, OSError):
+            return f"{err.strerror or type(err).__name__}: {err.filename or self.root}"
+        return f"{type(err).__name__}: {err}"
+
+
+def open_store(uri: str, options: Options = Options()) -> _Store:
+    target = parse_uri(uri)
+    try:
+        if target.scheme == "s3":
+            return _S3(target, options)
+        if target.scheme == "gs":
+            return _GCS(target)
+        return _Local(target)
+    except SeqclsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. no credentials or a bad AWS profile
+        raise StorageError(f"cannot open {target.join()}: {type(err).__name__}: {err}") from err
+
+
+def _check_free(store: _Store, run_id: str) -> None:
+    """The run id must not hold a manifest yet; also the first request, so bad credentials fail here."""
+    try:
+        taken = store.exists(f"{run_id}/{MANIFEST}")
+    except SeqclsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
+        raise StorageError(f"cannot check {store.target.join(run_id)} for an earlier publish: {store.reason(err)}") from err
+    if taken:
+        raise StorageError(f"{store.target.join(run_id, MANIFEST)} already exists: run {run_id!r} was published "
+                           "before and is never overwritten; set a new run_id (or output_uri)")
+
+
+def preflight(output_uri: str, run_id: str, options: Options) -> None:
+    """Before training: the location is reachable with these credentials and the run id is still free."""
+    _check_free(open_store(output_uri, options), run_id)
+
+
+def _manifest(run_id: str, entries: Iterable[FileEntry]) -> bytes:
+    files = [{"name": e.name, "size": e.size, "sha256": e.sha256} for e in entries]
+    return (json.dumps({"format": MANIFEST_FORMAT, "run_id": run_id,
+                        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "total_bytes": sum(f["size"] for f in files), "files": files}, indent=2) + "\n").encode()
+
+
+def publish(output_uri: str, run_id: str, folders: Sequence[Path], options: Options = Options()) -> Published:
+    """Upload every file of `folders` to <output_uri>/<run_id>/, verify them, then write manifest.json.
+
+    Raises StorageError (with the run URI and the step that failed) and writes no manifest when any
+    upload or check fails. `latest.json` beside the run folders is updated only after the manifest.
+    """
+    started = time.perf_counter()
+    store = open_store(output_uri, options)
+    run_uri = store.target.join(run_id)
+    entries = collect(folders)
+    _check_free(store, run_id)
+    step, outcome = "uploading", "no manifest was written"
+    try:
+        store.upload([(f"{run_id}/{e.name}", e) for e in entries])
+        step = "verifying the uploaded files"
+        checks = [store.verify(f"{run_id}/{e.name}", e) for e in entries]
+        step, outcome = f"writing {MANIFEST}", f"this run wrote no {MANIFEST}"
+        store.put(f"{run_id}/{MANIFEST}", _manifest(run_id, entries), new=True)
+    except StorageError as err:
+        raise StorageError(f"publishing to {run_uri} failed while {step}: {err}; {outcome}") from err
+    except SeqclsError:
+        raise  # Interrupted (SIGTERM) keeps its own exit code
+    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
+        raise StorageError(f"publishing to {run_uri} failed while {step}: {store.reason(err)}; {outcome}") from err
+    if options.latest:
+        pointer = {"run_id": run_id, "uri": run_uri, "manifest": store.target.join(run_id, MANIFEST),
+                   "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        try:
+            store.put(LATEST, (json.dumps(pointer, indent=2) + "\n").encode(), new=False)
+        except SeqclsError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise StorageError(f"run published to {run_uri} (manifest written) but updating "
+                               f"{store.target.join(LATEST)} failed: {store.reason(err)}") from err
+    return Published(run_uri, len(entries), sum(e.size for e in entries), round(time.perf_counter() - started, 3),
+                     sorted(set(checks)))
+
+
+def _check_against_manifest(manifest: dict, folder: Path, source: str) -> None:
+    for item in manifest["files"]:
+        size, sha256, _ = _digest(folder / item["name"])
+        if (size, sha256) != (item["size"], item["sha256"]):
+            raise StorageError(f"{source}: {item['name']} is {size} bytes sha256 {sha256} but manifest.json "
+                               f"says {item['size']} bytes sha256 {item['sha256']}")
+
+
+def _load_manifest(raw: bytes, source: str) -> dict:
+    try:
+        manifest = json.loads(raw)
+        names = [item["name"] for item in manifest["files"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise StorageError(f"{source}/{MANIFEST} is not a seqcls manifest: {err}") from None
+    for name in names:
+        if not isinstance(name, str) or name.startswith("/") or ".." in name.split("/"):
+            raise StorageError(f"{source}/{MANIFEST} lists an unsafe file name {name!r}")
+    return manifest
+
+
+def fetch(uri: str, scratch: Path) -> Path:
+    """A published run as a local folder whose files match its manifest.
+
+    Remote runs download into `scratch`; a local folder with a manifest is verified in place; a local
+    folder without one (a plain save_pretrained folder) is returned as is.
+    """
+    store = open_store(uri)
+    source = store.target.join()
+    try:
+        raw = store.read(MANIFEST)
+        if store.target.scheme == "file":
+            if raw is None:
+                return Path(store.target.prefix)
+            manifest = _load_manifest(raw, source)
+            _check_against_manifest(manifest, Path(store.target.prefix), source)
+            return Path(store.target.prefix)
+        if raw is None:
+            raise StorageError(f"{source} has no {MANIFEST}: not a completed publish (or not a run folder)")
+        manifest = _load_manifest(raw, source)
+        for item in manifest["files"]:
+            dest = scratch / item["name"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            store.download(item["name"], dest)
+        _check_against_manifest(manifest, scratch, source)
+        (scratch / MANIFEST).write_bytes(raw)  # the local copy mirrors the published folder
+        return scratch
+    except SeqclsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
+        raise StorageError(f"cannot fetch {source}: {store.reason(err)}") from err
