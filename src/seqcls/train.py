@@ -23,7 +23,7 @@ from .evaluate import autocast, epoch_validation, predict
 from .settings import Settings
 
 
-def pick_device(settings: Settings, world: World) -> torch.device:
+def pick_device(settings: Settings, world: World = World()) -> torch.device:
     """The GPU of this process's local rank, or the CPU."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise SettingsError("hyperparameter device=cuda but no CUDA GPU is visible "
