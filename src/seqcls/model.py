@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from .data import LabelMap
@@ -30,6 +31,12 @@ def check_local_folder(path: Path) -> None:
             raise ModelError(f"model folder {path} has only {', '.join(unsafe)}: pickle weights are refused; "
                              "convert them to model.safetensors (save_pretrained does by default)")
         raise ModelError(f"model folder {path} has no model.safetensors weights")
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as handle:  # reads the header only
+                handle.keys()
+        except (SafetensorError, OSError) as err:
+            raise ModelError(f"model weights {weights} are unreadable ({err}): truncated or corrupt download?") from None
 
 
 def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
