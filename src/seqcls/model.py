@@ -48,6 +48,9 @@ def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
         config = AutoConfig.from_pretrained(source, num_labels=len(label_map.labels), id2label=label_map.id2label,
                                             label2id=label_map.label2id, trust_remote_code=False)
     except (OSError, ValueError) as err:
+        if "custom code" in str(err):
+            raise ModelError(f"model {source!r} needs its own Python code (auto_map in config.json): seqcls never runs "
+                             "code shipped with a model; use a model whose model_type transformers supports") from None
         raise ModelError(f"cannot load model {source!r}: {str(err).splitlines()[0][:300]} "
                          "(offline or network-isolated? mount the model folder as the `model` channel)") from None
     return config
