@@ -42,7 +42,9 @@ def check_local_folder(path: Path) -> None:
 def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
     """The config with our label names; read before any weights so bad settings fail fast."""
     local = Path(source)
-    if local.exists():
+    # A hub id is "name" or "org/name"; an existing or explicit path (a channel, /..., ./...) must be a usable folder
+    # rather than fall through to a slow, doomed hub download.
+    if local.exists() or source.startswith(("/", "./", "../", "~")):
         check_local_folder(local)
     try:
         config = AutoConfig.from_pretrained(source, num_labels=len(label_map.labels), id2label=label_map.id2label,
