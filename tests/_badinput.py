@@ -61,6 +61,8 @@ def write_tree(root: Path, files: dict[str, str | bytes | None]) -> Path:
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_ENV_PREFIXES)}
     env["SEQCLS_GIT_COMMIT"] = "test"  # skips a `git rev-parse` per run
+    # One intra-op thread per child: on a shared 2-core machine, 2 spinning threads per run were 5x slower.
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra or {})
     return env
 
