@@ -10,7 +10,6 @@ import json
 import pickle
 import re
 import tomllib
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -256,16 +255,14 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def test_runtime_dependencies_are_locked_and_installed_as_locked() -> None:
+def test_runtime_dependencies_are_locked() -> None:
+    """The image installs container/requirements.txt (`make lock`): every runtime dependency pinned exactly."""
     lock = {}
-    for line in (REPO / "container" / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.]+", line), f"not an exact pin: {line!r}"
+    for line in (REPO / "container" / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+]+", line), f"not an exact pin: {line!r}"
             name, version = line.split("==")
             lock[name.lower().replace("_", "-")] = version
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     missing = [d for d in declared if _name(d) not in lock]
     assert not missing, f"runtime dependencies missing from the lock (run `make lock`): {missing}"
-    for name in map(_name, declared):
-        installed = metadata.version(name).split("+", 1)[0]
-        assert installed == lock[name], f"{name} {installed} installed but {lock[name]} locked: run `make install`"
