@@ -8,7 +8,7 @@ EPOCHS ?= 3
 RUN_DIR ?= runs/cola-minilm-$(shell date -u +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint clean image image-test lock
+.PHONY: install run test lint clean image image-test lock audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,17 @@ lock: $(BIN)/python
 	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip compile --quiet --no-config \
 	  --index-url https://pypi.org/simple --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  --custom-compile-command 'make lock' -o container/requirements.txt pyproject.toml container/requirements.in
+
+# Known-vulnerability check of the lock with pip-audit, from its own venv (its dependencies stay out of ours).
+# --strict: a package that cannot be audited (advisory API unreachable, as behind our proxy) fails the
+# target instead of passing silently.
+AUDIT_BIN := $(VENV)/audit-tool/bin
+$(AUDIT_BIN)/pip-audit:
+	$(PYTHON) -m venv $(VENV)/audit-tool
+	$(AUDIT_BIN)/pip install --quiet pip-audit
+
+audit: $(AUDIT_BIN)/pip-audit
+	$(AUDIT_BIN)/pip-audit --strict --no-deps --disable-pip --progress-spinner off -r container/requirements.txt
 
 # --- infra: image push, local GPU run, schedule examples (README "Submitting jobs (infra)") ---
 RUN_IMAGE ?= seqcls:latest

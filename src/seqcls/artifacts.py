@@ -1,15 +1,20 @@
 """Artifacts: the save_pretrained model, metrics, per-epoch stats, plots, predictions and the run manifest.
 
-Every file is written to a temporary name and renamed into place, so a crash never leaves a
-half-written artifact where the platform (or a consumer) looks.
+Every file is written to a temporary name and renamed into place, and a run's files are written
+into a hidden staging folder that moves into place only once all of them are written and checked,
+so a crash never leaves a half-written artifact, or half a set, where the platform (or a consumer) looks.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .data import PAIR, TEXT, Channel, LabelMap
@@ -43,8 +49,10 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are for other users too
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # "disk full" is only useful with the file that did not fit
         raise
 
 
@@ -52,20 +60,50 @@ def write_json(path: Path, value: Any) -> None:
     write_atomic(path, (json.dumps(value, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
-def save_model(model: torch.nn.Module, tokenizer, model_dir: Path) -> list[str]:
-    """save_pretrained into a hidden staging folder inside model_dir, then rename each file into place."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=".staging-"))
+@contextmanager
+def staged(final_dir: Path) -> Iterator[Path]:
+    """A hidden folder inside final_dir (same filesystem, so moves are renames) to write a set of files into.
+
+    On success every file moves into final_dir; on any failure (disk full, reload check) the folder is
+    deleted, so final_dir never holds a partial set.
+    """
+    final_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final_dir, prefix=".staging-"))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        names = sorted(p.name for p in staging.iterdir())
-        for name in names:
-            os.chmod(staging / name, 0o666 & ~_umask())
-            os.replace(staging / name, model_dir / name)
-        return names
+        yield staging
+        for item in sorted(staging.iterdir()):
+            os.chmod(item, 0o666 & ~_umask())  # artifacts are for other users too
+            os.replace(item, final_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_model(model: torch.nn.Module, tokenizer, folder: Path) -> list[str]:
+    """save_pretrained (safetensors) of the model and its tokenizer; returns the file names."""
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    except SafetensorError as err:
+        # safetensors reports a full disk as text ("... (os error 28)"): make it the OSError the CLI explains.
+        if f"os error {errno.ENOSPC})" in str(err):
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder)) from err
+        raise
+    tokenizer.save_pretrained(folder)
+    return sorted(p.name for p in folder.iterdir())
+
+
+def model_source_files(source: str) -> list[dict[str, object]]:
+    """sha256 and size of a local model folder's files (none for a hub id): the exact start a rerun needs."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        found.append({"name": path.name, "sha256": digest.hexdigest(), "bytes": path.stat().st_size})
+    return found
 
 
 def write_training_stats(path: Path, stats: list[EpochStats]) -> None:

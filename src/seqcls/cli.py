@@ -35,7 +35,7 @@ def failure_reason(err: BaseException) -> str:
     elif isinstance(err, MemoryError):
         text = "out of memory: lower batch_size, eval_batch_size or max_length"
     elif isinstance(err, OSError) and err.errno == 28:
-        text = f"no space left on device while writing {err.filename or 'output'}"
+        text = f"no space left on device while writing {err.filename or 'output'}: free space or give the job a larger disk"
     else:
         text = f"internal error: {type(err).__name__}: {err}"
     text = " ".join(text.split())

@@ -23,6 +23,8 @@ COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
 COLA_TEXT, COLA_LABEL = "sentence", "label"
 TEXT, PAIR, LABEL = "text", "text_pair", "label"
 TOKENIZE_CHUNK_ROWS = 20_000
+# Far beyond any max_length; a longer cell is almost always rows merged by an unclosed quote or a wrong delimiter.
+MAX_TEXT_CHARS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,11 @@ def _sha256(path: Path) -> str:
 
 
 def channel_files(path: Path, channel: str) -> list[Path]:
-    """A channel is one file or a folder of files (hidden files and unsupported suffixes skipped)."""
+    """A channel is one file or a folder of files (hidden files and unsupported suffixes skipped).
+
+    Files in a folder must stay inside it: a symlink to elsewhere on the host is refused, so a channel
+    (possibly assembled by someone else) cannot make the job read files it was not given.
+    """
     if not path.exists():
         raise DataError(f"{channel} channel {path} does not exist")
     if path.is_file():
@@ -56,6 +62,12 @@ def channel_files(path: Path, channel: str) -> list[Path]:
     if not supported:
         listing = ", ".join(p.name for p in files[:5]) or "no files"
         raise DataError(f"{channel} channel {path} holds no {'/'.join(SUPPORTED_SUFFIXES)} files (found: {listing})")
+    root = path.resolve()
+    for file in supported:
+        target = file.resolve()
+        if not target.is_relative_to(root):
+            raise DataError(f"{channel} file {file} is a symlink to {target}, outside the channel folder {path}: "
+                            "copy the file into the channel instead")
     return supported
 
 
@@ -70,6 +82,8 @@ def _read_file(path: Path, settings: Settings) -> tuple[pd.DataFrame, str, str]:
     suffix = path.suffix.lower()
     text_col, label_col = settings.text_column, settings.label_column
     try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path} is empty (0 bytes)")
         if suffix == ".parquet":
             frame = pd.read_parquet(path)
         elif suffix in (".jsonl", ".json"):
@@ -79,18 +93,20 @@ def _read_file(path: Path, settings: Settings) -> tuple[pd.DataFrame, str, str]:
                 first_line = handle.readline()
             if not first_line.strip():
                 raise DataError(f"{path} is empty")
-            if suffix == ".tsv" and _is_cola_layout(first_line, settings):
+            delimiter, quoting = ("\t", csv.QUOTE_NONE) if suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
+            has_header = not (suffix == ".tsv" and _is_cola_layout(first_line, settings))
+            if not has_header:
                 frame = pd.read_csv(path, sep="\t", header=None, names=COLA_COLUMNS, dtype=str, quoting=csv.QUOTE_NONE,
                                     keep_default_na=False, engine="c")
                 text_col, label_col = COLA_TEXT, COLA_LABEL
             else:
-                frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False,
-                                    quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL, engine="c")
+                frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False, quoting=quoting, engine="c")
                 # pandas renames a repeated header "a" to "a.1"; a silently renamed column is a bug magnet.
-                header = next(csv.reader([first_line], delimiter="\t" if suffix == ".tsv" else ","))
+                header = next(csv.reader([first_line], delimiter=delimiter))
                 duplicates = sorted({h for h in header if header.count(h) > 1})
                 if duplicates:
                     raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicates))} in the header")
+            _check_no_short_rows(path, delimiter, quoting, frame.shape[1], has_header)
     except DataError:
         raise
     except UnicodeDecodeError as err:
@@ -102,6 +118,49 @@ def _read_file(path: Path, settings: Settings) -> tuple[pd.DataFrame, str, str]:
     except (ValueError, OSError) as err:
         raise DataError(f"{path} could not be read as {suffix[1:]}: {str(err).strip()[:300]}") from None
     return frame, text_col, label_col
+
+
+def _check_no_short_rows(path: Path, delimiter: str, quoting: int, expected: int, has_header: bool) -> None:
+    """pandas pads a row with too few fields with "" (it only rejects too many); a ragged row is a broken file.
+
+    A second pass with the csv module, which reports each row's true field count (blank lines skipped, as pandas does).
+    """
+    csv.field_size_limit(2**31 - 1)  # the default (128 KiB) would reject cells that the text-length check reports better
+    with path.open("r", encoding="utf-8", newline="") as handle:
+        rows = (row for row in csv.reader(handle, delimiter=delimiter, quoting=quoting) if row)
+        if has_header:
+            next(rows, None)
+        for number, row in enumerate(rows, 1):
+            if len(row) < expected:
+                raise DataError(f"{path}: row {number}{' after the header' if has_header else ''} has {len(row)} field(s), "
+                                f"expected {expected}: check the delimiter and quoting")
+
+
+def _label_kind(label: str) -> str:
+    try:
+        number = float(label)
+    except ValueError:
+        return "name"
+    return "integer" if number.is_integer() else "fraction"
+
+
+def _check_label_kinds(labels: pd.Series, path: Path, column: str) -> str:
+    """Classes are integers or names. Fractions, or numbers mixed with names, mean a wrong column or a broken file.
+
+    Returns the file's kind ("integer" or "name") so a channel can refuse files that disagree.
+    """
+    kinds = labels.map({value: _label_kind(value) for value in labels.unique()}).to_numpy()
+    fractions = np.flatnonzero(kinds == "fraction")
+    if len(fractions):
+        row = int(fractions[0])
+        raise DataError(f"{path}: row {row + 1} has label {labels.iloc[row]!r} in column {column!r}: labels must be "
+                        "integers or names (a fractional score is a regression target, not a class)")
+    odd = np.flatnonzero(kinds != kinds[0])
+    if len(odd):
+        row = int(odd[0])
+        raise DataError(f"{path}: column {column!r} mixes numbers and names: row 1 has label {labels.iloc[0]!r}, "
+                        f"row {row + 1} has {labels.iloc[row]!r}")
+    return str(kinds[0])
 
 
 def _normalise_label(value: object) -> str:
@@ -119,8 +178,11 @@ def _normalise_label(value: object) -> str:
 
 
 def _canonical(frame: pd.DataFrame, path: Path, text_col: str, label_col: str, settings: Settings,
-               channel: str, labelled: bool) -> pd.DataFrame:
+               channel: str, labelled: bool) -> tuple[pd.DataFrame, str]:
+    """Canonical columns, checked; also returns the label kind ("integer", "name", or "" when unlabelled)."""
     wanted = [text_col] + ([settings.text_pair_column] if settings.text_pair_column else []) + ([label_col] if labelled else [])
+    if len(frame.columns) == 0:
+        raise DataError(f"{path} holds no data")
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, map(str, frame.columns)))}"
@@ -130,8 +192,13 @@ def _canonical(frame: pd.DataFrame, path: Path, text_col: str, label_col: str, s
     out = pd.DataFrame({TEXT: frame[text_col]})
     if settings.text_pair_column:
         out[PAIR] = frame[settings.text_pair_column]
-    for column in out.columns:
+    for column, source in zip(out.columns, wanted):
         out[column] = out[column].where(out[column].notna(), "").astype(str)
+        lengths = out[column].str.len().to_numpy()
+        if lengths.max() > MAX_TEXT_CHARS:
+            row = int(lengths.argmax())
+            raise DataError(f"{path}: row {row + 1} has {int(lengths[row]):,} characters in column {source!r} (limit "
+                            f"{MAX_TEXT_CHARS:,}): an unclosed quote or a wrong delimiter can merge many rows into one")
     if labelled:
         labels = frame[label_col]
         empty = labels.isna() | (labels.astype(str).str.strip() == "")
@@ -139,17 +206,21 @@ def _canonical(frame: pd.DataFrame, path: Path, text_col: str, label_col: str, s
             row = int(np.flatnonzero(empty.to_numpy())[0])
             raise DataError(f"{path}: row {row + 1} has an empty label in column {label_col!r} ({int(empty.sum())} such rows)")
         out[LABEL] = [_normalise_label(v) for v in labels.tolist()]
-    return out
+        return out, _check_label_kinds(out[LABEL], path, label_col)
+    return out, ""
 
 
 def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = True) -> Channel:
     """Read every file of a channel into one frame; rows with empty text are dropped and counted."""
-    frames, files = [], []
+    frames, files, kinds = [], [], {}
     for file in channel_files(path, channel):
         frame, text_col, label_col = _read_file(file, settings)
-        frame = _canonical(frame, file, text_col, label_col, settings, channel, labelled)
+        frame, kind = _canonical(frame, file, text_col, label_col, settings, channel, labelled)
         frames.append(frame)
         files.append({"channel": channel, "path": str(file), "sha256": _sha256(file), "rows": len(frame)})
+        kinds.setdefault(kind, file)
+    if "integer" in kinds and "name" in kinds:
+        raise DataError(f"{channel} channel mixes numeric labels ({kinds['integer']}) and label names ({kinds['name']})")
     combined = pd.concat(frames, ignore_index=True)
     texts = [combined[TEXT]] + ([combined[PAIR]] if PAIR in combined else [])
     empty = np.zeros(len(combined), dtype=bool)
@@ -184,13 +255,16 @@ class LabelMap:
             unique.sort(key=int)
         return cls(unique)
 
-    def encode(self, channel: Channel) -> np.ndarray:
-        mapping = self.label2id
-        unseen = sorted(set(channel.frame[LABEL]) - set(mapping))
+    def check_known(self, channel: Channel) -> None:
+        """A label the model never saw in training cannot be scored: refuse it before any model work."""
+        unseen = sorted(set(channel.frame[LABEL]) - set(self.labels))
         if unseen:
             raise DataError(f"{channel.name} channel has label(s) {', '.join(map(repr, unseen[:10]))} not seen in training "
                             f"(training labels: {', '.join(map(repr, self.labels[:20]))})")
-        return np.array(channel.frame[LABEL].map(mapping).to_numpy(dtype=np.int64))  # writable: torch shares it
+
+    def encode(self, channel: Channel) -> np.ndarray:
+        self.check_known(channel)
+        return np.array(channel.frame[LABEL].map(self.label2id).to_numpy(dtype=np.int64))  # writable: torch shares it
 
 
 def split_train_validation(train: Channel, share: float, seed: int) -> tuple[Channel, Channel]:
@@ -331,14 +405,19 @@ def load_splits(channels: dict[str, Path], settings: Settings) -> Splits:
     if "train" not in channels:
         raise DataError("no train channel: mount data at <root>/input/data/train, set AIP_TRAINING_DATA_URI, or pass --train PATH")
     train = sample_rows(read_channel(channels["train"], "train", settings), settings.max_train_samples, settings.seed)
+    # Labels come from the whole train channel, so a rare class that the hold-out split happens to move
+    # entirely into validation is still a class, not an "unseen" label.
+    label_map = LabelMap.from_labels(train.frame[LABEL])
+    if len(label_map.labels) < 2:
+        raise DataError(f"train channel has a single label {label_map.labels[0]!r} in column "
+                        f"{settings.label_column!r}: a classifier needs at least two")
     if "validation" in channels:
         validation, validation_source = read_channel(channels["validation"], "validation", settings), "channel"
     else:
         train, validation = split_train_validation(train, settings.validation_split, settings.seed)
         validation_source = "split"
-    label_map = LabelMap.from_labels(train.frame[LABEL])
-    if len(label_map.labels) < 2:
-        raise DataError(f"train channel has a single label {label_map.labels[0]!r} in column "
-                        f"{settings.label_column!r}: a classifier needs at least two")
     test = read_channel(channels["test"], "test", settings) if "test" in channels else None
+    for split in (validation, test):
+        if split is not None:
+            label_map.check_known(split)
     return Splits(train, validation, test, label_map, validation_source)

@@ -111,39 +111,41 @@ def run(where: runtime.Platform) -> Path:
     if not world.is_main:
         return where.model_dir  # rank 0 alone writes and publishes
 
-    # Step 5: save the model and everything a person needs to judge it.
-    saved = artifacts.save_model(classifier, tokenizer, where.model_dir)
-    artifacts.write_json(where.model_dir / "metrics.json", metrics)
-    out = where.output_data_dir
-    artifacts.write_training_stats(out / "training_stats.csv", outcome.stats)
-    artifacts.plot_loss_curve(out / "loss_curve.png", outcome.stats)
-    if splits.test is not None and test_predictions is not None:
-        artifacts.write_predictions(out / "test_predictions.csv", splits.test, encoded["test"].labels,
-                                    test_predictions, splits.label_map)
-        artifacts.plot_confusion_matrix(out / "confusion_matrix.png", metrics["test"]["confusion_matrix"],
-                                        splits.label_map.labels)
-    artifacts.write_json(where.model_dir / "run_manifest.json", {
-        "run_id": where.run_id,
-        "platform": where.name,
-        "git_commit": where.git_commit,
-        "settings": resolved.snapshot(),
-        "model_source": model_source,
-        "data": {"files": [f for s in (splits.train, splits.validation, splits.test) if s for f in s.files],
-                 "rows": {name: len(e) for name, e in encoded.items()}, "validation_source": splits.validation_source},
-        "packages": _versions(),
-        "device": {"type": device.type, "precision": precision,
-                   "name": torch.cuda.get_device_name(device) if device.type == "cuda" else host_platform.processor() or host_platform.machine(),
-                   "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
-        "timing": {"train_seconds": round(outcome.train_seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1)},
-    })
-    checked = artifacts.reload_check(classifier, tokenizer, where.model_dir, splits.test or splits.validation)
+    # Step 5: save the model and everything a person needs to judge it. All files go to staging folders
+    # that move into place only after the reload check: a failure here (disk full...) leaves no partial set.
+    with artifacts.staged(where.model_dir) as model_dir, artifacts.staged(where.output_data_dir) as out:
+        saved = artifacts.save_model(classifier, tokenizer, model_dir)
+        artifacts.write_json(model_dir / "metrics.json", metrics)
+        artifacts.write_training_stats(out / "training_stats.csv", outcome.stats)
+        artifacts.plot_loss_curve(out / "loss_curve.png", outcome.stats)
+        if splits.test is not None and test_predictions is not None:
+            artifacts.write_predictions(out / "test_predictions.csv", splits.test, encoded["test"].labels,
+                                        test_predictions, splits.label_map)
+            artifacts.plot_confusion_matrix(out / "confusion_matrix.png", metrics["test"]["confusion_matrix"],
+                                            splits.label_map.labels)
+        artifacts.write_json(model_dir / "run_manifest.json", {
+            "run_id": where.run_id,
+            "platform": where.name,
+            "git_commit": where.git_commit,
+            "settings": resolved.snapshot(),
+            "model_source": model_source,
+            "model_source_files": artifacts.model_source_files(model_source),
+            "data": {"files": [f for s in (splits.train, splits.validation, splits.test) if s for f in s.files],
+                     "rows": {name: len(e) for name, e in encoded.items()}, "validation_source": splits.validation_source},
+            "packages": _versions(),
+            "device": {"type": device.type, "precision": precision,
+                       "name": torch.cuda.get_device_name(device) if device.type == "cuda" else host_platform.processor() or host_platform.machine(),
+                       "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
+            "timing": {"train_seconds": round(outcome.train_seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1)},
+        })
+        checked = artifacts.reload_check(classifier, tokenizer, model_dir, splits.test or splits.validation)
     logs.event("artifacts_saved", f"model saved to {where.model_dir} (reload check passed on {checked} rows)",
-               model_dir=str(where.model_dir), output_data_dir=str(out), files=saved + ["metrics.json", "run_manifest.json"],
+               model_dir=str(where.model_dir), output_data_dir=str(where.output_data_dir), files=saved + ["metrics.json", "run_manifest.json"],
                reload_check_rows=checked)
 
     # Step 6: publish a plain, directly loadable copy; manifest.json last, so consumers never see half a model.
     if output_uri:
-        published = storage.publish(output_uri, where.run_id, [where.model_dir, out], publish_options)
+        published = storage.publish(output_uri, where.run_id, [where.model_dir, where.output_data_dir], publish_options)
         logs.event("artifacts_published", f"published {published.files} files ({published.bytes} bytes) to "
                                           f"{published.uri} in {published.seconds:.1f}s",
                    uri=published.uri, files=published.files, bytes=published.bytes, seconds=published.seconds,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
 from .data import LabelMap
@@ -30,17 +31,28 @@ def check_local_folder(path: Path) -> None:
             raise ModelError(f"model folder {path} has only {', '.join(unsafe)}: pickle weights are refused; "
                              "convert them to model.safetensors (save_pretrained does by default)")
         raise ModelError(f"model folder {path} has no model.safetensors weights")
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt") as handle:  # reads the header only
+                handle.keys()
+        except (SafetensorError, OSError) as err:
+            raise ModelError(f"model weights {weights} are unreadable ({err}): truncated or corrupt download?") from None
 
 
 def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
     """The config with our label names; read before any weights so bad settings fail fast."""
     local = Path(source)
-    if local.exists():
+    # A hub id is "name" or "org/name"; an existing or explicit path (a channel, /..., ./...) must be a usable folder
+    # rather than fall through to a slow, doomed hub download.
+    if local.exists() or source.startswith(("/", "./", "../", "~")):
         check_local_folder(local)
     try:
         config = AutoConfig.from_pretrained(source, num_labels=len(label_map.labels), id2label=label_map.id2label,
                                             label2id=label_map.label2id, trust_remote_code=False)
     except (OSError, ValueError) as err:
+        if "custom code" in str(err):
+            raise ModelError(f"model {source!r} needs its own Python code (auto_map in config.json): seqcls never runs "
+                             "code shipped with a model; use a model whose model_type transformers supports") from None
         raise ModelError(f"cannot load model {source!r}: {str(err).splitlines()[0][:300]} "
                          "(offline or network-isolated? mount the model folder as the `model` channel)") from None
     return config

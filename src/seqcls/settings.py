@@ -196,5 +196,7 @@ def load_hyperparameters_json(text: str, path: str) -> dict[str, Any]:
         raise SettingsError(f"{path} must hold a JSON object of hyperparameters, got {type(data).__name__}")
     for name, value in data.items():
         if isinstance(value, (dict, list)) or value is None:
-            raise SettingsError(f"{path}: hyperparameter {name} must be a string or number, got {json.dumps(value)[:80]}")
+            kind = {dict: "an object", list: "a list"}.get(type(value), "null")
+            shown = f"{kind} (value masked)" if is_secret(name) else json.dumps(value)[:80]
+            raise SettingsError(f"{path}: hyperparameter {name} must be a string or number, got {shown}")
     return data

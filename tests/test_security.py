@@ -1,0 +1,268 @@
+"""Security review items, each pinned by a test: model folders are data, never code; weights load from
+safetensors only; nothing unpickles; secrets never reach logs or manifests; channel files cannot point
+outside their channel; runtime dependencies are locked.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import pickle
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from _badinput import (assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_inprocess, run_subprocess,
+                       write_tree)
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = sorted((REPO / "src").rglob("*.py"))
+
+
+def calls(name: str) -> list[tuple[Path, ast.Call]]:
+    """Every call `X.name(...)` or `name(...)` in src/."""
+    found = []
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if called == name:
+                    found.append((path, node))
+    return found
+
+
+def keyword(call: ast.Call, name: str) -> object:
+    for kw in call.keywords:
+        if kw.arg == name and isinstance(kw.value, ast.Constant):
+            return kw.value.value
+    return None
+
+
+def where(path: Path, call: ast.Call) -> str:
+    return f"{path.relative_to(REPO)}:{call.lineno}"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny", minilm_folder())
+
+
+def copy_folder(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        (target / item.name).write_bytes(item.read_bytes())
+    return target
+
+
+# --- model folders are data, not code ---------------------------------------------------------------
+
+def test_every_from_pretrained_refuses_remote_code() -> None:
+    loads = calls("from_pretrained")
+    assert loads, "expected from_pretrained calls in src/"
+    for path, call in loads:
+        assert keyword(call, "trust_remote_code") is False, f"{where(path, call)} must pass trust_remote_code=False"
+    for path in [*SOURCES, *(REPO / d for d in ("entrypoint", "infra", "container") if (REPO / d).is_dir())]:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for file in files:
+            text = file.read_text(encoding="utf-8", errors="replace")
+            assert not re.search(r"trust_remote_code\s*=\s*True", text), f"{file} enables remote code"
+
+
+def write_code_marker(folder: Path, marker: Path, model_type: str) -> None:
+    """A model folder whose config asks for its own Python code; running that code would create `marker`."""
+    (folder / "configuration_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('code from the model folder ran')\n"
+        "from transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = model_type
+    config["auto_map"] = {name: "configuration_evil.EvilConfig"
+                          for name in ("AutoConfig", "AutoModel", "AutoModelForSequenceClassification")}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_custom_code_model_is_refused_and_its_code_never_runs(tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    marker = tmp_path / "PWNED"
+    folder = copy_folder(tiny, tmp_path / "evil")
+    write_code_marker(folder, marker, model_type="evil")
+    root = write_tree(tmp_path / "opt_ml", {"data/train/train.csv": good_csv()})
+    outcome = run_inprocess(root, ["--model", str(folder)], {}, monkeypatch, capsys)
+    assert_clean_failure(outcome, ["needs its own Python code", "never runs code"])
+    assert not marker.exists()
+
+
+def test_known_architecture_with_auto_map_loads_without_running_its_code(tmp_path: Path, tiny: Path) -> None:
+    """model_type bert plus an auto_map: transformers' own BERT code is used, the folder's file is ignored."""
+    from seqcls import model
+    from seqcls.data import LabelMap
+
+    marker = tmp_path / "PWNED"
+    folder = copy_folder(tiny, tmp_path / "bert_with_code")
+    write_code_marker(folder, marker, model_type="bert")
+    config = model.load_config(str(folder), LabelMap(["0", "1"]))
+    model.load_tokenizer(str(folder))
+    loaded = model.load_model(str(folder), config, seed=0)
+    assert type(loaded).__name__ == "BertForSequenceClassification"
+    assert not marker.exists()
+
+
+# --- weights: safetensors only, nothing unpickled ------------------------------------------------------
+
+def test_weights_load_only_from_safetensors() -> None:
+    model_loads = [(p, c) for p, c in calls("from_pretrained")
+                   if isinstance(c.func, ast.Attribute) and "Model" in ast.unparse(c.func.value)]
+    assert model_loads
+    for path, call in model_loads:
+        assert keyword(call, "use_safetensors") is True, f"{where(path, call)} must pass use_safetensors=True"
+    for path, call in calls("save_pretrained"):
+        if keyword(call, "safe_serialization") is not None:
+            assert keyword(call, "safe_serialization") is True, where(path, call)
+
+
+class _Payload:
+    """Unpickling this object would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pickle ran"))
+
+
+def test_a_pickle_beside_safetensors_is_never_opened(tmp_path: Path, tiny: Path) -> None:
+    from seqcls import model
+    from seqcls.data import LabelMap
+
+    marker = tmp_path / "PWNED"
+    folder = copy_folder(tiny, tmp_path / "both")
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    config = model.load_config(str(folder), LabelMap(["0", "1"]))
+    model.load_model(str(folder), config, seed=0)
+    assert not marker.exists()
+
+
+def test_a_pickle_only_model_is_refused_unopened(tmp_path: Path, tiny: Path) -> None:
+    from seqcls import model
+    from seqcls.errors import ModelError
+
+    marker = tmp_path / "PWNED"
+    folder = copy_folder(tiny, tmp_path / "pickle_only")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ModelError, match="pickle weights are refused"):
+        model.check_local_folder(folder)
+    assert not marker.exists()
+    pickle.loads((folder / "pytorch_model.bin").read_bytes())  # the payload is live: opening it would have run it
+    assert marker.exists()
+
+
+def test_no_code_path_unpickles() -> None:
+    """Checkpoints (being added to train.py) must load with torch.load(weights_only=True): this pins it for
+    every torch.load in src/, and keeps pickle-based loaders out altogether."""
+    for path, call in calls("load"):
+        if ast.unparse(call.func) == "torch.load":
+            assert keyword(call, "weights_only") is True, f"{where(path, call)} must pass weights_only=True"
+    for path in SOURCES:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in node.names} | {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                                                if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}, f"{path} imports a pickle loader"
+
+
+# --- secrets ------------------------------------------------------------------------------------------
+
+SECRET = "s3cr3t-Do-Not-Leak-9f81c2"
+
+
+def test_secret_environment_never_reaches_logs_or_files(tmp_path: Path, tiny: Path) -> None:
+    """A whole successful run with credentials in the environment: the value appears nowhere we write."""
+    env = {"AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": SECRET + "-token", "HF_TOKEN": SECRET + "-hf",
+           "WANDB_API_KEY": SECRET + "-wandb", "DB_PASSWORD": SECRET + "-db"}
+    root = write_tree(tmp_path / "opt_ml", {"data/train/train.csv": good_csv(), "data/test/test.csv": good_csv(8)})
+    outcome = run_subprocess(root, ["--model", str(tiny), "--epochs", "1", "--log_every_steps", "1"], env)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    assert (root / "model" / "run_manifest.json").is_file()
+    assert SECRET not in outcome.stdout and SECRET not in outcome.stderr
+    for path in root.rglob("*"):
+        if path.is_file() and "input" not in path.relative_to(root).parts:
+            assert SECRET.encode() not in path.read_bytes(), f"secret leaked into {path}"
+
+
+@pytest.mark.parametrize("files, env, expect", [
+    ({"config/hyperparameters.json": json.dumps({"wandb_api_key": SECRET})}, {}, ["'wandb_api_key'"]),
+    ({"config/hyperparameters.json": json.dumps({"api_token": [SECRET]})}, {}, ["api_token", "value masked"]),
+    ({}, {"SEQCLS_HF_TOKEN": SECRET}, ["'hf_token'"]),
+], ids=["unknown_secret_hyperparameter", "secret_list_value", "secret_env_hyperparameter"])
+def test_secret_values_stay_out_of_failure_reasons(files: dict, env: dict, expect: list[str], tmp_path: Path, tiny: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    root = write_tree(tmp_path / "opt_ml", {"data/train/train.csv": good_csv(), **files})
+    outcome = run_inprocess(root, ["--model", str(tiny)], env, monkeypatch, capsys)
+    assert_clean_failure(outcome, expect)
+    assert SECRET not in outcome.stdout + outcome.stderr + outcome.failure
+
+
+def test_settings_snapshot_masks_secret_looking_names() -> None:
+    from seqcls import settings
+
+    assert all(settings.is_secret(name) for name in ("aws_secret_access_key", "HF_TOKEN", "api_key", "db_password"))
+    snapshot = settings.resolve([("cli", {"output_uri": "s3://bucket/runs"})]).snapshot()
+    secret_fields = [name for name in snapshot if settings.is_secret(name)]
+    assert all(snapshot[name]["value"] in ("", "***") for name in secret_fields)
+    assert snapshot["output_uri"] == {"value": "s3://bucket/runs", "source": "cli"}
+
+
+# --- paths stay inside their folders ----------------------------------------------------------------------
+
+def test_a_symlink_out_of_a_channel_is_refused(tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    outside = tmp_path / "elsewhere" / "private.csv"
+    outside.parent.mkdir()
+    outside.write_text(good_csv())
+    root = write_tree(tmp_path / "opt_ml", {"data/train/own.csv": good_csv()})
+    (root / "input" / "data" / "train" / "linked.csv").symlink_to(outside)
+    outcome = run_inprocess(root, ["--model", str(tiny)], {}, monkeypatch, capsys)
+    assert_clean_failure(outcome, ["linked.csv", str(outside), "outside the channel folder"])
+
+
+def test_a_symlinked_channel_folder_and_links_inside_it_are_fine(tmp_path: Path) -> None:
+    """Mounting a channel by symlink (as local runs and the core tests do) stays allowed."""
+    from seqcls import data
+    from seqcls.settings import Settings
+
+    real = tmp_path / "real_train"
+    real.mkdir()
+    (real / "a.csv").write_text(good_csv())
+    (real / "b.csv").symlink_to(real / "a.csv")
+    channel = tmp_path / "train"
+    channel.symlink_to(real, target_is_directory=True)
+    assert len(data.read_channel(channel, "train", Settings()).frame) == 48
+
+
+def test_run_id_cannot_leave_the_output_folder(tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    root = write_tree(tmp_path / "opt_ml", {"data/train/train.csv": good_csv()})
+    outcome = run_inprocess(root, ["--model", str(tiny), "--run_id", "../../etc"], {}, monkeypatch, capsys)
+    assert_clean_failure(outcome, ["run_id='../../etc'"])
+
+
+# --- dependencies ----------------------------------------------------------------------------------------
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_runtime_dependencies_are_locked() -> None:
+    """The image installs container/requirements.txt (`make lock`): every runtime dependency pinned exactly."""
+    lock = {}
+    for line in (REPO / "container" / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+]+", line), f"not an exact pin: {line!r}"
+            name, version = line.split("==")
+            lock[name.lower().replace("_", "-")] = version
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    missing = [d for d in declared if _name(d) not in lock]
+    assert not missing, f"runtime dependencies missing from the lock (run `make lock`): {missing}"
