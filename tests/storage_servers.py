@@ -16,7 +16,8 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 # SeaweedFS `weed mini` listens on all of these; pinning each one avoids the defaults (8333, 9333, ...).
 WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
@@ -107,6 +108,17 @@ class SeaweedS3:
                 self.process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@contextmanager
+def s3_with_bucket(folder: Path, access_key: str, secret_key: str, bucket: str) -> Iterator[SeaweedS3]:
+    """A running SeaweedFS S3 server holding one empty bucket; stopped however the tests end."""
+    server = SeaweedS3(folder, access_key, secret_key).start()
+    try:
+        server.client().create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        server.stop()
 
 
 class FakeGCS:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from jobtools import cola_lines
-from storage_servers import SeaweedS3
+from storage_servers import s3_with_bucket
 
 ACCESS_KEY = "seqcls-job"
 SECRET_KEY = "seqcls-job-secret-41be07aa"
@@ -69,10 +69,8 @@ def train_args(output_dir: Path, inputs: dict[str, Path], run_id: str = "", outp
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = SeaweedS3(tmp_path_factory.mktemp("weed"), ACCESS_KEY, SECRET_KEY).start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+    with s3_with_bucket(tmp_path_factory.mktemp("weed"), ACCESS_KEY, SECRET_KEY, BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

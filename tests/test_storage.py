@@ -17,7 +17,7 @@ import pytest
 from seqcls import settings as hyperparameters
 from seqcls import storage
 from seqcls.errors import SettingsError, StorageError
-from storage_servers import FakeGCS, FaultProxy, SeaweedS3
+from storage_servers import FakeGCS, FaultProxy, SeaweedS3, s3_with_bucket
 
 ACCESS_KEY = "seqcls-test"
 SECRET_KEY = "seqcls-secret-7f3a91c2"  # must never appear in an error message
@@ -48,10 +48,8 @@ def local_files(folders: list[Path]) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = SeaweedS3(tmp_path_factory.mktemp("weed"), ACCESS_KEY, SECRET_KEY).start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+    with s3_with_bucket(tmp_path_factory.mktemp("weed"), ACCESS_KEY, SECRET_KEY, BUCKET) as server:
+        yield server
 
 
 @pytest.fixture
