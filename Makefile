@@ -32,7 +32,7 @@ test:
 	COLA_DIR=$(abspath $(COLA_DIR)) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint:
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench infra
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
