@@ -8,7 +8,6 @@ so a crash never leaves a half-written artifact, or half a set, where the platfo
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,8 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .data import PAIR, TEXT, Channel, LabelMap
+from .atomic import current_umask, replacing
+from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
 from .evaluate import Predictions
 from .train import EpochStats
@@ -33,25 +33,12 @@ from .train import EpochStats
 RELOAD_CHECK_ROWS = 8
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are for other users too
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None:
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        if err.filename is None:
             err.filename = str(path)  # "disk full" is only useful with the file that did not fit
         raise
 
@@ -72,7 +59,7 @@ def staged(final_dir: Path) -> Iterator[Path]:
     try:
         yield staging
         for item in sorted(staging.iterdir()):
-            os.chmod(item, 0o666 & ~_umask())  # artifacts are for other users too
+            os.chmod(item, 0o666 & ~current_umask())  # artifacts are for other users too
             os.replace(item, final_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -98,11 +85,7 @@ def model_source_files(source: str) -> list[dict[str, object]]:
         return []
     found = []
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        found.append({"name": path.name, "sha256": digest.hexdigest(), "bytes": path.stat().st_size})
+        found.append({"name": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size})
     return found
 
 

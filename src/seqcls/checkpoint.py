@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import signal
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import logs
+from .atomic import replacing
 from .distributed import World, gather_objects
 from .errors import Interrupted, UserError
 
@@ -88,30 +87,6 @@ class StopSignal:
 STOP = StopSignal()
 
 
-def _atomic_torch_save(value: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(value, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -152,18 +127,20 @@ class Checkpointer:
         if best_weights is not None and progress.best is not None:
             progress.best_file = f"best-epoch{progress.best['epoch']:04d}.safetensors"
             if not (self.directory / progress.best_file).exists():
-                _atomic_safetensors(best_weights, self.directory / progress.best_file)
+                with replacing(self.directory / progress.best_file) as tmp:
+                    save_file({k: v.contiguous() for k, v in best_weights.items()}, tmp)
         path = self.directory / f"ckpt-{progress.global_step:09d}.pt"
-        _atomic_torch_save({
-            "format": FORMAT_VERSION,
-            "fingerprint": self.fingerprint,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_states,
-            "progress": progress.__dict__,
-        }, path)
+        with replacing(path) as tmp:
+            torch.save({
+                "format": FORMAT_VERSION,
+                "fingerprint": self.fingerprint,
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_states,
+                "progress": progress.__dict__,
+            }, tmp)
         for old in self._checkpoints()[KEEP:]:
             old.unlink(missing_ok=True)
         # Checkpoints come at least once per epoch, so the best epoch changes at most once between two

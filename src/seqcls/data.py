@@ -37,7 +37,7 @@ class Channel:
     files: list[dict[str, object]]  # path, sha256, rows: recorded in the run manifest
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -218,7 +218,7 @@ def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = 
         frame, text_col, label_col = _read_file(file, settings)
         frame, kind = _canonical(frame, file, text_col, label_col, settings, channel, labelled)
         frames.append(frame)
-        files.append({"channel": channel, "path": str(file), "sha256": _sha256(file), "rows": len(frame)})
+        files.append({"channel": channel, "path": str(file), "sha256": file_sha256(file), "rows": len(frame)})
         kinds.setdefault(kind, file)
     if "integer" in kinds and "name" in kinds:
         raise DataError(f"{channel} channel mixes numeric labels ({kinds['integer']}) and label names ({kinds['name']})")

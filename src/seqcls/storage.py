@@ -15,10 +15,8 @@ import base64
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterable, Sequence
 
+from .atomic import replacing
 from .errors import SeqclsError, SettingsError, StorageError
 
 MANIFEST = "manifest.json"
@@ -400,17 +399,8 @@ class _Local(_Store):
         return (self.root / name).exists()
 
     def _write(self, dest: Path, source: BinaryIO) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(source, out, BLOCK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(dest) as tmp, tmp.open("wb") as out:
+            shutil.copyfileobj(source, out, BLOCK)
 
     def upload(self, items: list[tuple[str, FileEntry]]) -> None:
         for name, entry in items:
