@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((ROOT / "infra").rglob("*.sh"))
 DIGEST = "sha256:" + "ab" * 32
 
-# Stubs log each call as one JSON line and answer what the scripts read back.
+# Stubs log each call as one JSON line and answer what the scripts read back. Stubs in a pipeline
+# (`aws ... | docker login`) run at once, so each line goes out in one O_APPEND write, never interleaved.
 STUB = """#!/usr/bin/env bash
-python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$(basename "$0")" "$@" >> "$STUB_LOG"
+python3 -c 'import json, os, sys; os.write(1, (json.dumps(sys.argv[1:]) + "\\n").encode())' "$(basename "$0")" "$@" >> "$STUB_LOG"
 case "$(basename "$0") $1 $2" in
     "aws ecr get-login-password") echo secret-token ;;
     "aws ecr describe-repositories") exit "${STUB_REPO_MISSING:-0}" ;;
