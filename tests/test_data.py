@@ -125,6 +125,37 @@ def test_tokenization_lengths_and_truncation(cola_dir, tokenizer):
     assert encoded.input_ids.dtype == np.int32 and len(encoded) == 8551
 
 
+class _SlowOnly:
+    """The transformers call alone, as a tokenizer without a Rust backend would be used."""
+
+    is_fast = False
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_backend_tokenization_equals_the_transformers_call(cola_dir, tokenizer, pairs):
+    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    frame = channel.frame.iloc[:600].reset_index(drop=True)
+    if pairs:
+        frame = frame.assign(text_pair=frame["text"].iloc[::-1].tolist())
+    channel = data.Channel("train", frame, [])
+    labels = data.LabelMap(["0", "1"]).encode(channel)
+    encoded, stats = data.tokenize(tokenizer, channel, labels, max_length=20)
+    slow, slow_stats = data.tokenize(_SlowOnly(tokenizer), channel, labels, max_length=20)
+    reference = tokenizer(frame["text"].tolist(), frame["text_pair"].tolist() if pairs else None, truncation=True,
+                          max_length=20)
+    rows = [encoded.input_ids[a:b].tolist() for a, b in zip(encoded.offsets[:-1], encoded.offsets[1:])]
+    types = [encoded.token_type_ids[a:b].tolist() for a, b in zip(encoded.offsets[:-1], encoded.offsets[1:])]
+    assert rows == reference["input_ids"] and types == reference["token_type_ids"]
+    assert stats.truncated > 0 and stats == slow_stats
+    assert (slow.input_ids == encoded.input_ids).all() and (slow.offsets == encoded.offsets).all()
+
+
 def test_epoch_order_covers_every_row_once_in_full_batches(tmp_path):
     lengths = np.random.default_rng(0).integers(3, 60, size=1003)
     for group in (True, False):
