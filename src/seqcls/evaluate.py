@@ -10,15 +10,16 @@ import torch
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef,
                              precision_recall_fscore_support)
 
-from .data import Encoded, collate, eval_order
+from .data import Encoded, collate, eval_order, pad_multiple
 from .distributed import World, gather_rows
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast where asked; fp32 runs plain."""
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    """bf16/fp16 autocast where asked; fp32 runs plain. CUDA graph capture needs cache_enabled=False."""
     if precision == "fp32":
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                          cache_enabled=cache_enabled)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, device:
     mine = np.arange(len(encoded))[world.rank::world.size]
     logits = torch.empty((len(mine), model.config.num_labels), dtype=torch.float32, device=device)
     for positions in eval_order(encoded.lengths[mine], batch_size):
-        batch = collate(encoded, mine[positions], pad_token_id)
+        batch = collate(encoded, mine[positions], pad_token_id, pad_multiple(device.type))
         inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         with autocast(device, precision):
             out = model(**inputs).logits

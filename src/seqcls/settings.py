@@ -49,6 +49,7 @@ class Settings:
     label_column: str = field(default="label", metadata=_doc("Column with the label (strings or integers)"))
     precision: str = field(default="auto", metadata=_doc("auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16 | fp16"))
     device: str = field(default="auto", metadata=_doc("auto | cpu | cuda; cuda fails clearly when no GPU is visible"))
+    cuda_graphs: bool = field(default=True, metadata=_doc("On one GPU, replay whole training steps as CUDA graphs (same math; falls back to eager, logged)"))
     group_by_length: bool = field(default=False, metadata=_doc("Batch similar lengths together: less padding, but it cost MCC on CoLA (README)"))
     output_uri: str = field(default="", metadata=_doc("s3://, gs:// or a path to publish <run_id>/ to; empty: no publish"))
     run_id: str = field(default="", metadata=_doc("Name of the published run folder; empty: the platform's job name or a timestamp"))

