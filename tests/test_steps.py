@@ -161,3 +161,40 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(tmp_path, 
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
     assert train.pick_precision(Settings(), CPU) == "bf16"
     assert train.pick_precision(Settings(precision="fp32"), CPU) == "fp32"
+
+
+def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning(tmp_path, monkeypatch):
+    """Where capture fails after warm-up (a model that syncs in forward, out of memory), the job trains
+    eagerly from the unchanged weights and says why; simulated on a CPU."""
+    import logging
+
+    from seqcls import train
+    from seqcls.checkpoint import Checkpointer
+
+    encoded, held_out = synthetic(), synthetic(rows=20, seed=1)
+    settings = Settings(epochs=1, select_best="none", learning_rate=1e-3)
+
+    def train_tiny(folder: str) -> tuple[torch.nn.Module, train.Outcome]:
+        model = tiny_bert()
+        outcome = train.train(model, encoded, held_out, settings, 0, CPU, "fp32",
+                              Checkpointer(tmp_path / folder, "test", False), World())
+        return model, outcome
+
+    reference, plain = train_tiny("plain")
+
+    def warm_up_then_fail(model, optimizer, scheduler, settings, device, precision, widths):
+        steps.GraphSteps(model, optimizer, scheduler, settings, device, precision, widths, capture=False).warm_up()
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+    events = []
+    monkeypatch.setattr(train, "graphs_unavailable", lambda *args: None)
+    monkeypatch.setattr(train, "GraphSteps", warm_up_then_fail)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(train.logs, "event", lambda name, message, level=logging.INFO, **fields:
+                        events.append((name, level, fields)))
+    fallen_back, outcome = train_tiny("fallback")
+    name, level, fields = next(e for e in events if e[0] == "training_path")
+    assert level == logging.WARNING and fields["path"] == "eager" and outcome.path == "eager"
+    assert fields["reason"] == "CUDA graph capture failed: CUDA error: operation not permitted when stream is capturing"
+    assert outcome.stats[0].train_loss == plain.stats[0].train_loss  # warm-up's gradients were cleared too
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), fallen_back.parameters()))

@@ -66,8 +66,10 @@ class EagerStep:
                  scheduler, scaler: torch.amp.GradScaler, settings: Settings, device: torch.device, precision: str) -> None:
         self.forward, self.model, self.optimizer, self.scheduler, self.scaler = forward, model, optimizer, scheduler, scaler
         self.device, self.precision, self.max_grad_norm = device, precision, settings.max_grad_norm
-        for group in optimizer.param_groups:  # a checkpoint from the graph path stores a tensor
-            group["lr"] = float(group["lr"])
+        # The schedule's own value: after a failed capture or a graph-path checkpoint, the group holds
+        # a float32 tensor, which would round the learning rate.
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = float(lr)
 
     def __call__(self, batch: dict[str, np.ndarray], share: float) -> torch.Tensor:
         inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -162,6 +164,7 @@ class GraphSteps:
         """In place, so that the graphs captured afterwards see the very same tensors."""
         for p, saved in zip(self.params, weights):
             p.copy_(saved)
+            p.grad.zero_()  # an eager fallback accumulates into these
         for p in self.params:  # a fresh AdamW state is all zeros (step 0, both moments)
             for key, value in self.optimizer.state[p].items():
                 if not torch.is_tensor(value):
