@@ -410,16 +410,19 @@ def pad_multiple(device_type: str) -> int:
     return 8 if device_type == "cuda" else 1
 
 
+def _padded_width(longest: int, pad_to_multiple_of: int) -> int:
+    return -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+
+
 def batch_widths(lengths: np.ndarray, batches: list[np.ndarray], pad_to_multiple_of: int) -> list[int]:
     """Every padded width `collate` will produce for these batches (the CUDA graph path captures one each)."""
-    return sorted({-(-int(lengths[rows].max()) // pad_to_multiple_of) * pad_to_multiple_of for rows in batches})
+    return sorted({_padded_width(int(lengths[rows].max()), pad_to_multiple_of) for rows in batches})
 
 
 def collate(encoded: Encoded, rows: np.ndarray, pad_token_id: int, pad_to_multiple_of: int) -> dict[str, np.ndarray]:
     """Pad one batch to its own longest row (rounded up), not to max_length."""
     starts, ends = encoded.offsets[rows], encoded.offsets[rows + 1]
-    width = int((ends - starts).max())
-    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    width = _padded_width(int((ends - starts).max()), pad_to_multiple_of)
     input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
     token_type_ids = np.zeros((len(rows), width), dtype=np.int64)
     attention_mask = np.zeros((len(rows), width), dtype=np.int64)
