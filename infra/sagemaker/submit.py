@@ -43,8 +43,8 @@ from infra.common import (
     run_cli,
 )
 from infra.sagemaker.metrics import metric_definitions
+from seqcls.platform import CHANNELS
 
-CHANNELS = ("train", "validation", "test", "model")
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # the job's <root>/checkpoints (seqcls.platform)
 # SDK v2's `distribution={"torch_distributed": {"enabled": True}}` sent this hyperparameter; we send it
 # too, so the image's entrypoint knows to start torchrun on every host. seqcls.platform ignores

@@ -194,7 +194,7 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         if env.get(AIP_TENSORBOARD_LOG_DIR):
             tensorboard_dir = Path(gcs_to_fuse(env[AIP_TENSORBOARD_LOG_DIR]))
         run_id = env.get(VERTEX_JOB_ID, "")
-    for channel in ("train", "validation", "test", "model"):
+    for channel in CHANNELS:
         if channel in cli_paths:
             channels[channel] = Path(cli_paths[channel]).absolute()
 
