@@ -45,13 +45,13 @@ RUN pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-
 
 COPY entrypoint/train /usr/local/bin/train
 
-# Non-root user in group 0 that owns the SageMaker tree: mounts under /opt/ml keep these owners, and
-# an arbitrary --user in group 0 can write it too.
-RUN useradd --uid 1000 --gid 0 --create-home --shell /usr/sbin/nologin seqcls \
-    && mkdir -p /opt/ml/input/config /opt/ml/input/data /opt/ml/model /opt/ml/output/data /opt/ml/checkpoints \
-    && chown -R seqcls:0 /opt/ml \
-    && chmod -R g+rwX /opt/ml
-USER 1000:0
+# The job runs as root, as AWS's own training images and Vertex AI's prebuilt containers do: SageMaker
+# (and its SDK's local mode) mounts /opt/ml/{model,output,checkpoints} root-owned with mode 0755, and
+# Vertex presents /gcs through Cloud Storage FUSE, where chmod/chown are ignored. An unprivileged user
+# cannot write either (README: "What the container needs"). `docker run --user UID:GID` still works
+# where the mounted folders are writable by that user; the job checks this before any data work.
+RUN mkdir -p /opt/ml/input/config /opt/ml/input/data /opt/ml/model /opt/ml/output/data /opt/ml/checkpoints \
+    && chmod -R a+rwX /opt/ml
 WORKDIR /opt/ml
 
 # Last, so a new commit rebuilds only this layer.
