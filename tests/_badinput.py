@@ -122,6 +122,9 @@ def assert_clean_failure(outcome: Outcome, expect: list[str], code: int = 2, bef
     assert 0 < len(reason) <= 1024
     assert "Traceback" not in reason
     assert failed[0]["message"] == reason
+    if code == 2:  # a user error: its reason on stderr, no traceback to bury it (SEQCLS_DEBUG=1 shows one)
+        assert "Traceback" not in outcome.stderr, outcome.stderr[-2000:]
+        assert f"seqcls: error: {reason}" in outcome.stderr
     for needle in expect:
         assert needle in reason, f"{needle!r} not in failure reason {reason!r}"
     if before_training:
@@ -178,6 +181,22 @@ def tmpfs_prefix(mount_point: Path, size: str) -> list[str] | None:
     script = f'mount -t tmpfs -o size={size} tmpfs "{mount_point}" && exec "$@"'
     for flags in (["--mount"], ["--user", "--map-root-user", "--mount"]):
         probe = subprocess.run(["unshare", *flags, "sh", "-c", script, "sh", "true"], capture_output=True)
+        if probe.returncode == 0:
+            return ["unshare", *flags, "sh", "-c", script, "sh"]
+    return None
+
+
+def read_only_prefix(folder: Path) -> list[str] | None:
+    """A command prefix that runs the job in a private mount namespace where `folder` is a read-only bind
+    mount: a folder the job cannot write even as root (whose writes pass any mode bits). None when
+    mount namespaces are not available here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("unshare") is None:
+        return None
+    script = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}" && exec "$@"'
+    cannot_write = ["sh", "-c", f'! touch "{folder}/.probe" 2>/dev/null']
+    for flags in (["--mount"], ["--user", "--map-root-user", "--mount"]):
+        probe = subprocess.run(["unshare", *flags, "sh", "-c", script, "sh", *cannot_write], capture_output=True)
         if probe.returncode == 0:
             return ["unshare", *flags, "sh", "-c", script, "sh"]
     return None

@@ -14,13 +14,14 @@ warning); a channel left with no text at all is an error.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from _badinput import (assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_inprocess, run_subprocess,
-                       tmpfs_prefix, write_tree)
+from _badinput import (artifact_files, assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_inprocess, run_subprocess,
+                       read_only_prefix, tmpfs_prefix, write_tree)
 
 TRAIN = "data/train/train.csv"
 HP = "config/hyperparameters.json"
@@ -208,3 +209,29 @@ def test_disk_full_while_saving_leaves_nothing_behind(mount: str, size: str, whe
     outcome = run_subprocess(root, ["--model", str(model_folders["tiny"]), "--epochs", "1"], prefix=prefix)
     reason = assert_clean_failure(outcome, ["no space left on device", where], code=1, before_training=False, limit_s=60)
     assert str(root / mount) in reason
+
+
+@pytest.mark.parametrize("folder", ["model", "checkpoints", "output"])
+def test_unwritable_output_folder_fails_in_seconds(folder: str, tmp_path: Path, model_folders: dict[str, Path]) -> None:
+    """SageMaker mounts /opt/ml/{model,output,checkpoints} root-owned 0755 (seen with the SDK's local mode);
+    a container user that cannot write one must hear so before any data or model work, not after training.
+    A read-only bind mount stands in for "not writable by this user" (root ignores mode bits)."""
+    root = write_tree(tmp_path / "opt_ml", GOOD)
+    prefix = read_only_prefix(root / folder)
+    if prefix is None:
+        pytest.skip("cannot make a read-only mount here (needs root or unprivileged user namespaces)")
+    outcome = run_subprocess(root, ["--model", str(model_folders["tiny"])], prefix=prefix)
+    assert outcome.code == 2, outcome.stderr[-2000:]
+    assert outcome.seconds < 30
+    events = outcome.events
+    assert [e["event"] for e in events] == ["job_failed"], "failed only after other work had started"
+    reason = events[0]["message"]
+    assert f"cannot write to {root / folder}" in reason and f"uid {os.getuid()}" in reason, reason
+    assert f"seqcls: error: {reason}" in outcome.stderr and "Traceback" not in outcome.stderr
+    failure_file = root / "output" / "failure"
+    if folder == "output":  # the failure file's own folder: the reason can only go to stderr and the event
+        assert not failure_file.exists()
+        assert "could not write failure file" in outcome.stderr
+    else:
+        assert failure_file.read_text() == reason + "\n"
+    assert artifact_files(root) == []

@@ -6,7 +6,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from .errors import SetupError
 
 
 def current_umask() -> int:
@@ -32,3 +34,18 @@ def replacing(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(folders: Iterable[Path]) -> None:
+    """Create each folder and a file in it, so that a folder the job cannot write fails in seconds, not
+    after training. A real write, not os.access: root passes access() on any mode, and FUSE mounts
+    (Vertex's /gcs) answer it loosely."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".seqcls-write-check-"):
+                pass
+        except OSError as err:
+            raise SetupError(f"cannot write to {folder} (running as uid {os.getuid()}, gid {os.getgid()}): "
+                             f"{err.strerror or err}. The job writes its model, outputs and checkpoints there: run "
+                             "the container as a user that can write it (the image's default user, root, can)") from None

@@ -63,12 +63,17 @@ def exit_code(err: BaseException) -> int:
 
 
 def _failed(err: BaseException, failure_file: Path | None) -> int:
+    """The reason goes to the failure file, a job_failed event and stderr. A user error's reason is the
+    whole story, so its traceback is shown only with SEQCLS_DEBUG=1 (the training toolkit likewise
+    separates client errors from framework errors); internal errors always show theirs."""
     reason = failure_reason(err)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         reason = f"rank {os.environ.get('RANK', '?')}: {reason}"[:FAILURE_REASON_LIMIT]
     kind = err.kind if isinstance(err, SeqclsError) else "internal"
     logs.event("job_failed", reason, level=logging.ERROR, error_kind=kind, error_type=type(err).__name__)
-    traceback.print_exc(file=sys.stderr)
+    if not isinstance(err, UserError) or runtime.debug_enabled():
+        traceback.print_exc(file=sys.stderr)
+    print(f"seqcls: error: {reason}", file=sys.stderr)
     if failure_file is not None:
         write_failure(failure_file, reason)
     return exit_code(err)

@@ -25,6 +25,10 @@ class ModelError(UserError):
     """The model folder or name cannot be used (missing weights, unsafe format, too short)."""
 
 
+class SetupError(UserError):
+    """The container's surroundings cannot run the job (an output folder it cannot write, a GPU it cannot use)."""
+
+
 class StorageError(SeqclsError):
     """Publishing or reading artifacts in object storage failed."""
 

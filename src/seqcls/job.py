@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 import torch
 
-from . import artifacts, checkpoint, data, distributed, evaluate, logs, model, storage, train
+from . import artifacts, atomic, checkpoint, data, distributed, evaluate, logs, model, storage, train
 from . import platform as runtime
 from . import settings as hyperparameters
 
@@ -38,9 +38,12 @@ def run(where: runtime.Platform) -> Path:
     # Step 1: the hyperparameters (the platform already told where things are) and the processes.
     world = distributed.from_env()
     if world.is_main:
+        atomic.check_writable(where.output_folders)  # seconds, not a lost run, when the platform's folders are not ours
         where.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run in this tree is stale
     resolved = hyperparameters.resolve(where.hyperparameter_layers)
     settings = resolved.settings
+    if world.is_main and settings.checkpoint_dir:
+        atomic.check_writable([Path(settings.checkpoint_dir)])
     if settings.run_id:
         where = dataclasses.replace(where, run_id=settings.run_id)
     device = train.pick_device(settings, world)
@@ -50,7 +53,7 @@ def run(where: runtime.Platform) -> Path:
                             f"{world.size} process{'es' if world.active else ''})",
                run_id=where.run_id, platform=where.name, device=device.type, precision=precision, world_size=world.size,
                torch_threads=torch.get_num_threads(), channels={k: str(v) for k, v in where.channels.items()},
-               settings=resolved.snapshot())
+               settings=resolved.snapshot(), ignored_hyperparameters=where.ignored_hyperparameters)
     # Fail before training, not after it, on a bad output location, wrong credentials or a taken run id.
     output_uri = settings.output_uri or where.default_output_uri
     publish_options = storage.Options(settings.s3_sse_kms_id, settings.s3_expected_bucket_owner, settings.publish_latest)

@@ -14,16 +14,20 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .errors import DataError, SettingsError
-from .settings import FIELDS, load_hyperparameters_json, unknown_name
+from .settings import FIELDS, check_scalar_values, load_hyperparameters_json, unknown_name
 
 # SageMaker training-container contract.
 OPT_ML_DEFAULT = "/opt/ml"
 OPT_ML_OVERRIDE = "SEQCLS_OPT_ML"
 SM_JOB_NAME = "TRAINING_JOB_NAME"
-SM_RESERVED_PREFIX = "sagemaker_"
+# Keys SageMaker's clients add to hyperparameters.json that are not ours: `sagemaker_*` (the training
+# toolkit's params.SAGEMAKER_PREFIX: SDK v2 framework keys such as sagemaker_program, and the tuner's
+# sagemaker_estimator_class_name/module) and `_tuning_objective_metric`, which a tuning job adds to every
+# trial (sagemaker-python-sdk v2 estimator.py strips it again in `_prepare_init_params_from_job_description`).
+SM_RESERVED_PREFIXES = ("sagemaker_", "_tuning_")
 CHANNELS = ("train", "validation", "test", "model")
 
 # Vertex AI custom-job contract.
@@ -43,7 +47,8 @@ NPROC_OVERRIDE = "SEQCLS_NPROC_PER_NODE"
 DEFAULT_MASTER_PORT = 29500
 
 ENV_PREFIX = "SEQCLS_"
-ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT", NPROC_OVERRIDE}
+DEBUG = "SEQCLS_DEBUG"  # 1: tracebacks on stderr for user errors too
+ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT", NPROC_OVERRIDE, DEBUG}
 
 # Command-line options that name paths (for a person); everything else on the command line is a hyperparameter.
 PATH_OPTIONS = {"train", "validation", "test", "model", "output_dir"}
@@ -63,9 +68,15 @@ class Platform:
     tensorboard_dir: Path | None
     run_id: str
     default_output_uri: str  # where to publish when output_uri is unset ("" = nowhere)
-    hyperparameter_layers: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    hyperparameter_layers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    ignored_hyperparameters: list[str] = field(default_factory=list)  # the platform's reserved keys, not ours
     git_commit: str = ""
     host: str = field(default_factory=socket.gethostname)
+
+    @property
+    def output_folders(self) -> list[Path]:
+        """Every folder the job writes (rank 0): checked before any data or model work."""
+        return [self.model_dir, self.output_data_dir, self.failure_file.parent, self.checkpoint_dir]
 
 
 def gcs_to_fuse(uri: str) -> str:
@@ -117,12 +128,15 @@ def _env_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
-def _read_hyperparameters_file(path: Path) -> dict[str, str]:
+def _read_hyperparameters_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The file's hyperparameters, decoded, and the names of the platform's reserved keys it also held."""
     if not path.is_file():
-        return {}
+        return {}, []
     data = load_hyperparameters_json(path.read_text(encoding="utf-8", errors="replace"), str(path))
-    # SageMaker's own framework keys are not ours to parse.
-    return {k: v for k, v in data.items() if not k.startswith(SM_RESERVED_PREFIX)}
+    reserved = sorted(k for k in data if k.startswith(SM_RESERVED_PREFIXES))
+    ours = {k: v for k, v in data.items() if k not in reserved}
+    check_scalar_values(ours, str(path))
+    return ours, reserved
 
 
 def _existing(path: Path) -> Path | None:
@@ -198,8 +212,9 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         if channel in cli_paths:
             channels[channel] = Path(cli_paths[channel]).absolute()
 
+    from_file, ignored = _read_hyperparameters_file(root / "input" / "config" / "hyperparameters.json")
     layers = [
-        ("hyperparameters.json", _read_hyperparameters_file(root / "input" / "config" / "hyperparameters.json")),
+        ("hyperparameters.json", from_file),
         ("env", _env_hyperparameters(env)),
         ("cli", cli_hyperparameters),
     ]
@@ -215,8 +230,15 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         run_id=run_id or f"seqcls-{timestamp}",
         default_output_uri=default_output_uri,
         hyperparameter_layers=layers,
+        ignored_hyperparameters=ignored,
         git_commit=_git_commit(env),
     )
+
+
+def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """SEQCLS_DEBUG=1 shows the traceback of every failure, not only of internal errors."""
+    env = os.environ if env is None else env
+    return env.get(DEBUG, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def failure_file_for(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Path | None:

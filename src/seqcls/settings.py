@@ -91,12 +91,10 @@ def parse_value(name: str, raw: Any) -> Any:
     if name not in FIELDS:
         raise unknown_name(name)
     kind = FIELDS[name].type
-    if isinstance(raw, str):
-        text = raw.strip()
-    elif isinstance(raw, (bool, int, float)) and not (kind == "str"):
-        text = str(raw)
-    elif isinstance(raw, (int, float)) and kind == "str":
-        text = str(raw)
+    if isinstance(raw, bool):
+        text = "true" if raw else "false"
+    elif isinstance(raw, (str, int, float)):
+        text = str(raw).strip()
     else:
         raise SettingsError(f"hyperparameter {name}: expected a string or number, got {type(raw).__name__}")
     try:
@@ -187,17 +185,35 @@ def resolve(layers: Iterable[tuple[str, Mapping[str, Any]]]) -> Resolved:
     return Resolved(settings, sources)
 
 
+def _decode(value: Any) -> Any:
+    """Decode a value as sagemaker-training-toolkit does (environment.read_hyperparameters: json.loads,
+    else the raw string). SDK v2 estimators JSON-encode every value (`"\\"bf16\\""`), SDK v3 and boto3
+    send plain strings (`"bf16"`). A decoded number or boolean keeps its text instead, which parses to
+    the same value for typed settings and stays verbatim for text ones (run_id "1e3" is not 1000.0)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return decoded if isinstance(decoded, (str, list, dict)) or decoded is None else value
+
+
 def load_hyperparameters_json(text: str, path: str) -> dict[str, Any]:
-    """Parse SageMaker's hyperparameters.json: an object of (string) values."""
+    """Parse SageMaker's hyperparameters.json: an object of string values, each JSON-decoded when it can be."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise SettingsError(f"{path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path} must hold a JSON object of hyperparameters, got {type(data).__name__}")
-    for name, value in data.items():
+    return {name: _decode(value) for name, value in data.items()}
+
+
+def check_scalar_values(values: Mapping[str, Any], path: str) -> None:
+    """Our hyperparameters are strings or numbers; a list, object or null is a mistake worth naming."""
+    for name, value in values.items():
         if isinstance(value, (dict, list)) or value is None:
             kind = {dict: "an object", list: "a list"}.get(type(value), "null")
             shown = f"{kind} (value masked)" if is_secret(name) else json.dumps(value)[:80]
             raise SettingsError(f"{path}: hyperparameter {name} must be a string or number, got {shown}")
-    return data
