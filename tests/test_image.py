@@ -45,19 +45,14 @@ def _head(src: Path, dst: Path, rows: int) -> None:
 
 
 def sagemaker_tree(root: Path, hyperparameters: dict[str, str]) -> Path:
-    """A SageMaker /opt/ml tree: string-valued hyperparameters.json and CoLA train/test channels."""
+    """A SageMaker /opt/ml tree: string-valued hyperparameters.json and CoLA train/test channels. Folders get
+    this process's owner and mode 0755, as SageMaker (and its SDK's local mode, running as root) makes them."""
     config = root / "input" / "config"
     config.mkdir(parents=True)
     (config / "hyperparameters.json").write_text(json.dumps(hyperparameters), encoding="utf-8")
     _head(COLA_DIR / "in_domain_train.tsv", root / "input" / "data" / "train" / "in_domain_train.tsv", TRAIN_ROWS)
     _head(COLA_DIR / "out_of_domain_dev.tsv", root / "input" / "data" / "test" / "out_of_domain_dev.tsv", TEST_ROWS)
     (root / "input" / "data" / "model").mkdir()
-    if os.geteuid() == 0:
-        # The image runs as uid 1000 in group 0; a root-owned tree (CI) opens to that group, as a
-        # group-0 volume does on OpenShift-style platforms. Root still reads and removes everything.
-        for path in [root, *root.rglob("*")]:
-            if path.is_dir():
-                path.chmod(0o775)
     return root
 
 
@@ -166,9 +161,29 @@ def test_docker_stop_ends_job_with_sigterm_reason(tmp_path: Path, model_dir: Pat
         stdout.append(line)
 
     assert returncode == 143, f"exit {returncode} after {stopped_in:.1f}s (137 means SIGKILL after the grace)"
+    metrics = json.loads((root / "model" / "metrics.json").read_text())  # SageMaker uploads it even now
+    assert "SIGTERM" in metrics["partial"]["reason"] and (root / "model" / "model.safetensors").stat().st_size > 0
     assert stopped_in < STOP_GRACE_S
     reason = (root / "output" / "failure").read_text()
     assert "SIGTERM" in reason, reason
     events = [e["event"] for e in json_events("".join(stdout))]
     assert "checkpoint_saved" in events and events[-1] == "job_failed", events
     assert list((root / "checkpoints").glob("ckpt-*.pt")), "no checkpoint to resume from after SIGTERM"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root-owned tree, as the platform makes it")
+def test_a_user_that_cannot_write_the_mounts_fails_in_seconds(tmp_path: Path, model_dir: Path) -> None:
+    """`docker run --user 1000` on SageMaker's root-owned 0755 /opt/ml: one clear line within seconds, not a
+    run lost after training. The failure file's folder is not writable either, so stderr and the event carry it."""
+    root = sagemaker_tree(tmp_path / "opt_ml", {"epochs": "1"})
+    command = docker_run(root, model_dir, ["train"], _name())
+    command[command.index(IMAGE):command.index(IMAGE)] = ["--user", "1000:1000"]
+    started = time.monotonic()
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert time.monotonic() - started < 30
+    events = json_events(done.stdout)
+    assert [e["event"] for e in events] == ["job_failed"]
+    assert "cannot write to /opt/ml/model (running as uid 1000, gid 1000)" in events[0]["message"]
+    assert f"seqcls: error: {events[0]['message']}" in done.stderr and "Traceback" not in done.stderr
+    assert not (root / "output" / "failure").exists() and not (root / "model").exists()

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from jobtools import json_lines, make_tree, run_cli
 
@@ -61,6 +62,30 @@ def reference(template, tmp_path_factory) -> tuple[str, dict]:
     return outputs(root)
 
 
+def assert_partial_model(root: Path, events: list[dict]) -> None:
+    """SageMaker uploads /opt/ml/model even from a stopped job (tuner early stop, MaxRuntime): it must hold a
+    loadable model, marked partial, with the best epoch so far when there is one, else the current weights."""
+    from safetensors.torch import load_file
+    from transformers import pipeline
+
+    metrics = json.loads((root / "model" / "metrics.json").read_text())
+    manifest = json.loads((root / "model" / "run_manifest.json").read_text())
+    partial = metrics["partial"]
+    assert manifest["partial"] == partial and "SIGTERM" in partial["reason"] and "test" not in metrics
+    epochs_done = [e["epoch"] for e in events if e["event"] == "epoch_end"]
+    assert partial["epochs_completed"] == len(epochs_done)
+    saved = load_file(root / "model" / "model.safetensors")
+    if epochs_done:  # select_best=mcc: the best epoch so far, the very weights kept in the checkpoint folder
+        assert metrics["best_epoch"] >= 1 and partial["weights"] == f"best epoch so far ({metrics['best_epoch']})"
+        best = load_file(root / "checkpoints" / f"best-epoch{metrics['best_epoch']:04d}.safetensors")
+        shared = saved.keys() & best.keys()
+        assert len(shared) > 10 and all(torch.equal(saved[k], best[k]) for k in shared)
+    else:
+        assert metrics["best_epoch"] == 0 and partial["weights"] == f"step {partial['stopped_at_step']}, mid-epoch"
+    classify = pipeline("text-classification", model=str(root / "model"), device="cpu")
+    assert classify("The book was written by John.")[0]["label"] in metrics["labels"]
+
+
 def fresh(template: Path, tmp_path: Path) -> Path:
     root = tmp_path / "ml"
     shutil.copytree(template, root, symlinks=True)
@@ -79,9 +104,9 @@ def test_sigterm_then_resume_is_bitwise_identical(template, reference, tmp_path,
     saved = [e for e in events if e["event"] == "checkpoint_saved"]
     assert saved, "no checkpoint on SIGTERM"
     reason = (root / "output" / "failure").read_text()
-    assert "SIGTERM" in reason and "rerun to resume" in reason
+    assert "SIGTERM" in reason and "rerun to resume" in reason and "partial model" in reason
     assert events[-1]["event"] == "job_failed"
-    assert not (root / "model" / "model.safetensors").exists()
+    assert_partial_model(root, events)
 
     result = run_cli(["train"], env=env_for(root))
     assert result.returncode == 0, result.stderr[-2000:]

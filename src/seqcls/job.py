@@ -16,6 +16,7 @@ import torch
 from . import artifacts, atomic, checkpoint, data, distributed, evaluate, logs, model, storage, train
 from . import platform as runtime
 from . import settings as hyperparameters
+from .errors import Interrupted
 
 PACKAGES = ("seqcls", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scikit-learn")
 
@@ -91,15 +92,18 @@ def run(where: runtime.Platform) -> Path:
     outcome = train.train(classifier, encoded["train"], encoded["validation"], settings, pad_token_id, device, precision,
                           checkpointer, world)
 
-    # Step 4: test.
+    # Step 4: test. A run the platform stopped (SIGTERM) skips it: the grace period is for saving a model.
     metrics: dict[str, object] = {
         "best_epoch": outcome.best_epoch,
         "validation": {k: v for k, v in outcome.stats[outcome.best_epoch - 1].__dict__.items()
-                       if k.startswith("val_") and k != "val_seconds"},
+                       if k.startswith("val_") and k != "val_seconds"} if outcome.best_epoch else {},
         "labels": splits.label_map.labels,
     }
+    partial = outcome.partial(kept_best=settings.select_best != "none")
+    if partial:
+        metrics["partial"] = partial
     test_predictions = None
-    if "test" in encoded:
+    if "test" in encoded and not partial:
         test_predictions = evaluate.predict(classifier, encoded["test"], pad_token_id, device, precision,
                                             settings.eval_batch_size, world)
         test_metrics = evaluate.classification_metrics(encoded["test"].labels, test_predictions.predicted,
@@ -140,11 +144,15 @@ def run(where: runtime.Platform) -> Path:
                        "name": torch.cuda.get_device_name(device) if device.type == "cuda" else host_platform.processor() or host_platform.machine(),
                        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
             "timing": {"train_seconds": round(outcome.train_seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1)},
+            "partial": partial,
         })
         checked = artifacts.reload_check(classifier, tokenizer, model_dir, splits.test or splits.validation)
     logs.event("artifacts_saved", f"model saved to {where.model_dir} (reload check passed on {checked} rows)",
                model_dir=str(where.model_dir), output_data_dir=str(where.output_data_dir), files=saved + ["metrics.json", "run_manifest.json"],
                reload_check_rows=checked)
+
+    if partial:  # the platform uploads the model folder as it is; the run still failed, and may resume
+        raise Interrupted(f"{outcome.stopped}; a partial model ({partial['weights']}) was saved to {where.model_dir}")
 
     # Step 6: publish a plain, directly loadable copy; manifest.json last, so consumers never see half a model.
     if output_uri:

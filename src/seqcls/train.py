@@ -80,6 +80,19 @@ class Outcome:
     samples_per_s: float = 0.0
     path: str = "eager"  # or "cuda_graphs"
     capture_seconds: float = 0.0
+    stopped: str = ""  # why training stopped early (SIGTERM); empty when every epoch ran
+    stopped_at_step: int = 0
+
+    def partial(self, kept_best: bool) -> dict[str, object] | None:
+        """What a stopped run's model holds, for metrics.json and the manifest; None when every epoch ran."""
+        if not self.stopped:
+            return None
+        if self.best_epoch:
+            weights = f"best epoch so far ({self.best_epoch})" if kept_best else f"end of epoch {self.best_epoch}"
+        else:
+            weights = f"step {self.stopped_at_step}, mid-epoch"
+        return {"reason": self.stopped, "stopped_at_step": self.stopped_at_step, "epochs_completed": len(self.stats),
+                "weights": weights}
 
 
 def _improved(metric: str, stats: EpochStats, best: dict[str, float] | None) -> bool:
@@ -130,7 +143,8 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
     """Fine-tune `model` in place, resuming from the newest matching checkpoint; returns per-epoch stats.
 
     With select_best, the model ends on the best epoch's weights. On SIGTERM the current step
-    finishes, a checkpoint is written, and `Interrupted` is raised so the platform can retry.
+    finishes, a checkpoint is written, and the outcome says `stopped`: the model then holds the best
+    epoch so far (select_best) or the current weights, for the caller to save before it exits.
     Under torch.distributed each rank trains on its share of every global batch (see distributed.py).
     """
     torch.manual_seed(settings.seed + world.rank)  # dropout differs per rank; rank 0 alone matches 1 process
@@ -158,78 +172,82 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
     start = time.perf_counter()
     first_step = progress.global_step
     trained_samples = 0
-    with STOP.deferred():
-        for epoch in range(progress.epoch, settings.epochs + 1):
-            epoch_start = time.perf_counter()
-            # A checkpoint stores the all-rank sum; rank 0 carries it on.
-            epoch_loss = torch.tensor(progress.epoch_loss_sum if world.is_main else 0.0, dtype=torch.float32, device=device)
-            window_loss = torch.zeros((), device=device)
-            window_steps = window_samples = 0
-            window_start = time.perf_counter()
-            batches = epoch_order(train_set.lengths, settings.batch_size, settings.seed, epoch, settings.group_by_length)
-            for rows in batches[progress.step_in_epoch:]:
-                mine, share = shard(rows, world)
-                loss = step(collate(train_set, mine, pad_token_id, pad), share)
-                progress.global_step += 1
-                progress.step_in_epoch += 1
-                epoch_loss += loss.detach() / world.size  # summed over ranks below: the global batch mean
-                window_loss += loss.detach() / world.size
-                window_steps += 1
-                window_samples += len(rows)
-                trained_samples += len(rows)
-                if bar is not None:
-                    bar.update(1)
-                if progress.global_step % settings.log_every_steps == 0 or progress.global_step == total_steps:
-                    all_reduce_sum(window_loss, world)
-                    now = time.perf_counter()
-                    elapsed = now - start
-                    done = progress.global_step - first_step
-                    logs.event("train_progress", f"epoch {epoch} step {progress.global_step}/{total_steps}",
-                               epoch=epoch, step=progress.global_step, total_steps=total_steps,
-                               loss=round(window_loss.item() / window_steps, 6), lr=current_lr(optimizer),
-                               samples_per_s=round(window_samples / max(now - window_start, 1e-9), 1),
-                               world_size=world.size,
-                               elapsed_s=round(elapsed, 2),
-                               eta_s=round(elapsed / done * (total_steps - progress.global_step), 1))
-                    window_loss.zero_()
-                    window_steps = window_samples = 0
-                    window_start = time.perf_counter()
-                periodic = settings.checkpoint_every_steps and progress.global_step % settings.checkpoint_every_steps == 0
-                last_of_epoch = progress.step_in_epoch == len(batches)
-                stopping = any_rank(STOP.requested, world, device)
-                if (periodic or stopping) and not last_of_epoch:
-                    summed = epoch_loss.clone()
-                    all_reduce_sum(summed, world)
-                    progress.epoch_loss_sum = summed.item()
-                    save_checkpoint()
-                    if stopping:
-                        raise Interrupted(f"interrupted by SIGTERM at step {progress.global_step}/{total_steps}; "
-                                          f"checkpoint saved in {checkpointer.directory}: rerun to resume")
-            train_seconds = time.perf_counter() - epoch_start
-            all_reduce_sum(epoch_loss, world)
-            val_start = time.perf_counter()
-            predictions = predict(model, val_set, pad_token_id, device, precision, settings.eval_batch_size, world)
-            validation = epoch_validation(val_set.labels, predictions, len(model.config.id2label))
-            stats = EpochStats(epoch=epoch, train_loss=epoch_loss.item() / len(batches), train_seconds=train_seconds,
-                               val_seconds=time.perf_counter() - val_start, **validation)
-            outcome.stats.append(stats)
-            logs.event("epoch_end", f"epoch {epoch}/{settings.epochs}: train loss {stats.train_loss:.4f}, "
-                                    f"val loss {stats.val_loss:.4f}, val MCC {stats.val_mcc:.4f}",
-                       **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(stats).items()})
-            if settings.select_best != "none" and _improved(settings.select_best, stats, progress.best):
-                progress.best = asdict(stats)
-                best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
-            progress.stats = [asdict(s) for s in outcome.stats]
-            save_checkpoint()
-            if any_rank(STOP.requested, world, device):
-                raise Interrupted(f"interrupted by SIGTERM after epoch {epoch}; checkpoint saved in "
-                                  f"{checkpointer.directory}: rerun to resume")
+    try:
+        with STOP.deferred():
+            for epoch in range(progress.epoch, settings.epochs + 1):
+                epoch_start = time.perf_counter()
+                # A checkpoint stores the all-rank sum; rank 0 carries it on.
+                epoch_loss = torch.tensor(progress.epoch_loss_sum if world.is_main else 0.0, dtype=torch.float32, device=device)
+                window_loss = torch.zeros((), device=device)
+                window_steps = window_samples = 0
+                window_start = time.perf_counter()
+                batches = epoch_order(train_set.lengths, settings.batch_size, settings.seed, epoch, settings.group_by_length)
+                for rows in batches[progress.step_in_epoch:]:
+                    mine, share = shard(rows, world)
+                    loss = step(collate(train_set, mine, pad_token_id, pad), share)
+                    progress.global_step += 1
+                    progress.step_in_epoch += 1
+                    epoch_loss += loss.detach() / world.size  # summed over ranks below: the global batch mean
+                    window_loss += loss.detach() / world.size
+                    window_steps += 1
+                    window_samples += len(rows)
+                    trained_samples += len(rows)
+                    if bar is not None:
+                        bar.update(1)
+                    if progress.global_step % settings.log_every_steps == 0 or progress.global_step == total_steps:
+                        all_reduce_sum(window_loss, world)
+                        now = time.perf_counter()
+                        elapsed = now - start
+                        done = progress.global_step - first_step
+                        logs.event("train_progress", f"epoch {epoch} step {progress.global_step}/{total_steps}",
+                                   epoch=epoch, step=progress.global_step, total_steps=total_steps,
+                                   loss=round(window_loss.item() / window_steps, 6), lr=current_lr(optimizer),
+                                   samples_per_s=round(window_samples / max(now - window_start, 1e-9), 1),
+                                   world_size=world.size,
+                                   elapsed_s=round(elapsed, 2),
+                                   eta_s=round(elapsed / done * (total_steps - progress.global_step), 1))
+                        window_loss.zero_()
+                        window_steps = window_samples = 0
+                        window_start = time.perf_counter()
+                    periodic = settings.checkpoint_every_steps and progress.global_step % settings.checkpoint_every_steps == 0
+                    last_of_epoch = progress.step_in_epoch == len(batches)
+                    stopping = any_rank(STOP.requested, world, device)
+                    if (periodic or stopping) and not last_of_epoch:
+                        summed = epoch_loss.clone()
+                        all_reduce_sum(summed, world)
+                        progress.epoch_loss_sum = summed.item()
+                        save_checkpoint()
+                        if stopping:
+                            raise Interrupted(f"interrupted by SIGTERM at step {progress.global_step}/{total_steps}; "
+                                              f"checkpoint saved in {checkpointer.directory}: rerun to resume")
+                train_seconds = time.perf_counter() - epoch_start
+                all_reduce_sum(epoch_loss, world)
+                val_start = time.perf_counter()
+                predictions = predict(model, val_set, pad_token_id, device, precision, settings.eval_batch_size, world)
+                validation = epoch_validation(val_set.labels, predictions, len(model.config.id2label))
+                stats = EpochStats(epoch=epoch, train_loss=epoch_loss.item() / len(batches), train_seconds=train_seconds,
+                                   val_seconds=time.perf_counter() - val_start, **validation)
+                outcome.stats.append(stats)
+                logs.event("epoch_end", f"epoch {epoch}/{settings.epochs}: train loss {stats.train_loss:.4f}, "
+                                        f"val loss {stats.val_loss:.4f}, val MCC {stats.val_mcc:.4f}",
+                           **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(stats).items()})
+                if settings.select_best != "none" and _improved(settings.select_best, stats, progress.best):
+                    progress.best = asdict(stats)
+                    best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
+                progress.stats = [asdict(s) for s in outcome.stats]
+                save_checkpoint()
+                if any_rank(STOP.requested, world, device):
+                    raise Interrupted(f"interrupted by SIGTERM after epoch {epoch}; checkpoint saved in "
+                                      f"{checkpointer.directory}: rerun to resume")
+    except Interrupted as stop:
+        outcome.stopped, outcome.stopped_at_step = str(stop), progress.global_step
     if bar is not None:
         bar.close()
     outcome.train_seconds = time.perf_counter() - start
     outcome.samples_per_s = trained_samples / max(outcome.train_seconds, 1e-9)
-    outcome.best_epoch = settings.epochs
+    # Without a best epoch, a stopped run holds weights from the middle of an epoch: no whole epoch's.
+    outcome.best_epoch = len(outcome.stats) if not outcome.stopped or progress.step_in_epoch == 0 else 0
     if progress.best is not None and best_weights is not None:
         model.load_state_dict(best_weights)
         outcome.best_epoch = progress.best["epoch"]
