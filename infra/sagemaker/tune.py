@@ -11,6 +11,9 @@ Every option of `infra.sagemaker.submit` describes each trial, checked the same 
 metric definitions in `infra.sagemaker.metrics`, which is also what early stopping (`Auto`) compares.
 The learning rate is searched on a log scale (its effect is multiplicative), epochs and warm-up
 linearly, batch sizes as a list. A hyperparameter left out of `--tune` can be fixed with `--hp`.
+SageMaker ranks each trial by the latest objective value it logged (FinalHyperParameterTuningJobObjectiveMetric
+in the API reference): the last epoch's, even when `select_best=mcc` keeps an earlier epoch's weights.
+With `--spot`, every trial gets the same CheckpointConfig (the API has one per definition).
 
 The request is the CreateHyperParameterTuningJob API's, sent with boto3. Each trial's definition is
 made from the very CreateTrainingJob request `infra.sagemaker.submit` builds with SDK v3's ModelTrainer,
