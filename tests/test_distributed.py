@@ -42,6 +42,72 @@ def test_sagemaker_multi_host_from_resourceconfig(tmp_path):
                                       "--master_port=29500"]
 
 
+# resourceconfig.json as SageMaker writes it (keys: sagemaker-training-toolkit environment.py read_resource_config).
+def _resource_config(root: Path, instance_type: str, current_host: str = "algo-1") -> None:
+    config = root / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    hosts = ["algo-1", "algo-2"]
+    (config / "resourceconfig.json").write_text(json.dumps({
+        "current_host": current_host, "current_instance_type": instance_type, "current_group_name": "homogeneousCluster",
+        "hosts": hosts, "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance_type,
+                                             "hosts": hosts}],
+        "network_interface_name": "eth0"}))
+
+
+# Expected values: aws/sagemaker-training-toolkit @33839372, torch_distributed.py TorchDistributedRunner._setup
+# (NCCL_SOCKET_IFNAME always; FI_PROVIDER=efa for SM_EFA_NCCL_INSTANCES; FI_EFA_USE_DEVICE_RDMA=1 and
+# RDMAV_FORK_SAFE=1 for SM_EFA_RDMA_INSTANCES, both lists in sagemaker_training/__init__.py) and mpi.py /
+# smdataparallel.py (NCCL_PROTO=simple on EFA instances).
+@pytest.mark.parametrize(("instance_type", "expected"), [
+    ("ml.g5.12xlarge", {"NCCL_SOCKET_IFNAME": "eth0"}),
+    ("ml.p5.48xlarge", {"NCCL_SOCKET_IFNAME": "eth0", "FI_PROVIDER": "efa", "NCCL_PROTO": "simple"}),
+    ("ml.p4d.24xlarge", {"NCCL_SOCKET_IFNAME": "eth0", "FI_PROVIDER": "efa", "NCCL_PROTO": "simple",
+                         "FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"}),
+])
+def test_sagemaker_hosts_get_nccl_interface_and_efa_settings(tmp_path, instance_type, expected):
+    _resource_config(tmp_path, instance_type)
+    assert platform.launch_plan(tmp_path, gpu_count=8, env={}).env == expected
+
+
+def test_variables_the_user_set_are_kept(tmp_path):
+    _resource_config(tmp_path, "ml.p4d.24xlarge")
+    launch = platform.launch_plan(tmp_path, gpu_count=8, env={"NCCL_SOCKET_IFNAME": "ens5", "NCCL_PROTO": "LL128"})
+    assert launch.env == {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"}
+
+
+def test_vertex_and_local_launches_add_no_nccl_settings(tmp_path):
+    assert platform.launch_plan(tmp_path, gpu_count=8, env={}).env == {}
+
+
+class _Execed(BaseException):
+    """Stands in for the exec: the test process must not become torchrun."""
+
+
+def test_train_execs_torchrun_with_the_added_environment(tmp_path, monkeypatch):
+    """What `seqcls train` hands to exec on host algo-2 of an ml.p4d.24xlarge pair, with the user's interface kept."""
+    from seqcls import cli
+
+    _resource_config(tmp_path, "ml.p4d.24xlarge", current_host="algo-2")
+    monkeypatch.setenv("SEQCLS_OPT_ML", str(tmp_path))
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ens5")
+    for name in ("LOCAL_RANK", "FI_PROVIDER", "NCCL_PROTO", "FI_EFA_USE_DEVICE_RDMA", "RDMAV_FORK_SAFE"):
+        monkeypatch.delenv(name, raising=False)
+    execs = []
+
+    def fake_execve(path, args, env):
+        execs.append((path, args, env))
+        raise _Execed
+
+    monkeypatch.setattr(cli.os, "execve", fake_execve)
+    cli.train_command([])
+    (path, args, env), = execs
+    assert args[1:4] == ["-m", "torch.distributed.run", "--nnodes=2"] and "--node_rank=1" in args
+    assert env["NCCL_SOCKET_IFNAME"] == "ens5"
+    assert (env["FI_PROVIDER"], env["NCCL_PROTO"], env["FI_EFA_USE_DEVICE_RDMA"], env["RDMAV_FORK_SAFE"]) == \
+        ("efa", "simple", "1", "1")
+    assert env["SEQCLS_OPT_ML"] == str(tmp_path)  # the rest of the environment still reaches the ranks
+
+
 def test_vertex_cluster_spec(tmp_path):
     spec = {"cluster": {"workerpool0": ["cmle-training-workerpool0-ab-0:2222"],
                         "workerpool1": ["cmle-training-workerpool1-ab-0:2222", "cmle-training-workerpool1-ab-1:2222"]},

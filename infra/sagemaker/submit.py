@@ -78,8 +78,8 @@ class Job:
     torch_distributed: bool = False
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m infra.sagemaker.submit", description=__doc__.split("\n")[0])
+def add_job_options(p: argparse.ArgumentParser) -> None:
+    """The options that describe one training job; `job_from_args` checks them (submit and tune share both)."""
     p.add_argument("--image", required=True, help="ECR image URI (make push-ecr prints it)")
     p.add_argument("--role", required=True, help="SageMaker execution role ARN")
     p.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="no network in the container: the model must come in the model channel")
     p.add_argument("--torch-distributed", action="store_true",
                    help="torchrun on every host and GPU (required for --instance-count > 1)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m infra.sagemaker.submit", description=__doc__.split("\n")[0])
+    add_job_options(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request; call no AWS API")
     mode.add_argument("--wait", action="store_true", help="stream status and logs until the job ends")
@@ -201,17 +206,22 @@ def create_request(trainer: ModelTrainer) -> dict[str, Any]:
     return trainer._create_training_job_args(boto3=True)
 
 
-def validate_request(request: dict[str, Any], region: str) -> None:
-    """Check the request against botocore's model of CreateTrainingJob (types, required keys, ranges)."""
+def validate_request(request: dict[str, Any], region: str, operation: str = "CreateTrainingJob") -> None:
+    """Check the request against botocore's model of `operation` (types, required keys, ranges)."""
     model = boto3.Session(region_name=region).client("sagemaker").meta.service_model
-    report = ParamValidator().validate(request, model.operation_model("CreateTrainingJob").input_shape)
+    report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
     if report.has_errors():
-        raise SubmitError(f"CreateTrainingJob request is invalid:\n{report.generate_report()}")
+        raise SubmitError(f"{operation} request is invalid:\n{report.generate_report()}")
+
+
+def training_request(job: Job) -> dict[str, Any]:
+    """The CreateTrainingJob request for `job`, built offline (no IAM call); the tuning job reuses it."""
+    with role_check_skipped():
+        return create_request(build_trainer(job))
 
 
 def dry_run(job: Job) -> dict[str, Any]:
-    with role_check_skipped():
-        request = create_request(build_trainer(job))
+    request = training_request(job)
     validate_request(request, job.region)
     return request
 

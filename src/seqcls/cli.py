@@ -95,11 +95,12 @@ def train_command(argv: Sequence[str]) -> int:
         if launch is not None:
             logs.event("launch", f"starting torchrun: {launch.nnodes} node(s) x {launch.nproc_per_node} process(es)",
                        nnodes=launch.nnodes, node_rank=launch.node_rank, nproc_per_node=launch.nproc_per_node,
-                       master_addr=launch.master_addr, master_port=launch.master_port)
+                       master_addr=launch.master_addr, master_port=launch.master_port, env_added=dict(launch.env))
             sys.stdout.flush()
             # exec: torchrun becomes this process, so the platform's SIGTERM reaches it (it forwards to ranks).
-            os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(),
-                                      "-m", "seqcls", "train", *argv, *runtime.pinned_for_ranks(where, argv)])
+            os.execve(sys.executable, [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(),
+                                       "-m", "seqcls", "train", *argv, *runtime.pinned_for_ranks(where, argv)],
+                      {**os.environ, **launch.env})
         job.run(where)
         return 0
     except BaseException as err:  # noqa: BLE001 - the one place that turns every failure into a reason
