@@ -65,7 +65,7 @@ image-test: $(BIN)/python
 	container/docker-ready $(LOCAL_BASE)
 	$(MAKE) image IMAGE=$(TEST_IMAGE) BASE_IMAGE=$(LOCAL_BASE)
 	SEQCLS_IMAGE=$(TEST_IMAGE) DOCKER=$(DOCKER) COLA_DIR=$(abspath $(COLA_DIR)) \
-	  $(BIN)/python -m pytest -m image $(PYTEST_ARGS) tests/test_image.py
+	  $(BIN)/python -m pytest -m image $(PYTEST_ARGS) tests
 
 # Re-pin container/requirements.txt for Python 3.11 on x86_64 Linux (the bases' Python).
 lock: $(BIN)/python

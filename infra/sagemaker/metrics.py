@@ -3,7 +3,10 @@
 SageMaker applies each regex to every CloudWatch log line and takes the first group as the value.
 A line looks like `{"timestamp": ..., "message": ..., "event": "epoch_end", "epoch": 1,
 "train_loss": 0.68, "val_loss": 0.67, ...}`: `event` always comes before the event's own fields,
-so anchoring on it keeps `"loss"` of `train_progress` apart from every other loss.
+so anchoring on it keeps `"loss"` of `train_progress` apart from every other loss. The validation
+metrics are not anchored: `epoch_end` carries them each epoch and `best_epoch_selected` repeats the kept
+epoch's at the end, so that the value a tuning job ranks by (the last one logged, per the API's
+FinalHyperParameterTuningJobObjectiveMetric) is the one of the model that was saved.
 """
 
 from __future__ import annotations
@@ -12,16 +15,16 @@ from __future__ import annotations
 # NaN and Infinity are not matched, so a diverged run reports no value rather than a wrong one.
 NUMBER = r"(-?[0-9][0-9.eE+-]*)"
 
-# (SageMaker metric name, seqcls event, field of that event)
+# (SageMaker metric name, seqcls event ("": any event with that field), field of that event)
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("train:loss", "train_progress", "loss"),
     ("train:learning_rate", "train_progress", "lr"),
     ("train:samples_per_s", "train_progress", "samples_per_s"),
     ("train:epoch_loss", "epoch_end", "train_loss"),
-    ("validation:loss", "epoch_end", "val_loss"),
-    ("validation:accuracy", "epoch_end", "val_accuracy"),
-    ("validation:mcc", "epoch_end", "val_mcc"),
-    ("validation:f1", "epoch_end", "val_f1"),
+    ("validation:loss", "", "val_loss"),
+    ("validation:accuracy", "", "val_accuracy"),
+    ("validation:mcc", "", "val_mcc"),
+    ("validation:f1", "", "val_f1"),
     ("test:mcc", "test_metrics", "test_mcc"),
     ("test:accuracy", "test_metrics", "test_accuracy"),
     ("test:f1", "test_metrics", "test_f1"),
@@ -30,7 +33,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 
 
 def regex(event: str, field: str) -> str:
-    return f'"event": "{event}".*"{field}": {NUMBER}'
+    return f'"event": "{event}".*"{field}": {NUMBER}' if event else f'"{field}": {NUMBER}'
 
 
 def metric_definitions() -> list[dict[str, str]]:

@@ -251,6 +251,8 @@ def train(model: torch.nn.Module, train_set: Encoded, val_set: Encoded, settings
     if progress.best is not None and best_weights is not None:
         model.load_state_dict(best_weights)
         outcome.best_epoch = progress.best["epoch"]
+        # Repeats the kept epoch's validation metrics last: a tuning job ranks a trial by the last value logged.
         logs.event("best_epoch_selected", f"keeping epoch {outcome.best_epoch} (best val {settings.select_best})",
-                   epoch=outcome.best_epoch, metric=settings.select_best)
+                   epoch=outcome.best_epoch, metric=settings.select_best,
+                   **{k: round(v, 6) for k, v in progress.best.items() if k.startswith("val_") and k != "val_seconds"})
     return outcome

@@ -14,7 +14,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def job_log_lines(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path, minilm_path: Path) -> list[str]:
-    """stdout of a real `seqcls train` (200 CoLA rows, MiniLM, 1 epoch): the lines CloudWatch would get."""
+    """stdout of a real `seqcls train` (200 CoLA rows, MiniLM, 2 epochs keeping the best): the lines CloudWatch would get."""
     work = tmp_path_factory.mktemp("seqcls-run")
     # A short test file keeps the run quick; the test_metrics event is what matters here.
     test_rows = (cola_dir / "out_of_domain_dev.tsv").read_text(encoding="utf-8").splitlines()[:64]
@@ -24,7 +24,7 @@ def job_log_lines(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path, mini
         [sys.executable, "-m", "seqcls", "train",
          "--train", str(cola_dir / "in_domain_train.tsv"), "--test", str(work / "test.tsv"),
          "--model_name_or_path", str(minilm_path), "--output_dir", str(work / "opt_ml"),
-         "--epochs", "1", "--max_train_samples", "200", "--log_every_steps", "2", "--device", "cpu"],
+         "--epochs", "2", "--select_best", "mcc", "--max_train_samples", "200", "--log_every_steps", "2", "--device", "cpu"],
         capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()

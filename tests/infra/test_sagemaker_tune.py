@@ -117,6 +117,18 @@ def test_objective_regex_reads_a_real_runs_epochs(aws_offline: None, job_log_lin
         assert found and float(found.group(1)) == json.loads(line)["val_mcc"], line
 
 
+@pytest.mark.slow
+def test_the_last_objective_value_is_the_kept_epochs(aws_offline: None, job_log_lines: list[str]) -> None:
+    """SageMaker ranks a trial by the last value its regex found (FinalHyperParameterTuningJobObjectiveMetric):
+    with select_best that must be the saved model's epoch, not the last epoch's."""
+    regex = re.compile(_objective_regex(_request(BASE)))
+    events = [json.loads(line) for line in job_log_lines]
+    kept = next(e for e in events if e["event"] == "best_epoch_selected")["epoch"]
+    kept_mcc = next(e["val_mcc"] for e in events if e["event"] == "epoch_end" and e["epoch"] == kept)
+    values = [float(m.group(1)) for line in job_log_lines if (m := regex.search(line))]
+    assert len(values) == 3 and values[-1] == kept_mcc, values
+
+
 def test_a_fixed_hyperparameter_is_left_out_of_the_search(aws_offline: None) -> None:
     request = _request([*BASE, "--tune", "learning_rate,warmup_ratio", "--hp", "epochs=3", "--hp", "batch_size=16"])
     ranges = request["HyperParameterTuningJobConfig"]["ParameterRanges"]
