@@ -114,3 +114,9 @@ run-local-gpu:
 schedule-examples:
 	$(BIN)/python -m infra.schedule.aws.render $(EXAMPLE_SAGEMAKER) > infra/schedule/aws/retrain.example.asl.json
 	$(BIN)/python -m infra.vertex.submit $(EXAMPLE_VERTEX) --dry-run > infra/schedule/vertex/retrain.example.json
+
+# Generated docs: the hyperparameter table from the settings' field metadata (a test checks it is current).
+.PHONY: docs
+docs: $(BIN)/python
+	$(BIN)/python -c 'import pathlib, seqcls.settings as s; p = pathlib.Path("docs/hyperparameters.md"); \
+	  text = p.read_text(); p.write_text(text[:text.index("| name |")] + s.markdown_table())'

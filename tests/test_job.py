@@ -103,6 +103,30 @@ def test_the_saved_model_reloads_and_agrees(finished_run):
     assert saved["reload_check_rows"] == 8
 
 
+def test_a_reload_that_predicts_differently_fails_the_job(tmp_path, minilm_path):
+    """The check itself: a saved folder whose model disagrees with the trained one must raise, not pass."""
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from _badinput import build_tiny_model
+    from seqcls import artifacts, data
+    from seqcls.errors import SeqclsError
+
+    folder = build_tiny_model(tmp_path / "tiny", minilm_path)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    channel = data.Channel("test", pd.DataFrame({data.TEXT: [f"sentence {i} here." for i in range(8)]}), [])
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([-100.0, 100.0]))
+    model.save_pretrained(folder)  # the saved model predicts label 1 everywhere
+    assert artifacts.reload_check(model, tokenizer, folder, channel) == 8
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([100.0, -100.0]))  # the trained one now says 0
+    with pytest.raises(SeqclsError, match="reload check failed"):
+        artifacts.reload_check(model, tokenizer, folder, channel)
+
+
 @pytest.mark.parametrize("hyperparameters, files, fragment", [
     ({"batch_size": "0"}, {}, "hyperparameter batch_size=0 is out of range"),
     ({"learning_rat": "1e-5"}, {}, "unknown hyperparameter 'learning_rat'; did you mean learning_rate?"),

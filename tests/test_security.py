@@ -209,9 +209,12 @@ def test_settings_snapshot_masks_secret_looking_names() -> None:
     from seqcls import settings
 
     assert all(settings.is_secret(name) for name in ("aws_secret_access_key", "HF_TOKEN", "api_key", "db_password"))
-    snapshot = settings.resolve([("cli", {"output_uri": "s3://bucket/runs"})]).snapshot()
-    secret_fields = [name for name in snapshot if settings.is_secret(name)]
-    assert all(snapshot[name]["value"] in ("", "***") for name in secret_fields)
+    marked = [name for name, f in settings.FIELDS.items() if f.metadata["secret"]]
+    assert marked == ["s3_sse_kms_id"]
+    key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    snapshot = settings.resolve([("cli", {"output_uri": "s3://bucket/runs", "s3_sse_kms_id": key})]).snapshot()
+    assert snapshot["s3_sse_kms_id"] == {"value": "***", "source": "cli"}
+    assert key not in json.dumps(snapshot)
     assert snapshot["output_uri"] == {"value": "s3://bucket/runs", "source": "cli"}
 
 

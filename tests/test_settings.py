@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from seqcls import platform
+from seqcls import platform, settings
 from seqcls.errors import SettingsError
 from seqcls.settings import parse_value, resolve
 
@@ -104,3 +105,40 @@ def test_malformed_hyperparameters_json(tmp_path, content, fragment):
         platform.detect([], {"SEQCLS_OPT_ML": str(tmp_path)})
     assert fragment in str(err.value)
 
+
+
+def test_the_docs_table_is_generated_from_the_settings() -> None:
+    """docs/hyperparameters.md is `make docs` output: stale when a field, default, range or help changed."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "hyperparameters.md").read_text()
+    assert docs.endswith(settings.markdown_table()), "docs/hyperparameters.md is stale: run `make docs`"
+    assert all(f"| `{name}` |" in docs for name in settings.FIELDS)
+
+
+@pytest.mark.parametrize("argv", [["train", "--help"], ["train", "-h"], ["--help"], ["train", "train", "--help"]])
+def test_help_lists_every_hyperparameter(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    from seqcls import cli
+
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    for name in settings.FIELDS:
+        assert f"--{name} (default: " in out, name
+    assert "--max_length (default: 64; >= 2 and <= 8192)" in out
+    assert "--precision (default: auto; auto | fp32 | bf16 | fp16)" in out
+
+
+def test_only_settings_marked_math_make_a_checkpoint_unresumable() -> None:
+    """The fingerprint ignores exactly these: changing this set changes which checkpoints resume."""
+    assert settings.OPERATIONAL == {
+        "eval_batch_size", "device", "cuda_graphs", "output_uri", "run_id", "publish_latest", "s3_sse_kms_id",
+        "s3_expected_bucket_owner", "checkpoint_every_steps", "checkpoint_dir", "ignore_checkpoint",
+        "distributed_timeout_s", "log_every_steps"}
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("max_length", "1", "must be >= 2 and <= 8192"), ("learning_rate", "0", "must be > 0 and < 1"),
+    ("warmup_ratio", "1", "must be >= 0 and < 1"), ("select_best", "f1", "must be one of none, mcc, loss"),
+    ("seed", "-1", "must be >= 0 and <= 4294967295"),
+])
+def test_declared_ranges_are_enforced(name: str, raw: str, message: str) -> None:
+    with pytest.raises(settings.SettingsError, match=message):
+        settings.resolve([("cli", {name: raw})])

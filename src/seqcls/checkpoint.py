@@ -25,20 +25,17 @@ from . import logs
 from .atomic import replacing
 from .distributed import World, gather_objects
 from .errors import Interrupted, UserError
+from .settings import OPERATIONAL
 
 FORMAT_VERSION = 1
 KEEP = 2
 NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
-# Settings that do not change the math: a checkpoint made with other values still resumes exactly.
-OPERATIONAL = {"eval_batch_size", "output_uri", "run_id", "checkpoint_every_steps", "log_every_steps",
-               "checkpoint_dir", "ignore_checkpoint", "device", "distributed_timeout_s", "publish_latest",
-               "s3_sse_kms_id", "s3_expected_bucket_owner", "cuda_graphs"}
 
 
 def fingerprint(settings: dict[str, Any], model_source: str, data_files: list[dict[str, object]], world_size: int) -> str:
     """What a checkpoint must match to be resumed: the math-relevant settings, the model, the data bytes,
     and the number of processes (each rank has its own dropout RNG stream)."""
-    relevant = {k: v for k, v in sorted(settings.items()) if k not in OPERATIONAL}
+    relevant = {k: v for k, v in sorted(settings.items()) if k not in OPERATIONAL}  # those that change the math
     digests = sorted(f"{f['channel']}:{f['sha256']}" for f in data_files)
     payload = json.dumps({"settings": relevant, "model": model_source, "data": digests, "world_size": world_size},
                          sort_keys=True, default=str)

@@ -22,8 +22,16 @@ FAILURE_REASON_LIMIT = 1024
 USAGE = """usage: seqcls train [--train PATH] [--validation PATH] [--test PATH] [--model PATH] [--output_dir DIR] [--<hyperparameter> VALUE ...]
        seqcls predict --model s3://bucket/prefix/RUN_ID|gs://...|DIR --input FILE [--output FILE]
 
-Fine-tune a sequence classifier. Hyperparameters also come from <root>/input/config/hyperparameters.json
-and SEQCLS_<NAME> environment variables; see README.md for the contract."""
+Fine-tune a sequence classifier. Hyperparameters, lowest precedence first: defaults <
+<root>/input/config/hyperparameters.json < SEQCLS_<NAME> environment variables < --name value.
+`seqcls train --help` lists them; docs/contract.md has the rest."""
+HELP_FLAGS = ("-h", "--help", "help")
+
+
+def train_help() -> str:
+    from .settings import help_lines
+
+    return "\n".join([USAGE, "", "Hyperparameters:", *help_lines()])
 
 
 def failure_reason(err: BaseException) -> str:
@@ -135,14 +143,20 @@ def predict_command(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logs.setup(rank=int(os.environ.get("RANK", "0")))
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:
         print(USAGE, file=sys.stderr)
-        return 0 if args else 2
+        return 2
     command, rest = args[0], args[1:]
+    if command in HELP_FLAGS:
+        print(train_help())
+        return 0
     if command == "train":
         # SageMaker runs the image as `train`; an ENTRYPOINT of `train` then sees `train` again.
         if rest[:1] == ["train"]:
             rest = rest[1:]
+        if any(arg in HELP_FLAGS[:2] for arg in rest):
+            print(train_help())
+            return 0
         return train_command(rest)
     if command == "predict":
         return predict_command(rest)

@@ -18,63 +18,150 @@ from . import storage
 from .errors import SettingsError
 
 DEFAULT_MODEL = "bert-base-uncased"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-SELECT_BEST = ("none", "mcc", "loss")
 SECRET_MARKERS = ("key", "secret", "token", "password", "credential")
 
 
-def _doc(text: str) -> dict[str, str]:
-    return {"help": text}
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric range; `text` is what --help, the docs table and the error message say."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is not allowed
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    @property
+    def text(self) -> str:
+        def shown(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {shown(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {shown(self.high)}")
+        return " and ".join(parts)
+
+
+def _setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: tuple[str, ...] = (),
+             math: bool = True, secret: bool = False) -> Any:
+    """A hyperparameter: what it does, what values it takes, whether it changes the trained weights
+    (checkpoints from runs that differ only in non-math settings still resume), whether to mask it."""
+    return field(default=default, metadata={"help": help, "bounds": bounds, "choices": choices, "math": math,
+                                            "secret": secret})
+
+
+POSITIVE_INT = Bounds(low=1)
+NON_NEGATIVE = Bounds(low=0)
+FRACTION_OPEN = Bounds(low=0, high=1, low_open=True, high_open=True)
+FRACTION_FROM_ZERO = Bounds(low=0, high=1, high_open=True)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Resolved hyperparameters; one snapshot logged first and stored in the run manifest."""
 
-    model_name_or_path: str = field(default=DEFAULT_MODEL, metadata=_doc("Hub id or local folder; the `model` channel wins when present"))
-    max_length: int = field(default=64, metadata=_doc("Truncate tokenized inputs to this many tokens"))
-    batch_size: int = field(default=32, metadata=_doc("Training samples per optimizer step"))
-    eval_batch_size: int = field(default=256, metadata=_doc("Samples per validation/test forward pass (no effect on results)"))
-    learning_rate: float = field(default=2e-5, metadata=_doc("AdamW peak learning rate"))
-    adam_epsilon: float = field(default=1e-8, metadata=_doc("AdamW epsilon"))
-    weight_decay: float = field(default=0.0, metadata=_doc("AdamW decoupled weight decay"))
-    epochs: int = field(default=4, metadata=_doc("Passes over the training data"))
-    warmup_ratio: float = field(default=0.0, metadata=_doc("Fraction of steps with linear warm-up"))
-    max_grad_norm: float = field(default=1.0, metadata=_doc("Gradient clipping norm; 0 disables"))
-    seed: int = field(default=42, metadata=_doc("Seeds the split, the data order, dropout and the head init"))
-    validation_split: float = field(default=0.1, metadata=_doc("Share of train held out when no validation channel is given"))
-    text_column: str = field(default="sentence", metadata=_doc("Column with the text"))
-    text_pair_column: str = field(default="", metadata=_doc("Optional second text column for sentence pairs"))
-    label_column: str = field(default="label", metadata=_doc("Column with the label (strings or integers)"))
-    precision: str = field(default="auto", metadata=_doc("auto (bf16 where GPU or CPU computes it natively, else fp32) | fp32 | bf16 | fp16"))
-    device: str = field(default="auto", metadata=_doc("auto | cpu | cuda; cuda fails clearly when no GPU is visible"))
-    cuda_graphs: bool = field(default=True, metadata=_doc("On one GPU, replay whole training steps as CUDA graphs (same math; falls back to eager, logged)"))
-    group_by_length: bool = field(default=False, metadata=_doc("Batch similar lengths together: less padding, but it cost MCC on CoLA (README)"))
-    output_uri: str = field(default="", metadata=_doc("s3://, gs:// or a path to publish <run_id>/ to; empty: no publish"))
-    run_id: str = field(default="", metadata=_doc("Name of the published run folder; empty: the platform's job name or a timestamp"))
-    publish_latest: bool = field(default=True, metadata=_doc("After the manifest, point <output_uri>/latest.json at this run"))
-    s3_sse_kms_id: str = field(default="", metadata=_doc("KMS key id or ARN for SSE-KMS on S3 uploads; empty: the bucket's default encryption"))
-    s3_expected_bucket_owner: str = field(default="", metadata=_doc("12-digit AWS account that must own the bucket; empty: not checked"))
-    checkpoint_every_steps: int = field(default=0, metadata=_doc("Checkpoint every N optimizer steps (0: only at epoch ends)"))
-    checkpoint_dir: str = field(default="", metadata=_doc("Checkpoint folder; empty: the platform's (<root>/checkpoints, AIP_CHECKPOINT_DIR)"))
-    ignore_checkpoint: bool = field(default=False, metadata=_doc("Start fresh when the checkpoint does not match this run (default: refuse)"))
-    distributed_timeout_s: int = field(default=600, metadata=_doc("Seconds a collective may wait for a peer before the job fails (torch.distributed)"))
-    log_every_steps: int = field(default=40, metadata=_doc("Emit a train_progress event every N steps"))
-    select_best: str = field(default="none", metadata=_doc("none | mcc | loss: keep the best epoch's weights instead of the last"))
-    max_train_samples: int = field(default=0, metadata=_doc("Use a seeded sample of at most N training rows (0: all)"))
+    model_name_or_path: str = _setting(DEFAULT_MODEL, "Hub id or local folder; the `model` channel wins when present")
+    max_length: int = _setting(64, "Truncate tokenized inputs to this many tokens (at most the model's limit)",
+                               bounds=Bounds(2, 8192))
+    batch_size: int = _setting(32, "Training samples per optimizer step", bounds=Bounds(1, 65536))
+    eval_batch_size: int = _setting(256, "Samples per validation/test forward pass (no effect on results)",
+                                    bounds=Bounds(1, 65536), math=False)
+    learning_rate: float = _setting(2e-5, "AdamW peak learning rate", bounds=FRACTION_OPEN)
+    adam_epsilon: float = _setting(1e-8, "AdamW epsilon", bounds=FRACTION_OPEN)
+    weight_decay: float = _setting(0.0, "AdamW decoupled weight decay", bounds=FRACTION_FROM_ZERO)
+    epochs: int = _setting(4, "Passes over the training data", bounds=Bounds(1, 1000))
+    warmup_ratio: float = _setting(0.0, "Fraction of steps with linear warm-up", bounds=FRACTION_FROM_ZERO)
+    max_grad_norm: float = _setting(1.0, "Gradient clipping norm; 0 disables", bounds=NON_NEGATIVE)
+    seed: int = _setting(42, "Seeds the split, the data order, dropout and the head init", bounds=Bounds(0, 2**32 - 1))
+    validation_split: float = _setting(0.1, "Share of train held out when no validation channel is given",
+                                       bounds=FRACTION_OPEN)
+    text_column: str = _setting("sentence", "Column with the text")
+    text_pair_column: str = _setting("", "Optional second text column for sentence pairs")
+    label_column: str = _setting("label", "Column with the label (strings or integers)")
+    precision: str = _setting("auto", "auto: bf16 where the GPU or CPU computes it natively, else fp32; fp16 needs a GPU",
+                              choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = _setting("auto", "auto: the GPU when one is usable; cuda fails clearly when none is",
+                           choices=("auto", "cpu", "cuda"), math=False)
+    cuda_graphs: bool = _setting(True, "On one GPU, replay whole training steps as CUDA graphs (same math; "
+                                       "falls back to eager, logged)", math=False)
+    group_by_length: bool = _setting(False, "Batch similar lengths together: less padding, but it cost MCC on CoLA")
+    output_uri: str = _setting("", "s3://, gs:// or a path to publish <run_id>/ to; empty: no publish "
+                                   "(Vertex: AIP_MODEL_DIR)", math=False)
+    run_id: str = _setting("", "Name of the published run folder; empty: the platform's job name or a timestamp",
+                           math=False)
+    publish_latest: bool = _setting(True, "After the manifest, point <output_uri>/latest.json at this run", math=False)
+    s3_sse_kms_id: str = _setting("", "KMS key id or ARN for SSE-KMS on S3 uploads; empty: the bucket's default "
+                                      "encryption (masked in logs)", math=False, secret=True)
+    s3_expected_bucket_owner: str = _setting("", "12-digit AWS account that must own the bucket; empty: not checked",
+                                             math=False)
+    checkpoint_every_steps: int = _setting(0, "Checkpoint every N optimizer steps (0: only at epoch ends)",
+                                           bounds=NON_NEGATIVE, math=False)
+    checkpoint_dir: str = _setting("", "Checkpoint folder; empty: the platform's (<root>/checkpoints, "
+                                       "AIP_CHECKPOINT_DIR)", math=False)
+    ignore_checkpoint: bool = _setting(False, "Start fresh when the checkpoint does not match this run "
+                                              "(default: refuse)", math=False)
+    distributed_timeout_s: int = _setting(600, "Seconds a collective may wait for a peer before the job fails",
+                                          bounds=Bounds(10, 86400), math=False)
+    log_every_steps: int = _setting(40, "Emit a train_progress event every N steps", bounds=POSITIVE_INT, math=False)
+    select_best: str = _setting("none", "Keep the best epoch's weights (by validation MCC or loss) instead of the last",
+                                choices=("none", "mcc", "loss"))
+    max_train_samples: int = _setting(0, "Use a seeded sample of at most N training rows (0: all)", bounds=NON_NEGATIVE)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Settings)}
+OPERATIONAL = frozenset(name for name, f in FIELDS.items() if not f.metadata["math"])
 
 
 def is_secret(name: str) -> bool:
-    """Names that look like credentials are masked wherever settings or env are logged or stored."""
+    """A setting marked secret, or any name that looks like a credential (an unknown one in
+    hyperparameters.json, say): masked wherever settings are logged or stored."""
     lowered = name.lower()
-    return any(marker in lowered for marker in SECRET_MARKERS)
+    marked = name in FIELDS and FIELDS[name].metadata["secret"]
+    return marked or any(marker in lowered for marker in SECRET_MARKERS)
+
+
+def allowed_values(name: str) -> str:
+    """The value rule of one setting in words, as --help and the docs table show it."""
+    meta = FIELDS[name].metadata
+    if meta["choices"]:
+        return " | ".join(meta["choices"])
+    if meta["bounds"] is not None:
+        return meta["bounds"].text
+    return {"bool": "true | false"}.get(FIELDS[name].type, "text")
+
+
+def _shown_default(name: str) -> str:
+    default = FIELDS[name].default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return f"{default:g}" if isinstance(default, float) else str(default) if default != "" else "(empty)"
+
+
+def help_lines() -> list[str]:
+    """Every hyperparameter with its default, allowed values and help: `seqcls train --help`."""
+    lines = []
+    for name, f in FIELDS.items():
+        lines.append(f"  --{name} (default: {_shown_default(name)}; {allowed_values(name)})")
+        lines.append(f"      {f.metadata['help']}")
+    return lines
+
+
+def markdown_table() -> str:
+    """The hyperparameter table of docs/hyperparameters.md (a test keeps that file equal to this)."""
+    rows = ["| name | default | values | changes the weights | meaning |", "| --- | --- | --- | --- | --- |"]
+    for name, f in FIELDS.items():
+        rows.append(f"| `{name}` | `{_shown_default(name)}` | {allowed_values(name)} | "
+                    f"{'yes' if f.metadata['math'] else 'no'} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -127,31 +214,19 @@ def _check(condition: bool, name: str, value: Any, expectation: str) -> None:
 
 
 def validate(s: Settings) -> None:
-    """Cross-field and range checks that need no model; the model's max length is checked in model."""
-    _check(bool(s.model_name_or_path), "model_name_or_path", s.model_name_or_path, "must not be empty")
-    _check(2 <= s.max_length <= 8192, "max_length", s.max_length, "must be between 2 and 8192")
-    _check(1 <= s.batch_size <= 65536, "batch_size", s.batch_size, "must be between 1 and 65536")
-    _check(1 <= s.eval_batch_size <= 65536, "eval_batch_size", s.eval_batch_size, "must be between 1 and 65536")
-    _check(0 < s.learning_rate < 1, "learning_rate", s.learning_rate, "must be > 0 and < 1")
-    _check(0 < s.adam_epsilon < 1, "adam_epsilon", s.adam_epsilon, "must be > 0 and < 1")
-    _check(0 <= s.weight_decay < 1, "weight_decay", s.weight_decay, "must be >= 0 and < 1")
-    _check(1 <= s.epochs <= 1000, "epochs", s.epochs, "must be between 1 and 1000")
-    _check(0 <= s.warmup_ratio < 1, "warmup_ratio", s.warmup_ratio, "must be >= 0 and < 1")
-    _check(s.max_grad_norm >= 0, "max_grad_norm", s.max_grad_norm, "must be >= 0 (0 disables clipping)")
-    _check(0 <= s.seed < 2**32, "seed", s.seed, "must be between 0 and 2**32-1")
-    _check(0 < s.validation_split < 1, "validation_split", s.validation_split, "must be > 0 and < 1")
-    _check(bool(s.text_column), "text_column", s.text_column, "must not be empty")
-    _check(bool(s.label_column), "label_column", s.label_column, "must not be empty")
+    """Every field's declared range or choices, then the checks that span fields; the model's own
+    max length is checked in model, once its config is read."""
+    for name, f in FIELDS.items():
+        value = getattr(s, name)
+        if f.metadata["choices"]:
+            _check(value in f.metadata["choices"], name, value, f"must be one of {', '.join(f.metadata['choices'])}")
+        elif f.metadata["bounds"] is not None:
+            _check(f.metadata["bounds"].holds(value), name, value, f"must be {f.metadata['bounds'].text}")
+    for name in ("model_name_or_path", "text_column", "label_column"):
+        _check(bool(getattr(s, name)), name, getattr(s, name), "must not be empty")
     _check(s.text_pair_column not in (s.text_column, s.label_column), "text_pair_column", s.text_pair_column,
            "must differ from text_column and label_column")
     _check(s.text_column != s.label_column, "label_column", s.label_column, "must differ from text_column")
-    _check(s.precision in PRECISIONS, "precision", s.precision, f"must be one of {', '.join(PRECISIONS)}")
-    _check(s.device in DEVICES, "device", s.device, f"must be one of {', '.join(DEVICES)}")
-    _check(s.select_best in SELECT_BEST, "select_best", s.select_best, f"must be one of {', '.join(SELECT_BEST)}")
-    _check(s.checkpoint_every_steps >= 0, "checkpoint_every_steps", s.checkpoint_every_steps, "must be >= 0")
-    _check(10 <= s.distributed_timeout_s <= 86400, "distributed_timeout_s", s.distributed_timeout_s, "must be between 10 and 86400")
-    _check(s.log_every_steps >= 1, "log_every_steps", s.log_every_steps, "must be >= 1")
-    _check(s.max_train_samples >= 0, "max_train_samples", s.max_train_samples, "must be >= 0 (0: all rows)")
     if s.output_uri:
         storage.parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
     _check(not s.s3_expected_bucket_owner or (s.s3_expected_bucket_owner.isdigit() and len(s.s3_expected_bucket_owner) == 12),
