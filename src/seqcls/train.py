@@ -99,6 +99,21 @@ def _progress_bar(total: int):
     return tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
 
 
+def _one_line(error: BaseException) -> str:
+    return (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__).splitlines()[0]
+
+
+def _capture_failure(error: Exception, device: torch.device) -> str:
+    """The one-line reason logged for the eager fallback, after waiting for whatever the capture left running."""
+    reason = f"CUDA graph capture failed: {_one_line(error)}"
+    if device.type == "cuda":
+        try:
+            torch.cuda.synchronize(device)
+        except Exception as sync_error:  # noqa: BLE001 - reported; a broken context then fails the eager step loudly
+            reason += f"; then the GPU reported {_one_line(sync_error)}"
+    return reason
+
+
 def _make_step(forward: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                scaler: torch.amp.GradScaler, settings: Settings, device: torch.device, precision: str,
                eager_reason: str | None, train_set: Encoded, progress: Progress, pad: int, outcome: Outcome) -> Step:
@@ -112,9 +127,10 @@ def _make_step(forward: torch.nn.Module, model: torch.nn.Module, optimizer: torc
         start = time.perf_counter()
         try:
             graphs = GraphSteps(model, optimizer, scheduler, settings, device, precision, widths)
-        except RuntimeError as error:  # a model whose forward syncs or branches on data cannot be captured
-            torch.cuda.synchronize(device)
-            eager_reason, level = f"CUDA graph capture failed: {error}".splitlines()[0], logging.WARNING
+        # Any failure (a model whose forward syncs or branches on data, out of memory, an assertion in a
+        # library): the warm-up put weights and optimizer state back, so the eager path starts clean.
+        except Exception as error:  # noqa: BLE001 - a fast path that cannot be built must never end the job
+            eager_reason, level = _capture_failure(error, device), logging.WARNING
         else:
             outcome.path, outcome.capture_seconds = "cuda_graphs", time.perf_counter() - start
             logs.event("training_path", f"CUDA graphs: {len(widths)} widths captured in "
