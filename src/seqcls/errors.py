@@ -35,3 +35,8 @@ class Interrupted(SeqclsError):
     """The platform asked the job to stop (SIGTERM); a retry may resume it."""
 
     kind = "interrupted"
+
+
+class DeviceError(UserError):
+    """The container was given a GPU that CUDA cannot use (driver too old, CPU-only PyTorch): fix the host
+    or ask for device=cpu."""

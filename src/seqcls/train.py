@@ -17,25 +17,30 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
-from . import logs
+from . import gpu, logs
 from .checkpoint import STOP, Checkpointer, Progress
 from .data import Encoded, batch_widths, collate, epoch_order, pad_multiple
 from .distributed import World, all_reduce_sum, any_rank, shard
-from .errors import Interrupted, SettingsError
+from .errors import DeviceError, Interrupted, SettingsError
 from .evaluate import epoch_validation, predict
 from .settings import Settings
 from .steps import EagerStep, GraphSteps, Step, current_lr, graphs_unavailable, make_optimizer
 
 
-def pick_device(settings: Settings, world: World = World()) -> torch.device:
-    """The GPU of this process's local rank, or the CPU."""
-    if settings.device == "cuda" and not torch.cuda.is_available():
+def pick_device(settings: Settings, world: World = World(), seen: gpu.Seen | None = None) -> torch.device:
+    """The GPU of this process's local rank, or the CPU: never the CPU by surprise when a GPU was given."""
+    if settings.device == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    seen = gpu.look() if seen is None else seen
+    if seen.given:
+        raise DeviceError(gpu.unusable_reason(seen, torch.__version__, torch.version.cuda, gpu.init_error()))
+    if settings.device == "cuda":
         raise SettingsError("hyperparameter device=cuda but no CUDA GPU is visible "
                             "(run the container with --gpus all, or set device=auto to fall back to CPU)")
-    if settings.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    torch.cuda.set_device(world.local_rank)
-    return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
