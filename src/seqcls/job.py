@@ -6,6 +6,7 @@ Each step is one call into the module that owns it; this file only says the orde
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import platform as host_platform
 import time
@@ -13,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 import torch
 
-from . import artifacts, atomic, checkpoint, data, distributed, evaluate, logs, model, storage, train
+from . import artifacts, atomic, checkpoint, data, distributed, evaluate, gpu, logs, model, storage, train
 from . import platform as runtime
 from . import settings as hyperparameters
 from .errors import Interrupted
@@ -47,11 +48,14 @@ def run(where: runtime.Platform) -> Path:
         atomic.check_writable([Path(settings.checkpoint_dir)])
     if settings.run_id:
         where = dataclasses.replace(where, run_id=settings.run_id)
-    device = train.pick_device(settings, world)
+    gpu_seen = gpu.look(declared=runtime.declared_gpu(where.root))
+    device = train.pick_device(settings, world, gpu_seen)  # fails here when a given GPU cannot be used
+    no_gpu = gpu.cpu_note(gpu_seen) if device.type == "cpu" and settings.device == "auto" else None
     precision = train.pick_precision(settings, device)
     distributed.init(world, device, settings.distributed_timeout_s)
     logs.event("job_start", f"seqcls run {where.run_id} on {where.name} ({device.type}, {precision}, "
-                            f"{world.size} process{'es' if world.active else ''})",
+                            f"{world.size} process{'es' if world.active else ''})" + (f"; {no_gpu}" if no_gpu else ""),
+               level=logging.WARNING if no_gpu else logging.INFO, no_gpu=no_gpu,
                run_id=where.run_id, platform=where.name, device=device.type, precision=precision, world_size=world.size,
                torch_threads=torch.get_num_threads(), channels={k: str(v) for k, v in where.channels.items()},
                settings=resolved.snapshot(), ignored_hyperparameters=where.ignored_hyperparameters)

@@ -339,3 +339,26 @@ def pinned_for_ranks(where: Platform, argv: Sequence[str]) -> list[str]:
     if not any("run_id" in values for _, values in where.hyperparameter_layers):
         pinned.append(f"--run_id={where.run_id}")
     return pinned
+
+
+# --- The GPU the platform says this container has (read by seqcls.gpu's fail-fast check) ---
+# SageMaker writes the machine's instance type into resourceconfig.json as `current_instance_type`
+# (sagemaker-training-toolkit, src/sagemaker_training/environment.py, read_resource_config; the SDK's local
+# mode writes "local_gpu" or "local_cpu", sagemaker/train/local/local_container.py). The SDK itself calls an
+# ml.<family>.<size> type a GPU type when the family starts with g or p (sagemaker-core image_uris._processor:
+# `family[0] in ("g", "p")`). Vertex AI passes no accelerator setting into the container (its documented
+# variables are AIP_*, CLOUD_ML_JOB_ID, CLUSTER_SPEC, TF_CONFIG): there the device files are the signal.
+SM_INSTANCE_TYPE = "current_instance_type"
+SM_LOCAL_GPU = "local_gpu"
+SM_GPU_FAMILY_INITIALS = ("g", "p")
+
+
+def declared_gpu(root: Path) -> str | None:
+    """'SageMaker instance type ml.g5.xlarge' when the platform says this machine has a GPU, else None."""
+    try:
+        instance_type = json.loads(root.joinpath(*SM_RESOURCE_CONFIG).read_text()).get(SM_INSTANCE_TYPE) or ""
+    except (OSError, ValueError, AttributeError):
+        return None
+    parts = instance_type.split(".")
+    gpu_family = len(parts) == 3 and parts[0] == "ml" and parts[1][:1] in SM_GPU_FAMILY_INITIALS
+    return f"SageMaker instance type {instance_type}" if gpu_family or instance_type == SM_LOCAL_GPU else None

@@ -17,25 +17,30 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
-from . import logs
+from . import gpu, logs
 from .checkpoint import STOP, Checkpointer, Progress
 from .data import Encoded, batch_widths, collate, epoch_order, pad_multiple
 from .distributed import World, all_reduce_sum, any_rank, shard
-from .errors import Interrupted, SettingsError
+from .errors import DeviceError, Interrupted, SettingsError
 from .evaluate import epoch_validation, predict
 from .settings import Settings
 from .steps import EagerStep, GraphSteps, Step, current_lr, graphs_unavailable, make_optimizer
 
 
-def pick_device(settings: Settings, world: World = World()) -> torch.device:
-    """The GPU of this process's local rank, or the CPU."""
-    if settings.device == "cuda" and not torch.cuda.is_available():
+def pick_device(settings: Settings, world: World = World(), seen: gpu.Seen | None = None) -> torch.device:
+    """The GPU of this process's local rank, or the CPU: never the CPU by surprise when a GPU was given."""
+    if settings.device == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    seen = gpu.look() if seen is None else seen
+    if seen.given:
+        raise DeviceError(gpu.unusable_reason(seen, torch.__version__, torch.version.cuda, gpu.init_error()))
+    if settings.device == "cuda":
         raise SettingsError("hyperparameter device=cuda but no CUDA GPU is visible "
                             "(run the container with --gpus all, or set device=auto to fall back to CPU)")
-    if settings.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    torch.cuda.set_device(world.local_rank)
-    return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -112,6 +117,21 @@ def _progress_bar(total: int):
     return tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
 
 
+def _one_line(error: BaseException) -> str:
+    return (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__).splitlines()[0]
+
+
+def _capture_failure(error: Exception, device: torch.device) -> str:
+    """The one-line reason logged for the eager fallback, after waiting for whatever the capture left running."""
+    reason = f"CUDA graph capture failed: {_one_line(error)}"
+    if device.type == "cuda":
+        try:
+            torch.cuda.synchronize(device)
+        except Exception as sync_error:  # noqa: BLE001 - reported; a broken context then fails the eager step loudly
+            reason += f"; then the GPU reported {_one_line(sync_error)}"
+    return reason
+
+
 def _make_step(forward: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                scaler: torch.amp.GradScaler, settings: Settings, device: torch.device, precision: str,
                eager_reason: str | None, train_set: Encoded, progress: Progress, pad: int, outcome: Outcome) -> Step:
@@ -125,9 +145,10 @@ def _make_step(forward: torch.nn.Module, model: torch.nn.Module, optimizer: torc
         start = time.perf_counter()
         try:
             graphs = GraphSteps(model, optimizer, scheduler, settings, device, precision, widths)
-        except RuntimeError as error:  # a model whose forward syncs or branches on data cannot be captured
-            torch.cuda.synchronize(device)
-            eager_reason, level = f"CUDA graph capture failed: {error}".splitlines()[0], logging.WARNING
+        # Any failure (a model whose forward syncs or branches on data, out of memory, an assertion in a
+        # library): the warm-up put weights and optimizer state back, so the eager path starts clean.
+        except Exception as error:  # noqa: BLE001 - a fast path that cannot be built must never end the job
+            eager_reason, level = _capture_failure(error, device), logging.WARNING
         else:
             outcome.path, outcome.capture_seconds = "cuda_graphs", time.perf_counter() - start
             logs.event("training_path", f"CUDA graphs: {len(widths)} widths captured in "

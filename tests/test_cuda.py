@@ -1,0 +1,72 @@
+"""The training loop on a real GPU (`pytest -m cuda`; `make gpu-check` runs these, elsewhere they skip):
+whole-step CUDA graphs train like eager steps, and a model that cannot be captured falls back for real."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from seqcls import train
+from seqcls.checkpoint import Checkpointer
+from seqcls.distributed import World
+from seqcls.settings import Settings
+from test_steps import synthetic, tiny_bert
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+SETTINGS = Settings(epochs=2, select_best="none", learning_rate=1e-3, warmup_ratio=0.1, batch_size=32)
+EAGER = dataclasses.replace(SETTINGS, cuda_graphs=False)
+
+
+class HostSyncingBert(BertForSequenceClassification):
+    """Reads a value back to the host in forward, as guards against divergence do: forbidden during capture."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        if float(out.logits.detach().abs().max()) > 1e9:
+            raise FloatingPointError("logits diverged")
+        return out
+
+
+def train_on_gpu(model: torch.nn.Module, settings: Settings, folder, monkeypatch) -> tuple[train.Outcome, list]:
+    """75 rows (two full batches and a short one), 2 epochs; returns the outcome and its training_path events."""
+    events = []
+    monkeypatch.setattr(train.logs, "event", lambda name, message, level=logging.INFO, **fields:
+                        events.append((name, level, fields)))
+    encoded, held_out = synthetic(), synthetic(rows=20, seed=1)
+    outcome = train.train(model, encoded, held_out, settings, 0, torch.device("cuda", 0), "fp32",
+                          Checkpointer(folder, "test", False), World())
+    return outcome, [e for e in events if e[0] == "training_path"]
+
+
+def test_graph_path_trains_like_the_eager_path_on_a_gpu(tmp_path, monkeypatch):
+    graphs_model, eager_model = tiny_bert(), tiny_bert()
+    graphs, path = train_on_gpu(graphs_model, SETTINGS, tmp_path / "graphs", monkeypatch)
+    eager, _ = train_on_gpu(eager_model, EAGER, tmp_path / "eager", monkeypatch)
+    assert graphs.path == "cuda_graphs" and path[0][2]["widths"], path
+    assert eager.path == "eager"
+    for a, b in zip(graphs.stats, eager.stats):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
+    with torch.no_grad():
+        for a, b in zip(graphs_model.parameters(), eager_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_a_model_that_syncs_in_forward_falls_back_to_eager_and_trains_like_eager(tmp_path, monkeypatch):
+    config = tiny_bert().config
+    syncing = HostSyncingBert(config).train()
+    syncing.load_state_dict(tiny_bert().state_dict())
+    fallen_back, path = train_on_gpu(syncing, SETTINGS, tmp_path / "syncing", monkeypatch)
+    name, level, fields = path[0]
+    assert fallen_back.path == "eager" and level == logging.WARNING
+    assert fields["reason"].startswith("CUDA graph capture failed: "), fields
+    reference = tiny_bert()
+    eager, _ = train_on_gpu(reference, EAGER, tmp_path / "eager", monkeypatch)
+    for a, b in zip(fallen_back.stats, eager.stats):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+    with torch.no_grad():
+        for a, b in zip(syncing.parameters(), reference.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
