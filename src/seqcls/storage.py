@@ -312,7 +312,7 @@ class _GCS(_Store):
         try:
             from google.cloud import storage as gcs
         except ImportError:
-            raise StorageError(f"{target.join()} needs google-cloud-storage: pip install 'seqcls[gcs]'") from None
+            raise StorageError(f"{target.join()} needs google-cloud-storage (a dependency of seqcls: reinstall it)") from None
         self.target = target
         self.client = gcs.Client()  # ADC; STORAGE_EMULATOR_HOST switches to the emulator with anonymous credentials
         self.bucket = self.client.bucket(target.bucket)
