@@ -187,3 +187,91 @@ def test_a_user_that_cannot_write_the_mounts_fails_in_seconds(tmp_path: Path, mo
     assert "cannot write to /opt/ml/model (running as uid 1000, gid 1000)" in events[0]["message"]
     assert f"seqcls: error: {events[0]['message']}" in done.stderr and "Traceback" not in done.stderr
     assert not (root / "output" / "failure").exists() and not (root / "model").exists()
+
+
+# --- Vertex AI: the image on Vertex's /gcs mount, and gs:// from inside the image ---------------------------------
+# Vertex mounts every bucket the job may use under /gcs with Cloud Storage FUSE
+# (https://cloud.google.com/vertex-ai/docs/training/cloud-storage-file-system). gcsfuse shows all inodes as owned
+# by the user who mounted it, files 0644 and folders 0755, and silently ignores chmod
+# (GoogleCloudPlatform/gcsfuse, docs/semantics.md, "Permissions and ownership"). Vertex mounts it and runs the
+# container as the image's user (root here, see Dockerfile), so the job meets root-owned 0755 folders it owns.
+VERTEX_BUCKET = "seqcls-vertex-test"
+VERTEX_JOB_ID = "4242"
+
+
+def vertex_bucket(root: Path, model_dir: Path) -> Path:
+    """A host folder presented as Vertex presents the bucket: root-owned, folders 0755, files 0644."""
+    _head(COLA_DIR / "in_domain_train.tsv", root / "data" / "train.tsv", TRAIN_ROWS)
+    _head(COLA_DIR / "out_of_domain_dev.tsv", root / "data" / "test.tsv", TEST_ROWS)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def vertex_args(hyperparameters: list[str]) -> list[str]:
+    """The container args exactly as infra/vertex/submit.py writes them for gs:// channels."""
+    from infra.vertex import submit
+
+    job = submit.job_from_args(submit._parser().parse_args([
+        "--project", "p", "--region", "us-central1", "--image", IMAGE, "--base-output-dir", f"gs://{VERTEX_BUCKET}/base",
+        "--train", f"gs://{VERTEX_BUCKET}/data/train.tsv", "--test", f"gs://{VERTEX_BUCKET}/data/test.tsv",
+        "--model", f"gs://{VERTEX_BUCKET}/models/minilm", *[a for h in hyperparameters for a in ("--hp", h)]]))
+    return job.container_args()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="presenting the bucket root-owned needs root on the host")
+def test_vertex_custom_job_on_the_gcs_mount_puts_a_loadable_model_in_aip_model_dir(tmp_path: Path, model_dir: Path) -> None:
+    from transformers import pipeline
+
+    bucket = vertex_bucket(tmp_path / "bucket", model_dir)
+    base = f"gs://{VERTEX_BUCKET}/base"
+    env = {"AIP_MODEL_DIR": f"{base}/model/", "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
+           "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/", "CLOUD_ML_JOB_ID": VERTEX_JOB_ID,
+           "CLUSTER_SPEC": json.dumps({"cluster": {"workerpool0": ["cmle-training-workerpool0-4242-0:2222"]},
+                                       "environment": "cloud", "task": {"type": "workerpool0", "index": 0}})}
+    command = [DOCKER, "run", "--rm", "--name", _name(), "-v", f"{bucket}:/gcs/{VERTEX_BUCKET}",
+               "-v", f"{model_dir}:/gcs/{VERTEX_BUCKET}/models/minilm:ro",
+               *[a for k, v in env.items() for a in ("-e", f"{k}={v}")],
+               IMAGE, *vertex_args(["epochs=1", "log_every_steps=5", "checkpoint_every_steps=4"])]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = json_events(done.stdout)
+    assert events[0]["platform"] == "vertex" and events[-1]["event"] == "job_end"
+    assert any(e["event"] == "checkpoint_saved" for e in events)
+
+    model = bucket / "base" / "model"  # AIP_MODEL_DIR itself, no run-id folder: what Vertex model upload reads
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["run_id"] == VERTEX_JOB_ID
+    assert sorted(p.name for p in model.iterdir()) == sorted([f["name"] for f in manifest["files"]] + ["manifest.json"])
+    assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json", "run_manifest.json"} <= set(
+        p.name for p in model.iterdir())
+    assert not (bucket / "base" / "checkpoints" / VERTEX_JOB_ID).exists()  # removed after the publish
+    assert list((bucket / "base" / "logs" / VERTEX_JOB_ID).glob("events.out.tfevents.*"))
+    classify = pipeline("text-classification", model=str(model), device="cpu")
+    assert classify("The book was read by the student.")[0]["label"] in {"0", "1"}
+
+
+def test_the_image_publishes_to_gcs(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """output_uri=gs://... from inside the container, against the GCS emulator on the host (--network host)."""
+    from google.cloud import storage as gcs_storage
+
+    from storage_servers import FakeGCS
+
+    server = FakeGCS(tmp_path / "gcs").start()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        client = gcs_storage.Client()
+        client.create_bucket("seqcls-image-test")
+        root = sagemaker_tree(tmp_path / "opt_ml", {"epochs": "1", "log_every_steps": "5",
+                                                    "output_uri": "gs://seqcls-image-test/runs", "run_id": "image-1"})
+        command = [DOCKER, "run", "--rm", "--name", _name(), "--network", "host", "-e", f"STORAGE_EMULATOR_HOST={server.url}",
+                   "-v", f"{root}:/opt/ml", "-v", f"{model_dir}:/opt/ml/input/data/model:ro", IMAGE, "train"]
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+        published = next(e for e in json_events(done.stdout) if e["event"] == "artifacts_published")
+        assert published["uri"] == "gs://seqcls-image-test/runs/image-1" and published["checks"] == ["crc32c+md5"]
+        manifest = json.loads(client.bucket("seqcls-image-test").blob("runs/image-1/manifest.json").download_as_bytes())
+        names = {b.name for b in client.list_blobs("seqcls-image-test", prefix="runs/image-1/")}
+        assert names == {f"runs/image-1/{f['name']}" for f in manifest["files"]} | {"runs/image-1/manifest.json"}
+    finally:
+        server.stop()

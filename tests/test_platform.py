@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from seqcls import platform
@@ -40,9 +42,50 @@ def test_vertex_variables_map_gcs_uris_to_the_fuse_mount(tmp_path, monkeypatch):
     assert where.run_id == "987"
     assert where.channels["train"] == fuse / "bucket" / "data"
     assert where.channels["test"] == fuse / "bucket" / "data" / "train-1.jsonl"
-    assert where.default_output_uri == f"{fuse}/bucket/out/model/"
-    assert where.checkpoint_dir == fuse / "bucket" / "out" / "checkpoints"
+    assert where.model_uri == f"{fuse}/bucket/out/model/"  # the folder itself: Vertex model upload reads it
+    assert where.checkpoint_dir == fuse / "bucket" / "out" / "checkpoints" / "987"  # per execution
     assert where.hyperparameter_layers[-1] == ("cli", {"epochs": "2"})
+
+
+# What Vertex sets, from google-cloud-aiplatform's CustomJobSpec.base_output_directory
+# (google/cloud/aiplatform_v1/types/custom_job.py): AIP_MODEL_DIR=<base>/model/, AIP_CHECKPOINT_DIR=<base>/checkpoints/,
+# AIP_TENSORBOARD_LOG_DIR=<base>/logs/; CLOUD_ML_JOB_ID from training_utils/environment_variables.py.
+VERTEX_ENV = {"AIP_MODEL_DIR": "gs://bkt/sched/model/", "AIP_CHECKPOINT_DIR": "gs://bkt/sched/checkpoints/",
+              "AIP_TENSORBOARD_LOG_DIR": "gs://bkt/sched/logs/"}
+
+
+def test_vertex_executions_of_one_schedule_get_their_own_resume_state_and_tensorboard_run(tmp_path):
+    fuse = tmp_path / "gcs"
+    (fuse / "bkt").mkdir(parents=True)
+    env = VERTEX_ENV | {"SEQCLS_GCS_ROOT": str(fuse), "SEQCLS_OPT_ML": str(tmp_path / "ml")}
+    first = platform.detect([], env | {"CLOUD_ML_JOB_ID": "111"})
+    again = platform.detect([], env | {"CLOUD_ML_JOB_ID": "111"})  # a restart of the same job
+    second = platform.detect([], env | {"CLOUD_ML_JOB_ID": "222"})  # next week's run
+    assert first.checkpoint_dir == again.checkpoint_dir == fuse / "bkt" / "sched" / "checkpoints" / "111"
+    assert second.checkpoint_dir == fuse / "bkt" / "sched" / "checkpoints" / "222"
+    assert first.tensorboard_dir == fuse / "bkt" / "sched" / "logs" / "111"
+    assert first.model_uri == second.model_uri == f"{fuse}/bkt/sched/model/"
+    assert first.tuning_metric_file == Path("/tmp/hypertune/output.metrics")  # cloudml-hypertune's default
+    trial = platform.detect([], env | {"CLOUD_ML_JOB_ID": "111", "CLOUD_ML_TRIAL_ID": "7",
+                                       "CLOUD_ML_HP_METRIC_FILE": str(tmp_path / "m")})
+    assert (trial.trial_id, trial.tuning_metric_file) == ("7", tmp_path / "m")
+
+
+def test_vertex_without_the_gcs_mount_keeps_state_local_and_publishes_with_the_client(tmp_path):
+    env = VERTEX_ENV | {"SEQCLS_GCS_ROOT": str(tmp_path / "absent"), "SEQCLS_OPT_ML": str(tmp_path / "ml"),
+                        "CLOUD_ML_JOB_ID": "111"}
+    where = platform.detect([], env)
+    assert where.model_uri == "gs://bkt/sched/model/"
+    assert where.checkpoint_dir == tmp_path / "ml" / "checkpoints"
+    assert where.tensorboard_dir == tmp_path / "ml" / "output" / "tensorboard"
+
+
+def test_tensorboard_goes_under_the_tree_on_sagemaker_and_locally(tmp_path):
+    sagemaker = platform.detect([], {"SEQCLS_OPT_ML": str(tmp_path), "TRAINING_JOB_NAME": "j"})
+    assert sagemaker.tensorboard_dir == tmp_path / "output" / "tensorboard"  # SageMaker's TensorBoardOutputConfig default
+    assert (sagemaker.model_uri, sagemaker.tuning_metric_file) == ("", None)
+    local = platform.detect(["--output_dir", str(tmp_path / "run")], {})
+    assert local.tensorboard_dir == tmp_path / "run" / "output" / "tensorboard"
 
 
 def test_gcs_to_fuse():

@@ -150,12 +150,18 @@ def test_bad_output_uri_fails_as_a_settings_error(tmp_path, monkeypatch, capsys)
     assert events_named(events, "job_failed")[0]["error_kind"] == "user"
 
 
-def test_vertex_publishes_to_aip_model_dir_when_output_uri_is_unset(inputs, tmp_path, monkeypatch, capsys):
-    """AIP_MODEL_DIR is the default target: a run id already published there is refused before training."""
+def test_vertex_replaces_the_last_run_in_aip_model_dir(inputs, tmp_path, monkeypatch, capsys):
+    """AIP_MODEL_DIR is the model folder itself (Vertex model upload reads it): this run's files, flat,
+    replace the last run's, whose files this run lacks are removed; no run-id folder, no latest.json."""
     model_dir = tmp_path / "aip-model"
-    (model_dir / "vertex-42").mkdir(parents=True)
-    (model_dir / "vertex-42" / "manifest.json").write_text("{}")
-    vertex = {"AIP_MODEL_DIR": str(model_dir), "CLOUD_ML_JOB_ID": "vertex-42"}
+    model_dir.mkdir()
+    (model_dir / "old_only.csv").write_text("last week")
+    (model_dir / "manifest.json").write_text(json.dumps({"run_id": "vertex-41", "files": [{"name": "old_only.csv"}]}))
+    vertex = {"AIP_MODEL_DIR": str(model_dir), "CLOUD_ML_JOB_ID": "vertex-42",
+              "CLOUD_ML_HP_METRIC_FILE": str(tmp_path / "hypertune" / "output.metrics")}
     code, events, _ = run_in_process(train_args(tmp_path / "run", inputs), vertex, monkeypatch, capsys)
-    assert code == 1 and events_named(events, "job_start")[0]["platform"] == "vertex"
-    assert f"{model_dir}/vertex-42/manifest.json already exists" in events_named(events, "job_failed")[0]["message"]
+    assert code == 0 and events_named(events, "job_start")[0]["platform"] == "vertex"
+    assert events_named(events, "artifacts_published")[0]["uri"] == str(model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["run_id"] == "vertex-42"
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([f["name"] for f in manifest["files"]] + ["manifest.json"])

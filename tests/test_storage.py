@@ -235,6 +235,28 @@ def test_gcs_publish_fetch_and_refusal(gcs_client, tmp_path):
         storage.publish(f"gs://{BUCKET}/runs", "run-1", folders)
 
 
+def test_gcs_replace_makes_a_fixed_folder_hold_exactly_the_newest_run(gcs_client, tmp_path):
+    """Vertex's AIP_MODEL_DIR without the /gcs mount: each scheduled run replaces the last, files flat in it."""
+    week1 = make_run(tmp_path / "w1", {"config.json": 300, "model.safetensors": 2 * MiB, "out_predictions.csv": 90})
+    week2 = make_run(tmp_path / "w2", {"config.json": 310, "model.safetensors": 2 * MiB}, seed=1)
+    storage.replace(f"gs://{BUCKET}/sched/model/", "job-1", week1)
+    published = storage.replace(f"gs://{BUCKET}/sched/model/", "job-2", week2)
+    assert published.uri == f"gs://{BUCKET}/sched/model" and published.checks == ["crc32c+md5"]
+    objects = {b.name[len("sched/model/"):]: b.download_as_bytes() for b in gcs_client.list_blobs(BUCKET, prefix="sched/model/")}
+    manifest = assert_manifest_matches(objects, local_files(week2))  # the week-1 predictions are gone too
+    assert manifest["run_id"] == "job-2" and "latest.json" not in objects
+
+
+def test_replace_takes_the_old_manifest_down_before_uploading(tmp_path, monkeypatch):
+    """A replace that fails midway leaves no manifest: a consumer never trusts a mix of two runs."""
+    target = tmp_path / "model"
+    storage.replace(str(target), "job-1", make_run(tmp_path / "w1", {"config.json": 300, "model.safetensors": MiB}))
+    monkeypatch.setattr(storage._Local, "verify", lambda self, name, entry: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(StorageError, match="failed while verifying"):
+        storage.replace(str(target), "job-2", make_run(tmp_path / "w2", {"config.json": 300, "model.safetensors": MiB}, seed=1))
+    assert not (target / "manifest.json").exists()
+
+
 def test_local_path_publish_is_verified_and_refuses_to_overwrite(tmp_path):
     """The Vertex /gcs FUSE case: a plain folder, files renamed into place, manifest last."""
     folders = make_run(tmp_path / "run", {"config.json": 300, "model.safetensors": 2 * MiB, "out_stats.csv": 50})

@@ -151,6 +151,16 @@ class Checkpointer:
         for old in [*self._checkpoints(), *self.directory.glob("best-epoch*.safetensors")]:
             old.unlink(missing_ok=True)
 
+    def remove(self) -> None:
+        """After a run succeeded: a later run in the same folder must start fresh, not take this run's state."""
+        self.clear()
+        try:
+            self.directory.rmdir()  # the per-job folder on Vertex; a folder holding anything else stays
+        except OSError:
+            pass
+        logs.event("checkpoints_removed", f"run finished: removed its checkpoints from {self.directory}",
+                   path=str(self.directory))
+
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                 world: World) -> tuple[Progress, dict[str, torch.Tensor] | None] | None:
         """Load the newest readable checkpoint into the objects; None when there is none to resume.

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 import torch
 
-from . import artifacts, atomic, checkpoint, data, distributed, evaluate, gpu, logs, model, storage, train
+from . import artifacts, atomic, checkpoint, data, distributed, evaluate, gpu, logs, model, scalars, storage, train, tuning
 from . import platform as runtime
 from . import settings as hyperparameters
 from .errors import Interrupted
@@ -31,6 +31,13 @@ def _versions() -> dict[str, str]:
             continue
     found["python"] = host_platform.python_version()
     return found
+
+
+def _published(published: storage.Published) -> None:
+    logs.event("artifacts_published", f"published {published.files} files ({published.bytes} bytes) to "
+                                      f"{published.uri} in {published.seconds:.1f}s",
+               uri=published.uri, files=published.files, bytes=published.bytes, seconds=published.seconds,
+               checks=published.checks)
 
 
 def run(where: runtime.Platform) -> Path:
@@ -59,11 +66,17 @@ def run(where: runtime.Platform) -> Path:
                run_id=where.run_id, platform=where.name, device=device.type, precision=precision, world_size=world.size,
                torch_threads=torch.get_num_threads(), channels={k: str(v) for k, v in where.channels.items()},
                settings=resolved.snapshot(), ignored_hyperparameters=where.ignored_hyperparameters)
+    if world.is_main:  # TensorBoard and the tuning objective take their values from the events logged below
+        logs.subscribe(scalars.TensorBoardScalars(where.tensorboard_dir, settings.epochs))
+        if where.tuning_metric_file:
+            logs.subscribe(tuning.ObjectiveReport(where.tuning_metric_file, where.trial_id, settings.select_best))
     # Fail before training, not after it, on a bad output location, wrong credentials or a taken run id.
-    output_uri = settings.output_uri or where.default_output_uri
+    output_uri = settings.output_uri
     publish_options = storage.Options(settings.s3_sse_kms_id, settings.s3_expected_bucket_owner, settings.publish_latest)
     if output_uri and world.is_main:
         storage.preflight(output_uri, where.run_id, publish_options)
+    if where.model_uri and world.is_main:
+        storage.preflight_folder(where.model_uri, publish_options)
 
     # Step 2: data. Read and split first, then check the model config before loading any weights.
     splits = data.load_splits(where.channels, settings)
@@ -159,12 +172,13 @@ def run(where: runtime.Platform) -> Path:
         raise Interrupted(f"{outcome.stopped}; a partial model ({partial['weights']}) was saved to {where.model_dir}")
 
     # Step 6: publish a plain, directly loadable copy; manifest.json last, so consumers never see half a model.
+    # The platform's own model folder first: it is replaced, so a retry after a later failure redoes it safely.
+    outputs = [where.model_dir, where.output_data_dir]
+    if where.model_uri:
+        _published(storage.replace(where.model_uri, where.run_id, outputs, publish_options))
     if output_uri:
-        published = storage.publish(output_uri, where.run_id, [where.model_dir, where.output_data_dir], publish_options)
-        logs.event("artifacts_published", f"published {published.files} files ({published.bytes} bytes) to "
-                                          f"{published.uri} in {published.seconds:.1f}s",
-                   uri=published.uri, files=published.files, bytes=published.bytes, seconds=published.seconds,
-                   checks=published.checks)
+        _published(storage.publish(output_uri, where.run_id, outputs, publish_options))
+    checkpointer.remove()  # published: nothing is left for a later run in the same folder to resume
 
     test_mcc = metrics.get("test", {}).get("mcc") if isinstance(metrics.get("test"), dict) else None
     logs.event("job_end", f"done in {time.perf_counter() - started:.1f}s" + (f", test MCC {test_mcc:.4f}" if test_mcc is not None else ""),

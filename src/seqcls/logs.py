@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -72,3 +72,44 @@ def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> 
 
 def warning(name: str, message: str, **fields: Any) -> None:
     event(name, message, level=logging.WARNING, **fields)
+
+
+# What a LogRecord holds besides the event's own fields.
+_RECORD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "event"}
+ENDINGS = ("job_end", "job_failed")
+
+
+class Listener(Protocol):
+    """Sees every event's fields (TensorBoard, the tuning report): the same values stdout carries."""
+
+    def on_event(self, name: str, fields: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Subscription(logging.Handler):
+    def __init__(self, listener: Listener) -> None:
+        super().__init__()
+        self.listener = listener
+        self.closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = getattr(record, "event", None)
+        if self.closed or name is None:
+            return
+        try:
+            self.listener.on_event(name, {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES})
+            if name in ENDINGS:
+                self.closed = True
+                self.listener.close()
+        except Exception as err:  # noqa: BLE001 - a side output must not stop training; say so once
+            self.closed = True
+            warning("listener_failed", f"{type(self.listener).__name__} stopped: {type(err).__name__}: {err}",
+                    listener=type(self.listener).__name__)
+
+
+def subscribe(listener: Listener) -> None:
+    """Hand `listener` every later event until job_end or job_failed (then it is closed)."""
+    for old in [h for h in _log.handlers if isinstance(h, _Subscription) and h.closed]:
+        _log.removeHandler(old)  # never during an emit: removing from the list being iterated skips a handler
+    _log.addHandler(_Subscription(listener))

@@ -35,8 +35,19 @@ AIP_MODEL_DIR = "AIP_MODEL_DIR"
 AIP_CHECKPOINT_DIR = "AIP_CHECKPOINT_DIR"
 AIP_TENSORBOARD_LOG_DIR = "AIP_TENSORBOARD_LOG_DIR"
 AIP_DATA_URIS = {"train": "AIP_TRAINING_DATA_URI", "validation": "AIP_VALIDATION_DATA_URI", "test": "AIP_TEST_DATA_URI"}
+# The custom job's id: the same for every restart and retry of one job (Vertex restarts workers and retries
+# the whole job inside the same CustomJob, https://cloud.google.com/vertex-ai/docs/training/understanding-training-service),
+# new for each scheduled run. Name from google-cloud-aiplatform, google/cloud/aiplatform/training_utils/environment_variables.py.
 VERTEX_JOB_ID = "CLOUD_ML_JOB_ID"
+# Hyperparameter tuning: where a trial reports its objective, as cloudml-hypertune writes it
+# (GoogleCloudPlatform/cloudml-hypertune, hypertune/hypertune.py: the file variable, its default, the trial id).
+VERTEX_HP_METRIC_FILE = "CLOUD_ML_HP_METRIC_FILE"
+VERTEX_HP_METRIC_FILE_DEFAULT = "/tmp/hypertune/output.metrics"
+VERTEX_TRIAL_ID = "CLOUD_ML_TRIAL_ID"
+# Buckets appear under /gcs (https://cloud.google.com/vertex-ai/docs/training/cloud-storage-file-system);
+# SEQCLS_GCS_ROOT relocates it, as SEQCLS_OPT_ML relocates /opt/ml (tests).
 GCS_FUSE_ROOT = "/gcs"
+GCS_FUSE_OVERRIDE = "SEQCLS_GCS_ROOT"
 
 # Distributed launch: SageMaker describes the cluster in resourceconfig.json, Vertex in CLUSTER_SPEC;
 # torchrun marks the processes it starts with LOCAL_RANK.
@@ -58,7 +69,7 @@ SM_EFA_RDMA_INSTANCES = frozenset({"ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.tr
 
 ENV_PREFIX = "SEQCLS_"
 DEBUG = "SEQCLS_DEBUG"  # 1: tracebacks on stderr for user errors too
-ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT", NPROC_OVERRIDE, DEBUG}
+ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT", NPROC_OVERRIDE, GCS_FUSE_OVERRIDE, DEBUG}
 
 # Command-line options that name paths (for a person); everything else on the command line is a hyperparameter.
 PATH_OPTIONS = {"train", "validation", "test", "model", "output_dir"}
@@ -75,13 +86,15 @@ class Platform:
     output_data_dir: Path
     failure_file: Path
     checkpoint_dir: Path
-    tensorboard_dir: Path | None
+    tensorboard_dir: Path
     run_id: str
-    default_output_uri: str  # where to publish when output_uri is unset ("" = nowhere)
     hyperparameter_layers: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     ignored_hyperparameters: list[str] = field(default_factory=list)  # the platform's reserved keys, not ours
     git_commit: str = ""
     host: str = field(default_factory=socket.gethostname)
+    model_uri: str = ""  # a folder the platform reads as the model itself (Vertex AIP_MODEL_DIR): published flat
+    tuning_metric_file: Path | None = None  # where a tuning trial reports its objective (Vertex)
+    trial_id: str = ""
 
     @property
     def output_folders(self) -> list[Path]:
@@ -89,10 +102,10 @@ class Platform:
         return [self.model_dir, self.output_data_dir, self.failure_file.parent, self.checkpoint_dir]
 
 
-def gcs_to_fuse(uri: str) -> str:
+def gcs_to_fuse(uri: str, fuse_root: str | None = None) -> str:
     """Vertex mounts buckets under /gcs: gs://bucket/path -> /gcs/bucket/path."""
     if uri.startswith("gs://"):
-        return f"{GCS_FUSE_ROOT}/{uri[len('gs://'):]}"
+        return f"{fuse_root or GCS_FUSE_ROOT}/{uri[len('gs://'):]}"
     return uri
 
 
@@ -153,11 +166,11 @@ def _existing(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def _vertex_channel(uri: str) -> Path | None:
+def _vertex_channel(uri: str, fuse_root: str) -> Path | None:
     """AIP_*_DATA_URI may be a file, a folder or a wildcard (exported managed datasets)."""
-    local = gcs_to_fuse(uri)
-    if uri.startswith("gs://") and not Path(GCS_FUSE_ROOT).is_dir():
-        raise DataError(f"{uri} is a gs:// URI but the Vertex GCS FUSE mount {GCS_FUSE_ROOT} is not present")
+    local = gcs_to_fuse(uri, fuse_root)
+    if uri.startswith("gs://") and not Path(fuse_root).is_dir():
+        raise DataError(f"{uri} is a gs:// URI but the Vertex GCS FUSE mount {fuse_root} is not present")
     if any(ch in local for ch in "*?["):
         matches = sorted(glob.glob(local))
         if not matches:
@@ -204,20 +217,11 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         found = _existing(root / "input" / "data" / channel)
         if found is not None:
             channels[channel] = found
-    default_output_uri = ""
-    checkpoint_dir = root / "checkpoints"
-    tensorboard_dir = None
-    run_id = env.get(SM_JOB_NAME, "") if name == "sagemaker" else ""
     if name == "vertex":
+        fuse_root = env.get(GCS_FUSE_OVERRIDE) or GCS_FUSE_ROOT
         for channel, var in AIP_DATA_URIS.items():
             if env.get(var):
-                channels[channel] = _vertex_channel(env[var])
-        default_output_uri = gcs_to_fuse(env.get(AIP_MODEL_DIR, "")) if Path(GCS_FUSE_ROOT).is_dir() else env.get(AIP_MODEL_DIR, "")
-        if env.get(AIP_CHECKPOINT_DIR):
-            checkpoint_dir = Path(gcs_to_fuse(env[AIP_CHECKPOINT_DIR]))
-        if env.get(AIP_TENSORBOARD_LOG_DIR):
-            tensorboard_dir = Path(gcs_to_fuse(env[AIP_TENSORBOARD_LOG_DIR]))
-        run_id = env.get(VERTEX_JOB_ID, "")
+                channels[channel] = _vertex_channel(env[var], fuse_root)
     for channel in CHANNELS:
         if channel in cli_paths:
             channels[channel] = Path(cli_paths[channel]).absolute()
@@ -228,6 +232,11 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         ("env", _env_hyperparameters(env)),
         ("cli", cli_hyperparameters),
     ]
+    fields: dict[str, object] = {
+        "checkpoint_dir": root / "checkpoints",
+        "tensorboard_dir": root / "output" / "tensorboard",  # SageMaker uploads it when a TensorBoardOutputConfig is set
+        "run_id": (env.get(SM_JOB_NAME, "") if name == "sagemaker" else "") or f"seqcls-{timestamp}",
+    } | (_vertex_outputs(env, root) if name == "vertex" else {})
     return Platform(
         name=name,
         root=root,
@@ -235,13 +244,10 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         model_dir=root / "model",
         output_data_dir=root / "output" / "data",
         failure_file=root / "output" / "failure",
-        checkpoint_dir=checkpoint_dir,
-        tensorboard_dir=tensorboard_dir,
-        run_id=run_id or f"seqcls-{timestamp}",
-        default_output_uri=default_output_uri,
         hyperparameter_layers=layers,
         ignored_hyperparameters=ignored,
         git_commit=_git_commit(env),
+        **fields,
     )
 
 
@@ -249,6 +255,36 @@ def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
     """SEQCLS_DEBUG=1 shows the traceback of every failure, not only of internal errors."""
     env = os.environ if env is None else env
     return env.get(DEBUG, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _vertex_outputs(env: Mapping[str, str], root: Path) -> dict[str, object]:
+    """Vertex's folders (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/CustomJobSpec, baseOutputDirectory),
+    through the /gcs mount when present.
+
+    A scheduler posting the same CustomJob body gets the same folders every run, so what belongs to one
+    execution (resume state, TensorBoard run) goes under the job id; the model goes to AIP_MODEL_DIR itself,
+    the folder Vertex model upload and training pipelines read.
+    """
+    fuse_root = env.get(GCS_FUSE_OVERRIDE) or GCS_FUSE_ROOT
+    mounted = Path(fuse_root).is_dir()
+    job_id = env.get(VERTEX_JOB_ID, "")
+
+    def folder(var: str) -> Path | None:  # gs:// without the mount: the job cannot write it as files
+        uri = env.get(var, "")
+        if not uri or (uri.startswith("gs://") and not mounted):
+            return None
+        return Path(gcs_to_fuse(uri, fuse_root)) / job_id
+
+    outputs: dict[str, object] = {
+        "model_uri": gcs_to_fuse(env.get(AIP_MODEL_DIR, ""), fuse_root) if mounted else env.get(AIP_MODEL_DIR, ""),
+        "tuning_metric_file": Path(env.get(VERTEX_HP_METRIC_FILE) or VERTEX_HP_METRIC_FILE_DEFAULT),
+        "trial_id": env.get(VERTEX_TRIAL_ID, ""),
+        "checkpoint_dir": folder(AIP_CHECKPOINT_DIR) or root / "checkpoints",
+        "tensorboard_dir": folder(AIP_TENSORBOARD_LOG_DIR) or root / "output" / "tensorboard",
+    }
+    if job_id:
+        outputs["run_id"] = job_id
+    return outputs
 
 
 def failure_file_for(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Path | None:

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 from .atomic import replacing
 from .errors import SeqclsError, SettingsError, StorageError
@@ -186,6 +186,10 @@ class _Store(ABC):
     def download(self, name: str, dest: Path) -> None:
         """Copy the object to a local file."""
 
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove the object; a missing one is not an error."""
+
     def reason(self, err: Exception) -> str:
         """One line for the failure file: what went wrong, with a hint where one helps."""
         return f"{type(err).__name__}: {err}"
@@ -292,6 +296,9 @@ class _S3(_Store):
         self.client.download_file(self.target.bucket, self._key(name), str(dest), ExtraArgs=dict(self.owner),
                                   Config=self.transfer)
 
+    def delete(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.target.bucket, Key=self._key(name), **self.owner)
+
     def reason(self, err: Exception) -> str:
         from botocore.exceptions import ClientError, NoCredentialsError
 
@@ -312,7 +319,7 @@ class _GCS(_Store):
         try:
             from google.cloud import storage as gcs
         except ImportError:
-            raise StorageError(f"{target.join()} needs google-cloud-storage: pip install 'seqcls[gcs]'") from None
+            raise StorageError(f"{target.join()} needs google-cloud-storage (a dependency of seqcls: reinstall it)") from None
         self.target = target
         self.client = gcs.Client()  # ADC; STORAGE_EMULATOR_HOST switches to the emulator with anonymous credentials
         self.bucket = self.client.bucket(target.bucket)
@@ -376,6 +383,14 @@ class _GCS(_Store):
     def download(self, name: str, dest: Path) -> None:
         self._blob(name).download_to_filename(str(dest))  # md5-checked by the client
 
+    def delete(self, name: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self._blob(name).delete()
+        except NotFound:
+            pass
+
     def reason(self, err: Exception) -> str:
         from google.api_core.exceptions import Forbidden, GoogleAPICallError, Unauthorized
         from google.auth.exceptions import DefaultCredentialsError
@@ -427,6 +442,9 @@ class _Local(_Store):
     def download(self, name: str, dest: Path) -> None:
         shutil.copyfile(self.root / name, dest)
 
+    def delete(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+
     def reason(self, err: Exception) -> str:
         if isinstance(err, OSError):
             return f"{err.strerror or type(err).__name__}: {err.filename or self.root}"
@@ -465,6 +483,17 @@ def preflight(output_uri: str, run_id: str, options: Options) -> None:
     _check_free(open_store(output_uri, options), run_id)
 
 
+def preflight_folder(folder_uri: str, options: Options) -> None:
+    """Before training: a folder that `replace` will fill is reachable with these credentials."""
+    store = open_store(folder_uri, options)
+    try:
+        store.exists(MANIFEST)
+    except SeqclsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
+        raise StorageError(f"cannot reach {store.target.join()}: {store.reason(err)}") from err
+
+
 def _manifest(run_id: str, entries: Iterable[FileEntry]) -> bytes:
     files = [{"name": e.name, "size": e.size, "sha256": e.sha256} for e in entries]
     return (json.dumps({"format": MANIFEST_FORMAT, "run_id": run_id,
@@ -483,19 +512,7 @@ def publish(output_uri: str, run_id: str, folders: Sequence[Path], options: Opti
     run_uri = store.target.join(run_id)
     entries = collect(folders)
     _check_free(store, run_id)
-    step, outcome = "uploading", "no manifest was written"
-    try:
-        store.upload([(f"{run_id}/{e.name}", e) for e in entries])
-        step = "verifying the uploaded files"
-        checks = [store.verify(f"{run_id}/{e.name}", e) for e in entries]
-        step, outcome = f"writing {MANIFEST}", f"this run wrote no {MANIFEST}"
-        store.put(f"{run_id}/{MANIFEST}", _manifest(run_id, entries), new=True)
-    except StorageError as err:
-        raise StorageError(f"publishing to {run_uri} failed while {step}: {err}; {outcome}") from err
-    except SeqclsError:
-        raise  # Interrupted (SIGTERM) keeps its own exit code
-    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
-        raise StorageError(f"publishing to {run_uri} failed while {step}: {store.reason(err)}; {outcome}") from err
+    checks = _upload_checked(store, run_id, entries, lambda: store.put(f"{run_id}/{MANIFEST}", _manifest(run_id, entries), new=True))
     if options.latest:
         pointer = {"run_id": run_id, "uri": run_uri, "manifest": store.target.join(run_id, MANIFEST),
                    "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -508,6 +525,64 @@ def publish(output_uri: str, run_id: str, folders: Sequence[Path], options: Opti
                                f"{store.target.join(LATEST)} failed: {store.reason(err)}") from err
     return Published(run_uri, len(entries), sum(e.size for e in entries), round(time.perf_counter() - started, 3),
                      sorted(set(checks)))
+
+
+def replace(folder_uri: str, run_id: str, folders: Sequence[Path], options: Options = Options()) -> Published:
+    """Make the folder itself hold this run's files (a platform's fixed model folder, Vertex's AIP_MODEL_DIR).
+
+    A new run replaces the last one there, so its manifest.json goes first (a consumer never trusts a mix
+    of two runs), then this run's files are uploaded and verified, the last run's files this one lacks are
+    removed, and the new manifest is written last. No run-id folder, no latest.json.
+    """
+    started = time.perf_counter()
+    store = open_store(folder_uri, options)
+    entries = collect(folders)
+
+    def finish() -> None:
+        names = {e.name for e in entries}
+        for stale in [name for name in _manifest_names(before) if name not in names]:
+            store.delete(stale)
+        store.put(MANIFEST, _manifest(run_id, entries), new=False)
+
+    try:
+        before = store.read(MANIFEST)
+        if before is not None:
+            store.delete(MANIFEST)
+    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
+        raise StorageError(f"publishing to {store.target.join()} failed while removing the last run's {MANIFEST}: "
+                           f"{store.reason(err)}") from err
+    checks = _upload_checked(store, "", entries, finish)
+    return Published(store.target.join(), len(entries), sum(e.size for e in entries),
+                     round(time.perf_counter() - started, 3), sorted(set(checks)))
+
+
+def _manifest_names(raw: bytes | None) -> list[str]:
+    """The files an earlier manifest lists; none when there was none (or it is not ours)."""
+    try:
+        names = [item["name"] for item in json.loads(raw)["files"]] if raw else []
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [n for n in names if isinstance(n, str) and not n.startswith("/") and ".." not in n.split("/")]
+
+
+def _upload_checked(store: _Store, prefix: str, entries: list[FileEntry], finish: Callable[[], None]) -> list[str]:
+    """Upload and verify every file under `prefix`, then `finish` (which writes the manifest); one clear error."""
+    where = store.target.join(prefix) if prefix else store.target.join()
+    names = [f"{prefix}/{e.name}" if prefix else e.name for e in entries]
+    step, outcome = "uploading", "no manifest was written"
+    try:
+        store.upload(list(zip(names, entries)))
+        step = "verifying the uploaded files"
+        checks = [store.verify(name, e) for name, e in zip(names, entries)]
+        step, outcome = f"writing {MANIFEST}", f"this run wrote no {MANIFEST}"
+        finish()
+    except StorageError as err:
+        raise StorageError(f"publishing to {where} failed while {step}: {err}; {outcome}") from err
+    except SeqclsError:
+        raise  # Interrupted (SIGTERM) keeps its own exit code
+    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
+        raise StorageError(f"publishing to {where} failed while {step}: {store.reason(err)}; {outcome}") from err
+    return checks
 
 
 def _check_against_manifest(manifest: dict, folder: Path, source: str) -> None:

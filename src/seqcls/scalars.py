@@ -1,0 +1,52 @@
+"""TensorBoard scalars, written from the job's own events so they hold exactly the JSON log's values.
+
+Train loss, learning rate and samples/s at each `train_progress` (x: optimizer step); validation
+loss, accuracy, MCC and F1 at each `epoch_end` (x: epoch); test metrics once (x: the last epoch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TRAIN = {"loss": "train/loss", "lr": "train/learning_rate", "samples_per_s": "train/samples_per_s"}
+EPOCH = {"train_loss": "train/epoch_loss", "val_loss": "val/loss", "val_accuracy": "val/accuracy",
+         "val_mcc": "val/mcc", "val_f1": "val/f1"}
+TEST = {"test_loss": "test/loss", "test_accuracy": "test/accuracy", "test_mcc": "test/mcc", "test_f1": "test/f1",
+        "test_precision": "test/precision", "test_recall": "test/recall"}
+FLUSH_SECS = 30
+
+
+class TensorBoardScalars:
+    """A logs.Listener; the event file opens with the first scalar, so a job that fails early leaves none."""
+
+    def __init__(self, directory: Path, epochs: int) -> None:
+        self.directory = directory
+        self.epochs = epochs
+        self._writer = None
+        self._purge_step: int | None = None
+
+    def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        if name == "resumed":
+            # Steps logged after the checkpoint by the run that stopped are logged again: TensorBoard drops the old ones.
+            self._purge_step = int(fields["step"]) + 1
+        elif name == "train_progress":
+            self._add(TRAIN, fields, int(fields["step"]))
+        elif name == "epoch_end":
+            self._add(EPOCH, fields, int(fields["epoch"]))
+            self._writer.flush()
+        elif name == "test_metrics":
+            self._add(TEST, fields, self.epochs)
+
+    def _add(self, tags: dict[str, str], fields: dict[str, Any], step: int) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when there is something to write
+
+            self._writer = SummaryWriter(log_dir=str(self.directory), purge_step=self._purge_step, flush_secs=FLUSH_SECS)
+        for field, tag in tags.items():
+            if fields.get(field) is not None:
+                self._writer.add_scalar(tag, float(fields[field]), step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,47 @@
+"""The objective a hyperparameter-tuning trial reports after every epoch, in the record Vertex reads.
+
+Vertex AI's tuning service reads what `cloudml-hypertune` writes: a file of JSON lines, one record per
+report, rewritten whole each time with the newest 100 (cloudml-hypertune 0.1.0.dev6 on PyPI,
+hypertune/hypertune.py; its GitHub copy predates the `checkpoint_path` key). The record is written here directly rather than through that package: it is
+a 2019 pre-release (0.1.0.dev6) that writes the file in place, so a reader can catch it half written;
+this writes the same record atomically. tests/test_tuning.py checks the records match the package's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from .atomic import replacing
+
+KEEP = 100  # the package's _MAX_NUM_METRIC_ENTRIES_TO_PRESERVE
+
+
+def objective(select_best: str) -> tuple[str, str]:
+    """(metric id, goal): the select_best metric, else validation MCC; the names of the epoch_end fields."""
+    return ("val_loss", "MINIMIZE") if select_best == "loss" else ("val_mcc", "MAXIMIZE")
+
+
+class ObjectiveReport:
+    """A logs.Listener: at each epoch_end, the objective as a hypertune record (global_step = the epoch)."""
+
+    def __init__(self, path: Path, trial_id: str, select_best: str) -> None:
+        self.path = path
+        self.trial = trial_id or "0"  # the package's default when CLOUD_ML_TRIAL_ID is unset
+        self.metric = objective(select_best)[0]
+        self.records: deque[dict[str, Any]] = deque(maxlen=KEEP)
+
+    def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        if name != "epoch_end":
+            return
+        self.records.append({"timestamp": time.time(), "trial": str(self.trial),
+                             self.metric: str(float(fields[self.metric])), "global_step": str(int(fields["epoch"])),
+                             "checkpoint_path": ""})
+        with replacing(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in self.records))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,65 @@
+"""The tuning objective in the record Vertex's tuning service reads: what cloudml-hypertune writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from seqcls import logs, tuning
+
+EPOCHS = [{"epoch": 1, "val_loss": 0.61234, "val_mcc": 0.125}, {"epoch": 2, "val_loss": 0.58, "val_mcc": 0.2501}]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _hypertune_records(path: Path, monkeypatch: pytest.MonkeyPatch, metric: str, trial: str | None) -> list[dict]:
+    """The package Vertex documents for reporting, fed the same values (it reads its file and trial from env)."""
+    import hypertune
+
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(path))
+    if trial is None:
+        monkeypatch.delenv("CLOUD_ML_TRIAL_ID", raising=False)
+    else:
+        monkeypatch.setenv("CLOUD_ML_TRIAL_ID", trial)
+    reporter = hypertune.HyperTune()
+    for epoch in EPOCHS:
+        reporter.report_hyperparameter_tuning_metric(hyperparameter_metric_tag=metric, metric_value=epoch[metric],
+                                                     global_step=epoch["epoch"])
+    return _lines(path)
+
+
+@pytest.mark.parametrize("select_best, metric, trial", [("none", "val_mcc", "3"), ("mcc", "val_mcc", None),
+                                                        ("loss", "val_loss", "12")])
+def test_records_match_cloudml_hypertune(tmp_path, monkeypatch, select_best, metric, trial):
+    expected = _hypertune_records(tmp_path / "theirs" / "output.metrics", monkeypatch, metric, trial)
+    report = tuning.ObjectiveReport(tmp_path / "ours" / "output.metrics", trial or "", select_best)
+    for epoch in EPOCHS:
+        report.on_event("epoch_end", epoch | {"train_loss": 0.7, "val_accuracy": 0.7})
+    ours = _lines(tmp_path / "ours" / "output.metrics")
+    assert len(ours) == len(EPOCHS)
+    for mine, theirs in zip(ours, expected):
+        assert mine.keys() == theirs.keys()
+        assert {k: v for k, v in mine.items() if k != "timestamp"} == {k: v for k, v in theirs.items() if k != "timestamp"}
+        assert isinstance(mine["timestamp"], float)
+    # The file is rewritten whole with sorted keys, as the package does (the service parses each line).
+    assert (tmp_path / "ours" / "output.metrics").read_text().splitlines()[0] == json.dumps(ours[0], sort_keys=True)
+
+
+def test_objective_follows_select_best():
+    assert tuning.objective("none") == ("val_mcc", "MAXIMIZE")
+    assert tuning.objective("mcc") == ("val_mcc", "MAXIMIZE")
+    assert tuning.objective("loss") == ("val_loss", "MINIMIZE")
+
+
+def test_the_report_listens_to_the_logged_events_and_stops_at_job_end(tmp_path):
+    logs.setup()
+    path = tmp_path / "output.metrics"
+    logs.subscribe(tuning.ObjectiveReport(path, "1", "none"))
+    logs.event("epoch_end", "epoch 1", epoch=1, val_mcc=0.5, val_loss=0.4)
+    logs.event("job_end", "done")
+    logs.event("epoch_end", "a later job's epoch", epoch=1, val_mcc=0.9, val_loss=0.1)
+    assert [r["val_mcc"] for r in _lines(path)] == ["0.5"]
