@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,15 @@ def test_failure_file_without_a_tree_is_none_for_a_person(tmp_path, monkeypatch)
     monkeypatch.setattr(platform, "OPT_ML_DEFAULT", str(tmp_path / "absent"))
     assert platform.failure_file_for([], {}) is None
     assert platform.failure_file_for(["--output_dir", str(tmp_path)], {}) == tmp_path / "output" / "failure"
+
+
+def test_tuning_trials_keep_their_checkpoints_apart(tmp_path):
+    """All trials of a SageMaker tuning job share one CheckpointConfig (HyperParameterTrainingJobDefinition
+    has one), so a trial must not resume another trial's state: each gets a folder named after its job."""
+    config = tmp_path / "input" / "config"
+    config.mkdir(parents=True)
+    env = {"SEQCLS_OPT_ML": str(tmp_path), "TRAINING_JOB_NAME": "hpo-001-3f2a"}
+    (config / "hyperparameters.json").write_text(json.dumps({"epochs": "2", "_tuning_objective_metric": "validation:mcc"}))
+    assert platform.detect([], env).checkpoint_dir == tmp_path / "checkpoints" / "hpo-001-3f2a"
+    (config / "hyperparameters.json").write_text(json.dumps({"epochs": "2"}))
+    assert platform.detect([], env).checkpoint_dir == tmp_path / "checkpoints"  # a plain job: SageMaker's own folder

@@ -28,6 +28,7 @@ SM_JOB_NAME = "TRAINING_JOB_NAME"
 # sagemaker_estimator_class_name/module) and `_tuning_objective_metric`, which a tuning job adds to every
 # trial (sagemaker-python-sdk v2 estimator.py strips it again in `_prepare_init_params_from_job_description`).
 SM_RESERVED_PREFIXES = ("sagemaker_", "_tuning_")
+SM_TUNING_OBJECTIVE = "_tuning_objective_metric"  # present: this job is a trial of a tuning job
 CHANNELS = ("train", "validation", "test", "model")
 
 # Vertex AI custom-job contract.
@@ -237,6 +238,10 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         "tensorboard_dir": root / "output" / "tensorboard",  # SageMaker uploads it when a TensorBoardOutputConfig is set
         "run_id": (env.get(SM_JOB_NAME, "") if name == "sagemaker" else "") or f"seqcls-{timestamp}",
     } | (_vertex_outputs(env, root) if name == "vertex" else {})
+    if name == "sagemaker" and SM_TUNING_OBJECTIVE in ignored:
+        # A tuning job has one CheckpointConfig for all its trials: each trial keeps its resume state under
+        # its own job name (a spot restart of a trial keeps the name, so it still resumes).
+        fields["checkpoint_dir"] = root / "checkpoints" / str(fields["run_id"])
     return Platform(
         name=name,
         root=root,
