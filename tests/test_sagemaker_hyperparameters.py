@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from _badinput import build_tiny_model, good_csv, minilm_folder, run_subprocess, write_tree
-from seqcls import platform, settings
+from seqcls import runtime, settings
 
 
 def sdk_v2_encode(hyperparameters: dict[str, object]) -> dict[str, str]:
@@ -48,9 +48,9 @@ def tuning_trial_file(estimator_file: dict[str, str], tuned: dict[str, str]) -> 
     return {**static, **tuned, "_tuning_objective_metric": "val_mcc"}
 
 
-def resolve_file(tmp_path: Path, content: dict[str, str]) -> tuple[platform.Platform, settings.Resolved]:
+def resolve_file(tmp_path: Path, content: dict[str, str]) -> tuple[runtime.Platform, settings.Resolved]:
     root = write_tree(tmp_path / "opt_ml", {"config/hyperparameters.json": json.dumps(content)})
-    where = platform.detect([], env={"SEQCLS_OPT_ML": str(root)})
+    where = runtime.detect([], env={"SEQCLS_OPT_ML": str(root)})
     return where, settings.resolve(where.hyperparameter_layers)
 
 

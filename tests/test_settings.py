@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seqcls import platform, settings
+from seqcls import runtime, settings
 from seqcls.errors import SettingsError
 from seqcls.settings import parse_value, resolve
 
@@ -75,7 +75,7 @@ def test_sources_precedence_defaults_json_env_cli(tmp_path):
     (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(
         {"epochs": "2", "batch_size": "16", "learning_rate": "3e-5", "seed": "7", "sagemaker_program": "ignored"}))
     env = {"SEQCLS_OPT_ML": str(root), "SEQCLS_BATCH_SIZE": "8", "SEQCLS_LEARNING_RATE": "4e-5"}
-    where = platform.detect(["--learning_rate", "5e-5", "--max_length=128"], env)
+    where = runtime.detect(["--learning_rate", "5e-5", "--max_length=128"], env)
     resolved = resolve(where.hyperparameter_layers)
     s = resolved.settings
     assert (s.epochs, s.batch_size, s.learning_rate, s.max_length, s.seed, s.weight_decay) == (2, 8, 5e-5, 128, 7, 0.0)
@@ -90,7 +90,7 @@ def test_sources_precedence_defaults_json_env_cli(tmp_path):
 
 def test_unknown_env_hyperparameter_is_an_error():
     with pytest.raises(SettingsError, match="did you mean batch_size"):
-        platform.detect([], {"SEQCLS_OPT_ML": "/nonexistent", "SEQCLS_BATCH_SIZ": "8"})
+        runtime.detect([], {"SEQCLS_OPT_ML": "/nonexistent", "SEQCLS_BATCH_SIZ": "8"})
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -102,7 +102,7 @@ def test_malformed_hyperparameters_json(tmp_path, content, fragment):
     (tmp_path / "input" / "config").mkdir(parents=True)
     (tmp_path / "input" / "config" / "hyperparameters.json").write_text(content)
     with pytest.raises(SettingsError, match="hyperparameters.json") as err:
-        platform.detect([], {"SEQCLS_OPT_ML": str(tmp_path)})
+        runtime.detect([], {"SEQCLS_OPT_ML": str(tmp_path)})
     assert fragment in str(err.value)
 
 

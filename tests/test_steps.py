@@ -9,6 +9,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, get_linear_schedule_with_warmup
 
 from seqcls import data, steps
+from seqcls.devices import Compute
 from seqcls.distributed import World
 from seqcls.settings import Settings
 
@@ -43,12 +44,13 @@ def run(path: str, precision: str, encoded: data.Encoded, settings: Settings = S
                for rows in data.epoch_order(encoded.lengths, settings.batch_size, settings.seed, epoch, False)]
     optimizer = steps.make_optimizer(model, settings, device, graphs=path != "eager")
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * len(batches)), len(batches))
+    state = steps.TrainingState(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=False))
+    compute = Compute(device, precision)
     if path == "eager":
-        step = steps.EagerStep(model, model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=False),
-                               settings, device, precision)
+        step = steps.EagerStep(model, state, settings, compute)
     else:
-        step = steps.GraphSteps(model, optimizer, scheduler, settings, device, precision,
-                                data.batch_widths(encoded.lengths, batches, 8), capture=path == "replay")
+        step = steps.GraphSteps(state, settings, compute, data.batch_widths(encoded.lengths, batches, 8),
+                                capture=path == "replay")
     losses = [float(step(data.collate(encoded, rows, 0, 8), 1.0)) for rows in batches]
     return model, losses
 
@@ -84,7 +86,8 @@ def _graph_steps(encoded: data.Encoded) -> tuple[steps.GraphSteps, torch.nn.Modu
     optimizer = steps.make_optimizer(model, SETTINGS, CPU, graphs=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10)
     widths = data.batch_widths(encoded.lengths, batches, 8)
-    return steps.GraphSteps(model, optimizer, scheduler, SETTINGS, CPU, "fp32", widths, capture=False), model, optimizer
+    state = steps.TrainingState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    return steps.GraphSteps(state, SETTINGS, Compute(CPU, "fp32"), widths, capture=False), model, optimizer
 
 
 def _state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -128,11 +131,11 @@ def test_batch_widths_are_exactly_the_widths_collate_produces():
 
 def test_graphs_are_used_only_where_they_can_be():
     cuda = torch.device("cuda", 0)
-    assert steps.graphs_unavailable(Settings(), CPU, "fp32", World()) == "device is cpu"
-    assert steps.graphs_unavailable(Settings(), cuda, "bf16", World()) is None
-    assert "cuda_graphs=false" in steps.graphs_unavailable(Settings(cuda_graphs=False), cuda, "bf16", World())
-    assert "fp16" in steps.graphs_unavailable(Settings(), cuda, "fp16", World())
-    assert "2 processes" in steps.graphs_unavailable(Settings(), cuda, "bf16", World(rank=0, size=2, local_rank=0))
+    assert steps.graphs_unavailable(Settings(), Compute(CPU, "fp32", World())) == "device is cpu"
+    assert steps.graphs_unavailable(Settings(), Compute(cuda, "bf16", World())) is None
+    assert "cuda_graphs=false" in steps.graphs_unavailable(Settings(cuda_graphs=False), Compute(cuda, "bf16", World()))
+    assert "fp16" in steps.graphs_unavailable(Settings(), Compute(cuda, "fp16", World()))
+    assert "2 processes" in steps.graphs_unavailable(Settings(), Compute(cuda, "bf16", World(rank=0, size=2, local_rank=0)))
 
 
 @pytest.mark.cuda
@@ -150,18 +153,18 @@ def test_replayed_cuda_graphs_train_like_the_same_body_run_eagerly(precision):
 
 
 def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(tmp_path, monkeypatch):
-    from seqcls import train
+    from seqcls import devices
 
     native, emulated = tmp_path / "native", tmp_path / "emulated"
     native.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
     emulated.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
-    assert train.cpu_has_native_bf16(native) and not train.cpu_has_native_bf16(emulated)
-    assert not train.cpu_has_native_bf16(tmp_path / "absent")
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
-    assert train.pick_precision(Settings(), CPU) == "fp32"
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
-    assert train.pick_precision(Settings(), CPU) == "bf16"
-    assert train.pick_precision(Settings(precision="fp32"), CPU) == "fp32"
+    assert devices.cpu_has_native_bf16(native) and not devices.cpu_has_native_bf16(emulated)
+    assert not devices.cpu_has_native_bf16(tmp_path / "absent")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.pick_precision(Settings(), CPU) == "fp32"
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.pick_precision(Settings(), CPU) == "bf16"
+    assert devices.pick_precision(Settings(precision="fp32"), CPU) == "fp32"
 
 
 class FlakyForward(Exception):
@@ -205,14 +208,14 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning(tmp_path, mon
 
     def train_tiny(folder: str) -> tuple[torch.nn.Module, train.Outcome]:
         model = tiny_bert()
-        outcome = train.train(model, encoded, held_out, settings, 0, CPU, "fp32",
-                              Checkpointer(tmp_path / folder, "test", False), World())
+        outcome = train.train(model, train.TrainData(encoded, held_out, 0), settings, Compute(CPU, "fp32"),
+                              Checkpointer(tmp_path / folder, "test", False))
         return model, outcome
 
     reference, plain = train_tiny("plain")
 
-    def graphs_that_fail(model, optimizer, scheduler, settings, device, precision, widths):
-        graphs = steps.GraphSteps(model, optimizer, scheduler, settings, device, precision, widths, capture=False)
+    def graphs_that_fail(state, settings, compute, widths):
+        graphs = steps.GraphSteps(state, settings, compute, widths, capture=False)
         if stage == "warm_up":
             _fail_while_warming_up(graphs, error)
         graphs.warm_up()

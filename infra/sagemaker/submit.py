@@ -43,11 +43,11 @@ from infra.common import (
     run_cli,
 )
 from infra.sagemaker.metrics import metric_definitions
-from seqcls.platform import CHANNELS
+from seqcls.runtime import CHANNELS
 
-CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # the job's <root>/checkpoints (seqcls.platform)
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # the job's <root>/checkpoints (seqcls.runtime)
 # SDK v2's `distribution={"torch_distributed": {"enabled": True}}` sent this hyperparameter; we send it
-# too, so the image's entrypoint knows to start torchrun on every host. seqcls.platform ignores
+# too, so the image's entrypoint knows to start torchrun on every host. seqcls.runtime ignores
 # `sagemaker_*` keys, so it never reaches the job's settings.
 TORCH_DISTRIBUTED_KEY = "sagemaker_torch_distributed_enabled"
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600  # SageMaker's ceiling for MaxRuntimeInSeconds

@@ -29,7 +29,7 @@ from infra.common import (
     parse_pairs,
     run_cli,
 )
-from seqcls.platform import CHANNELS, gcs_to_fuse
+from seqcls.runtime import CHANNELS, gcs_to_fuse
 
 GCS_URI = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$")
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform as host_platform
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from importlib import metadata
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,11 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from . import logs
 from .atomic import current_umask, replacing
 from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
-from .evaluate import Predictions
-from .train import EpochStats
+from .evaluate import EpochStats, Predictions, probability_columns
 
 RELOAD_CHECK_ROWS = 8
 
@@ -99,8 +101,8 @@ def write_predictions(path: Path, channel: Channel, labels: np.ndarray, predicti
         frame[PAIR] = channel.frame[PAIR]
     frame["label"] = [label_map.labels[i] for i in labels]
     frame["predicted"] = [label_map.labels[i] for i in predictions.predicted]
-    for i, label in enumerate(label_map.labels):
-        frame[f"prob_{label}"] = predictions.probabilities[:, i].round(6)
+    for column, values in probability_columns(predictions, label_map.labels).items():
+        frame[column] = values
     write_atomic(path, frame.to_csv(index=False).encode())
 
 
@@ -171,3 +173,83 @@ def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Ch
         raise SeqclsError(f"reload check failed: the saved model in {model_dir} predicts {got.tolist()} "
                           f"but the trained model predicts {expected.tolist()} on the same {len(texts)} rows")
     return len(texts)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one run saves beside its model: metrics.json, run_manifest.json, per-epoch stats and, when
+    there was a test split, its rows and predictions."""
+
+    metrics: dict[str, Any]
+    manifest: dict[str, Any]
+    stats: list[EpochStats]
+    label_map: LabelMap
+    test: tuple[Channel, np.ndarray, Predictions] | None = None  # rows, label ids, predictions
+    check_rows: Channel | None = None  # rows for the reload check
+
+
+def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str],
+                   partial: dict[str, object] | None) -> dict[str, Any]:
+    """metrics.json before the test split: the kept epoch's validation metrics (no timings, so identical
+    runs give identical files), the labels, and what a stopped run's model holds."""
+    kept = asdict(stats[best_epoch - 1]) if best_epoch else {}
+    record: dict[str, Any] = {"best_epoch": best_epoch,
+                              "validation": {k: v for k, v in kept.items() if k.startswith("val_") and k != "val_seconds"},
+                              "labels": labels}
+    if partial:
+        record["partial"] = partial
+    return record
+
+
+def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir: Path, record: RunRecord) -> list[str]:
+    """Step 5: the model and everything a person needs to judge it, into staging folders that move into
+    place only after the reload check: a failure here (disk full...) leaves no partial set. Returns the
+    model folder's file names."""
+    with staged(model_dir) as staged_model, staged(output_data_dir) as out:
+        saved = save_model(model, tokenizer, staged_model)
+        write_json(staged_model / "metrics.json", record.metrics)
+        write_training_stats(out / "training_stats.csv", record.stats)
+        plot_loss_curve(out / "loss_curve.png", record.stats)
+        if record.test is not None:
+            channel, label_ids, predictions = record.test
+            write_predictions(out / "test_predictions.csv", channel, label_ids, predictions, record.label_map)
+            plot_confusion_matrix(out / "confusion_matrix.png", record.metrics["test"]["confusion_matrix"],
+                                  record.label_map.labels)
+        write_json(staged_model / "run_manifest.json", record.manifest)
+        checked = reload_check(model, tokenizer, staged_model, record.check_rows)
+    logs.event("artifacts_saved", f"model saved to {model_dir} (reload check passed on {checked} rows)",
+               model_dir=str(model_dir), output_data_dir=str(output_data_dir),
+               files=saved + ["metrics.json", "run_manifest.json"], reload_check_rows=checked)
+    return saved
+
+
+PACKAGES = ("seqcls", "torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "scikit-learn")
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    found["python"] = host_platform.python_version()
+    return found
+
+
+def device_record(device: torch.device, precision: str) -> dict[str, object]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else host_platform.processor() or host_platform.machine()
+    return {"type": device.type, "precision": precision, "name": name, "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count()}
+
+
+def run_manifest(run: dict[str, object], model_source: str, channels: list[Channel], rows: dict[str, int],
+                 validation_source: str) -> dict[str, object]:
+    """run_manifest.json: `run` (id, platform, commit, settings, device, timing, partial) plus the inputs
+    with their digests and the package versions, enough to rerun the job from this file alone."""
+    return {**{k: run[k] for k in ("run_id", "platform", "git_commit", "settings")},
+            "model_source": model_source, "model_source_files": model_source_files(model_source),
+            "data": {"files": [f for channel in channels for f in channel.files], "rows": rows,
+                     "validation_source": validation_source},
+            "packages": package_versions(),
+            **{k: run[k] for k in ("device", "timing", "partial")}}

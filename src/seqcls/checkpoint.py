@@ -26,6 +26,7 @@ from .atomic import replacing
 from .distributed import World, gather_objects
 from .errors import Interrupted, UserError
 from .settings import OPERATIONAL
+from .steps import TrainingState
 
 FORMAT_VERSION = 1
 KEEP = 2
@@ -111,8 +112,8 @@ class Checkpointer:
         found = [p for p in self.directory.iterdir() if NAME.match(p.name)]
         return sorted(found, key=lambda p: p.name, reverse=True)
 
-    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-             progress: Progress, best_weights: dict[str, torch.Tensor] | None, world: World) -> None:
+    def save(self, state: TrainingState, progress: Progress, best_weights: dict[str, torch.Tensor] | None,
+             world: World) -> None:
         """Write best weights (if new) then the checkpoint, atomically; prune all but the newest KEEP.
 
         Every rank calls this (the RNG states are gathered); rank 0 alone writes.
@@ -131,10 +132,10 @@ class Checkpointer:
             torch.save({
                 "format": FORMAT_VERSION,
                 "fingerprint": self.fingerprint,
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
+                "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
+                "scaler": state.scaler.state_dict(),
                 "rng": rng_states,
                 "progress": progress.__dict__,
             }, tmp)
@@ -161,8 +162,7 @@ class Checkpointer:
         logs.event("checkpoints_removed", f"run finished: removed its checkpoints from {self.directory}",
                    path=str(self.directory))
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-                world: World) -> tuple[Progress, dict[str, torch.Tensor] | None] | None:
+    def restore(self, state: TrainingState, world: World) -> tuple[Progress, dict[str, torch.Tensor] | None] | None:
         """Load the newest readable checkpoint into the objects; None when there is none to resume.
 
         Every rank reads the same folder (on several nodes it must be shared or synced, as SageMaker
@@ -170,14 +170,14 @@ class Checkpointer:
         """
         for path in self._checkpoints():
             try:
-                state = torch.load(path, weights_only=True, map_location="cpu")
-                if state.get("format") != FORMAT_VERSION:
-                    raise ValueError(f"format {state.get('format')!r}")
+                saved = torch.load(path, weights_only=True, map_location="cpu")
+                if saved.get("format") != FORMAT_VERSION:
+                    raise ValueError(f"format {saved.get('format')!r}")
             except Exception as err:  # noqa: BLE001 - any unreadable file: warn and fall back
                 logs.warning("checkpoint_unreadable", f"ignoring unreadable checkpoint {path}: {type(err).__name__}: "
                                                       f"{str(err)[:200]}", path=str(path))
                 continue
-            if state["fingerprint"] != self.fingerprint:
+            if saved["fingerprint"] != self.fingerprint:
                 if self.ignore_mismatch:
                     logs.warning("checkpoint_ignored", f"checkpoint {path} was made with other settings, model or "
                                                        "data; removing it and starting fresh (ignore_checkpoint=true)",
@@ -188,7 +188,7 @@ class Checkpointer:
                 raise UserError(f"checkpoint {path} was made with other settings, model or data than this run; "
                                 "refusing to resume. Use the original inputs, empty the checkpoint folder, or set "
                                 "ignore_checkpoint=true to start fresh")
-            progress = Progress(**state["progress"])
+            progress = Progress(**saved["progress"])
             best_weights = None
             if progress.best_file:
                 best_path = self.directory / progress.best_file
@@ -198,11 +198,11 @@ class Checkpointer:
                     logs.warning("checkpoint_unreadable", f"ignoring checkpoint {path}: its best weights "
                                                           f"{best_path} are unreadable ({type(err).__name__})", path=str(path))
                     continue
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"][world.rank])
+            state.model.load_state_dict(saved["model"])
+            state.optimizer.load_state_dict(saved["optimizer"])
+            state.scheduler.load_state_dict(saved["scheduler"])
+            state.scaler.load_state_dict(saved["scaler"])
+            _set_rng_state(saved["rng"][world.rank])
             logs.event("resumed", f"resumed from {path} at step {progress.global_step} (epoch {progress.epoch}, "
                                   f"step {progress.step_in_epoch} within it)", step=progress.global_step,
                        epoch=progress.epoch, step_in_epoch=progress.step_in_epoch, path=str(path))

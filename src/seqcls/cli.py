@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import logs
-from . import platform as runtime
+from . import runtime
 from .errors import Interrupted, SeqclsError, UserError
 
 FAILURE_REASON_LIMIT = 1024
@@ -75,8 +75,9 @@ def _failed(err: BaseException, failure_file: Path | None) -> int:
     whole story, so its traceback is shown only with SEQCLS_DEBUG=1 (the training toolkit likewise
     separates client errors from framework errors); internal errors always show theirs."""
     reason = failure_reason(err)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        reason = f"rank {os.environ.get('RANK', '?')}: {reason}"[:FAILURE_REASON_LIMIT]
+    rank, size, _ = runtime.process_ranks()
+    if size > 1:
+        reason = f"rank {rank}: {reason}"[:FAILURE_REASON_LIMIT]
     kind = err.kind if isinstance(err, SeqclsError) else "internal"
     logs.event("job_failed", reason, level=logging.ERROR, error_kind=kind, error_type=type(err).__name__)
     if not isinstance(err, UserError) or runtime.debug_enabled():
@@ -108,7 +109,7 @@ def train_command(argv: Sequence[str]) -> int:
             # exec: torchrun becomes this process, so the platform's SIGTERM reaches it (it forwards to ranks).
             os.execve(sys.executable, [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(),
                                        "-m", "seqcls", "train", *argv, *runtime.pinned_for_ranks(where, argv)],
-                      {**os.environ, **launch.env})
+                      runtime.exec_env(launch.env))
         job.run(where)
         return 0
     except BaseException as err:  # noqa: BLE001 - the one place that turns every failure into a reason
@@ -142,7 +143,7 @@ def predict_command(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    logs.setup(rank=int(os.environ.get("RANK", "0")))
+    logs.setup(rank=runtime.process_ranks()[0])
     if not args:
         print(USAGE, file=sys.stderr)
         return 2

@@ -466,3 +466,20 @@ def load_splits(channels: dict[str, Path], settings: Settings) -> Splits:
         if split is not None:
             label_map.check_known(split)
     return Splits(train, validation, test, label_map, validation_source)
+
+
+def encode_splits(tokenizer, splits: Splits, max_length: int) -> dict[str, Encoded]:
+    """Tokenize every split there is and log `data_ready`: rows, label balance, longest and truncated rows."""
+    encoded, stats = {}, {}
+    for split in (splits.train, splits.validation, splits.test):
+        if split is not None:
+            labels = splits.label_map.encode(split)
+            encoded[split.name], stats[split.name] = tokenize(tokenizer, split, labels, max_length)
+    logs.event("data_ready", f"train {len(encoded['train'])} / validation {len(encoded['validation'])} / "
+                             f"test {len(encoded['test']) if 'test' in encoded else 0} rows",
+               labels=splits.label_map.labels, validation_source=splits.validation_source,
+               rows={name: len(e) for name, e in encoded.items()},
+               label_balance={name: label_balance(e.labels, splits.label_map) for name, e in encoded.items()},
+               longest_tokens={name: t.longest for name, t in stats.items()},
+               truncated_rows={name: t.truncated for name, t in stats.items()}, max_length=max_length)
+    return encoded

@@ -7,13 +7,14 @@ gradient of the global batch mean (also for a short last batch).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .runtime import process_ranks
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,8 @@ class World:
 
 
 def from_env() -> World:
-    """torchrun sets RANK, WORLD_SIZE and LOCAL_RANK for every process it starts."""
-    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                 int(os.environ.get("LOCAL_RANK", "0")))
+    """This process's place among those torchrun started (one process when it started none)."""
+    return World(*process_ranks())
 
 
 def init(world: World, device: torch.device, timeout_s: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,15 +10,9 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthew
                              precision_recall_fscore_support)
 
 from .data import Encoded, collate, eval_order, pad_multiple
-from .distributed import World, gather_rows
-
-
-def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
-    """bf16/fp16 autocast where asked; fp32 runs plain. CUDA graph capture needs cache_enabled=False."""
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-                          cache_enabled=cache_enabled)
+from . import logs
+from .devices import Compute, autocast
+from .distributed import gather_rows
 
 
 @dataclass(frozen=True)
@@ -39,13 +32,13 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, device: torch.device, precision: str,
-            batch_size: int, world: World = World()) -> Predictions:
+def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_size: int, compute: Compute) -> Predictions:
     """Logits for every row, each rank predicting every world.size-th row, gathered in row order.
 
     Batches are sorted by length (least padding) and results stay on the device until the end, so
     there is one host sync per split rather than one per batch.
     """
+    device, world = compute.device, compute.world
     was_training = model.training
     model.eval()
     mine = np.arange(len(encoded))[world.rank::world.size]
@@ -53,7 +46,7 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, device:
     for positions in eval_order(encoded.lengths[mine], batch_size):
         batch = collate(encoded, mine[positions], pad_token_id, pad_multiple(device.type))
         inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
-        with autocast(device, precision):
+        with autocast(device, compute.precision):
             out = model(**inputs).logits
         logits[torch.from_numpy(positions).to(device)] = out.float()
     model.train(was_training)
@@ -66,9 +59,14 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, device:
     return Predictions(full.cpu().numpy(), loss)
 
 
+def _average(num_labels: int) -> str:
+    """F1, precision and recall are binary for 2 labels, macro otherwise."""
+    return "binary" if num_labels == 2 else "macro"
+
+
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray, num_labels: int) -> dict[str, object]:
-    """MCC is the headline (CoLA's metric); F1/precision/recall are binary for 2 labels, macro otherwise."""
-    average = "binary" if num_labels == 2 else "macro"
+    """MCC is the headline (CoLA's metric); F1/precision/recall as `_average` says."""
+    average = _average(num_labels)
     precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average=average, zero_division=0,
                                                                labels=list(range(num_labels)) if average == "macro" else None)
     return {
@@ -84,7 +82,7 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray, num_labels
 
 def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: int) -> dict[str, float]:
     """The tutorial's per-epoch columns: loss, accuracy, MCC, plus F1."""
-    average = "binary" if num_labels == 2 else "macro"
+    average = _average(num_labels)
     predicted = predictions.predicted
     return {
         "val_loss": predictions.loss,
@@ -92,3 +90,35 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
         "val_mcc": float(matthews_corrcoef(labels, predicted)),
         "val_f1": float(f1_score(labels, predicted, average=average, zero_division=0)),
     }
+
+
+@dataclass
+class EpochStats:
+    """One epoch's row of the tutorial's table: what training_stats.csv, epoch_end and the checkpoint hold."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_mcc: float
+    val_f1: float
+    train_seconds: float
+    val_seconds: float
+
+
+def test_metrics(model: torch.nn.Module, test_set: Encoded, pad_token_id: int, batch_size: int,
+                 compute: Compute) -> tuple[dict[str, object], Predictions]:
+    """Step 4 of the tutorial: the test split's metrics (logged as `test_metrics`) and its predictions."""
+    predictions = predict(model, test_set, pad_token_id, batch_size, compute)
+    metrics = classification_metrics(test_set.labels, predictions.predicted, model.config.num_labels)
+    metrics["loss"] = predictions.loss
+    logs.event("test_metrics", f"test MCC {metrics['mcc']:.4f}, accuracy {metrics['accuracy']:.4f}",
+               test_mcc=metrics["mcc"], test_accuracy=metrics["accuracy"], test_f1=metrics["f1"],
+               test_precision=metrics["precision"], test_recall=metrics["recall"], test_loss=predictions.loss,
+               confusion_matrix=metrics["confusion_matrix"])
+    return metrics, predictions
+
+
+def probability_columns(predictions: Predictions, labels: list[str]) -> dict[str, np.ndarray]:
+    """`prob_<label>` columns, rounded: test_predictions.csv and `seqcls predict` write the same ones."""
+    return {f"prob_{label}": predictions.probabilities[:, i].round(6) for i, label in enumerate(labels)}

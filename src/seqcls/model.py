@@ -85,3 +85,8 @@ def load_model(source: str, config: PretrainedConfig, seed: int) -> torch.nn.Mod
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load weights of {source!r}: {str(err).splitlines()[0][:300]}") from None
     return model
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id; 0 for the few that define none (BERT's [PAD] is 0 too)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

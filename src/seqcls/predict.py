@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from transformers import AutoConfig
 
-from . import artifacts, data, evaluate, logs, model, storage, train
+from . import artifacts, data, devices, evaluate, logs, model, storage
 from . import settings as hyperparameters
 from .errors import ModelError
 
@@ -68,15 +68,15 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
     labels = [config.id2label[i] for i in range(config.num_labels)]
     channel = data.read_channel(input_path, "input", settings, labelled=False)
     encoded, _ = data.tokenize(tokenizer, channel, np.zeros(len(channel.frame), dtype=np.int64), settings.max_length)
-    device = train.pick_device(settings)
-    precision = train.pick_precision(settings, device)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    predictions = evaluate.predict(classifier.to(device), encoded, pad_token_id, device, precision, settings.eval_batch_size)
+    device = devices.pick_device(settings)
+    compute = devices.Compute(device, devices.pick_precision(settings, device))
+    predictions = evaluate.predict(classifier.to(device), encoded, model.pad_token_id(tokenizer), settings.eval_batch_size,
+                                   compute)
 
     frame = channel.frame.copy()  # text, [text_pair]
     frame["predicted"] = [labels[i] for i in predictions.predicted]
-    for i, label in enumerate(labels):
-        frame[f"prob_{label}"] = predictions.probabilities[:, i].round(6)
+    for column, values in evaluate.probability_columns(predictions, labels).items():
+        frame[column] = values
     _write(output_path, frame)
     summary = Summary(len(frame), output_path, labels, round(time.perf_counter() - started, 2))
     logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",

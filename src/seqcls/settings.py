@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from . import storage
+from .uris import parse_uri
 from .errors import SettingsError
 
 DEFAULT_MODEL = "bert-base-uncased"
@@ -228,7 +228,7 @@ def validate(s: Settings) -> None:
            "must differ from text_column and label_column")
     _check(s.text_column != s.label_column, "label_column", s.label_column, "must differ from text_column")
     if s.output_uri:
-        storage.parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
+        parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
     _check(not s.s3_expected_bucket_owner or (s.s3_expected_bucket_owner.isdigit() and len(s.s3_expected_bucket_owner) == 12),
            "s3_expected_bucket_owner", s.s3_expected_bucket_owner, "must be a 12-digit AWS account id")
     _check(all(c.isalnum() or c in "-_." for c in s.run_id) and not s.run_id.startswith("."), "run_id", s.run_id,

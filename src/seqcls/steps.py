@@ -15,17 +15,27 @@ warm-up runs that capture needs are undone (weights, optimizer state, RNG) befor
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distributed import World
-from .evaluate import autocast
+from .devices import Compute, autocast
 from .settings import Settings
 
 WARM_UP_RUNS = 2  # per width: lazy initialisation (optimizer state, cuBLAS workspaces) must precede capture
+
+
+@dataclass
+class TrainingState:
+    """What a step changes and a checkpoint saves: the weights and everything that moves them."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a transformers LambdaLR schedule
+    scaler: torch.amp.GradScaler
 
 
 class Step(Protocol):
@@ -33,15 +43,15 @@ class Step(Protocol):
         """Train on one collated batch; return its mean loss times `share` as a device scalar."""
 
 
-def graphs_unavailable(settings: Settings, device: torch.device, precision: str, world: World) -> str | None:
+def graphs_unavailable(settings: Settings, compute: Compute) -> str | None:
     """Why this run trains eagerly, or None when whole-step CUDA graphs can be used."""
-    if device.type != "cuda":
-        return f"device is {device.type}"
+    if compute.device.type != "cuda":
+        return f"device is {compute.device.type}"
     if not settings.cuda_graphs:
         return "hyperparameter cuda_graphs=false"
-    if world.active:
-        return f"torch.distributed with {world.size} processes (DDP steps run eagerly)"
-    if precision == "fp16":
+    if compute.world.active:
+        return f"torch.distributed with {compute.world.size} processes (DDP steps run eagerly)"
+    if compute.precision == "fp16":
         return "precision fp16 needs dynamic loss scaling, which syncs with the host every step"
     return None
 
@@ -62,13 +72,13 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 class EagerStep:
     """The tutorial's step on a per-batch-padded batch: CPU, DDP, fp16 with loss scaling, any model."""
 
-    def __init__(self, forward: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler, scaler: torch.amp.GradScaler, settings: Settings, device: torch.device, precision: str) -> None:
-        self.forward, self.model, self.optimizer, self.scheduler, self.scaler = forward, model, optimizer, scheduler, scaler
-        self.device, self.precision, self.max_grad_norm = device, precision, settings.max_grad_norm
+    def __init__(self, forward: torch.nn.Module, state: TrainingState, settings: Settings, compute: Compute) -> None:
+        self.forward, self.model, self.optimizer = forward, state.model, state.optimizer
+        self.scheduler, self.scaler = state.scheduler, state.scaler
+        self.device, self.precision, self.max_grad_norm = compute.device, compute.precision, settings.max_grad_norm
         # The schedule's own value: after a failed capture or a graph-path checkpoint, the group holds
         # a float32 tensor, which would round the learning rate.
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
             group["lr"] = float(lr)
 
     def __call__(self, batch: dict[str, np.ndarray], share: float) -> torch.Tensor:
@@ -94,13 +104,14 @@ class GraphSteps:
     graphs hold the addresses of the weights, gradients, optimizer state and learning rate.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, settings: Settings,
-                 device: torch.device, precision: str, widths: list[int], capture: bool = True) -> None:
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.device, self.precision = device, precision
+    def __init__(self, state: TrainingState, settings: Settings, compute: Compute, widths: list[int],
+                 capture: bool = True) -> None:
+        self.model, self.optimizer, self.scheduler = state.model, state.optimizer, state.scheduler
+        device = compute.device
+        self.device, self.precision = device, compute.precision
         self.batch_size, self.max_grad_norm = settings.batch_size, settings.max_grad_norm
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        for group in optimizer.param_groups:  # the schedule fills this tensor; the graphs read it
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        for group in self.optimizer.param_groups:  # the schedule fills this tensor; the graphs read it
             group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
         for p in self.params:  # one set of gradients, zeroed inside every graph
             p.grad = torch.zeros_like(p)

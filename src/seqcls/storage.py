@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Sequence
 
 from .atomic import replacing
-from .errors import SeqclsError, SettingsError, StorageError
+from .uris import Target, parse_uri
+from . import logs
+from .errors import SeqclsError, StorageError
 
 MANIFEST = "manifest.json"
 LATEST = "latest.json"
@@ -36,24 +38,9 @@ S3_CONCURRENCY = 8
 S3_MAX_ATTEMPTS = 8  # total attempts per request, standard mode (capped exponential backoff); AWS_MAX_ATTEMPTS overrides
 GCS_CHUNK_BYTES = 16 * 1024 * 1024  # a multiple of 256 KiB; setting it makes every upload resumable
 BLOCK = 1024 * 1024
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _CREDENTIAL_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                      "InvalidToken", "AllAccessDisabled"}
 
-
-@dataclass(frozen=True)
-class Target:
-    """A parsed output location: scheme "s3", "gs" or "file"; for "file", `prefix` is the folder."""
-
-    scheme: str
-    bucket: str
-    prefix: str
-
-    def join(self, *names: str) -> str:
-        parts = [p for p in (self.prefix, *names) if p]
-        if self.scheme == "file":
-            return str(Path(*parts)) if parts else "."
-        return f"{self.scheme}://{self.bucket}/" + "/".join(parts)
 
 
 @dataclass(frozen=True)
@@ -81,27 +68,6 @@ class Published:
     bytes: int
     seconds: float
     checks: list[str]  # how the server's copies were verified ("sha256", "md5", "crc32c+md5", ...)
-
-
-def parse_uri(uri: str, what: str = "location") -> Target:
-    """s3://bucket[/prefix], gs://bucket[/prefix] or a path; any other scheme is a settings error."""
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?(.*)$", uri)
-    if match:
-        scheme = match.group(1).lower()
-        if scheme not in ("s3", "gs") or not match.group(2):
-            raise SettingsError(f"{what} {uri!r}: unsupported location; "
-                                "use s3://bucket/prefix, gs://bucket/prefix or a local/mounted path")
-        bucket, _, prefix = match.group(3).partition("/")
-        if not _BUCKET.match(bucket):
-            raise SettingsError(f"{what} {uri!r}: {bucket!r} is not a valid bucket name "
-                                "(3-222 lowercase letters, digits, '.', '-', '_')")
-        prefix = prefix.strip("/")
-        if any(part in (".", "..") for part in prefix.split("/")) or "//" in prefix:
-            raise SettingsError(f"{what} {uri!r}: the prefix must not hold empty, '.' or '..' parts")
-        return Target(scheme, bucket, prefix)
-    if not uri.strip():
-        raise SettingsError(f"{what} is empty")
-    return Target("file", "", uri)
 
 
 def _digest(path: Path) -> tuple[int, str, str]:
@@ -635,3 +601,23 @@ def fetch(uri: str, scratch: Path) -> Path:
         raise
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
         raise StorageError(f"cannot fetch {source}: {store.reason(err)}") from err
+
+
+def preflight_run(model_uri: str, output_uri: str, run_id: str, options: Options) -> None:
+    """Before training: the platform's model folder (Vertex AIP_MODEL_DIR) and output_uri can be written."""
+    if model_uri:
+        preflight_folder(model_uri, options)
+    if output_uri:
+        preflight(output_uri, run_id, options)
+
+
+def publish_run(model_uri: str, output_uri: str, run_id: str, folders: Sequence[Path], options: Options) -> None:
+    """After saving: the platform's model folder first (replaced, so a retry after a later failure redoes it
+    safely), then <output_uri>/<run_id>/; each logged as `artifacts_published`."""
+    done = ([replace(model_uri, run_id, folders, options)] if model_uri else []) + \
+           ([publish(output_uri, run_id, folders, options)] if output_uri else [])
+    for published in done:
+        logs.event("artifacts_published", f"published {published.files} files ({published.bytes} bytes) to "
+                                          f"{published.uri} in {published.seconds:.1f}s",
+                   uri=published.uri, files=published.files, bytes=published.bytes, seconds=published.seconds,
+                   checks=published.checks)

@@ -64,7 +64,7 @@ def test_distributed_multi_node_request(aws_offline: None) -> None:
                                    "--torch-distributed"]))
     assert request["ResourceConfig"]["InstanceCount"] == 2
     assert request["HyperParameters"] == {submit.TORCH_DISTRIBUTED_KEY: "true"}
-    # seqcls.platform drops sagemaker_* keys from hyperparameters.json, so the job's settings never see it.
+    # seqcls.runtime drops sagemaker_* keys from hyperparameters.json, so the job's settings never see it.
     assert submit.TORCH_DISTRIBUTED_KEY.startswith("sagemaker_")
 
 

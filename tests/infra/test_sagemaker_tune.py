@@ -16,7 +16,7 @@ from moto import mock_aws
 from infra.common import SubmitError
 from infra.sagemaker import submit, tune
 from seqcls import logs
-from seqcls.train import EpochStats
+from seqcls.evaluate import EpochStats
 
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/seqcls:0123abc"
 ROLE = "arn:aws:iam::123456789012:role/SeqclsTraining"
@@ -91,7 +91,7 @@ def test_each_trial_is_the_training_job_submit_would_send(aws_offline: None) -> 
 
 
 def test_objective_regex_reads_the_jobs_own_epoch_end_line(aws_offline: None, capsys: pytest.CaptureFixture[str]) -> None:
-    """The line comes from seqcls.logs with train.EpochStats' fields, as train.py logs `epoch_end`."""
+    """The line comes from seqcls.logs with evaluate.EpochStats' fields, as train.py logs `epoch_end`."""
     regex = re.compile(_objective_regex(_request(BASE)))
     logs.setup()
     capsys.readouterr()

@@ -12,7 +12,7 @@ from google.cloud.aiplatform_v1.types import CustomJob, JobState, Scheduling
 
 from infra.common import SubmitError
 from infra.vertex import submit
-from seqcls import platform as runtime
+from seqcls import runtime
 
 IMAGE = "us-central1-docker.pkg.dev/my-proj/seqcls/seqcls:0123abc"
 BASE = ["--project", "my-proj", "--region", "us-central1", "--image", IMAGE,
@@ -50,7 +50,7 @@ def test_dry_run_spec_parses_as_a_custom_job(capsys: pytest.CaptureFixture[str])
 
 
 def test_container_args_are_what_the_job_parses() -> None:
-    """The args go through seqcls.platform's own parser: channels as /gcs paths, values unchanged."""
+    """The args go through seqcls.runtime's own parser: channels as /gcs paths, values unchanged."""
     paths, hyperparameters = runtime.parse_cli(_job(FULL).container_args())
     assert paths == {"train": "/gcs/seqcls-data/cola/in_domain_train.tsv",
                      "test": "/gcs/seqcls-data/cola/out_of_domain_dev.tsv", "model": "/gcs/seqcls-data/models/minilm"}

@@ -14,7 +14,7 @@ from google.cloud.aiplatform_v1.types import HyperparameterTuningJob, JobState, 
 
 from infra.common import SubmitError
 from infra.vertex import tune
-from seqcls import platform as runtime
+from seqcls import runtime
 from seqcls import settings, tuning
 
 IMAGE = "us-central1-docker.pkg.dev/my-proj/seqcls/seqcls:0123abc"

@@ -192,26 +192,42 @@ def _git_commit(env: Mapping[str, str]) -> str:
         return ""
 
 
+def _platform_name(env: Mapping[str, str]) -> str:
+    if any(key in env for key in (AIP_MODEL_DIR, *AIP_DATA_URIS.values())):
+        return "vertex"
+    if OPT_ML_OVERRIDE in env or SM_JOB_NAME in env or Path(OPT_ML_DEFAULT, "input", "data").is_dir():
+        return "sagemaker"
+    return "local"
+
+
+def _root(name: str, output_dir: str, env: Mapping[str, str], timestamp: str) -> Path:
+    """The SageMaker-style tree this run writes into: --output_dir, SEQCLS_OPT_ML, /opt/ml, or runs/<time>."""
+    if output_dir or env.get(OPT_ML_OVERRIDE):
+        return Path(output_dir or env[OPT_ML_OVERRIDE]).absolute()
+    if name != "local" and Path(OPT_ML_DEFAULT).is_dir():
+        return Path(OPT_ML_DEFAULT)
+    return (Path("runs") / f"seqcls-{timestamp}").absolute()
+
+
+def process_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank): torchrun sets RANK, WORLD_SIZE and LOCAL_RANK for every process it starts."""
+    env = os.environ if env is None else env
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def exec_env(added: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment plus what a launch adds (torchrun inherits it)."""
+    return {**os.environ, **added}
+
+
 def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platform:
     """Work out the platform from the environment and the command line."""
     env = dict(os.environ if env is None else env)
     cli_paths, cli_hyperparameters = parse_cli(argv)
     timestamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
-    if any(key in env for key in (AIP_MODEL_DIR, *AIP_DATA_URIS.values())):
-        name = "vertex"
-    elif OPT_ML_OVERRIDE in env or SM_JOB_NAME in env or Path(OPT_ML_DEFAULT, "input", "data").is_dir():
-        name = "sagemaker"
-    else:
-        name = "local"
-
-    if cli_paths.get("output_dir") or env.get(OPT_ML_OVERRIDE):
-        root = Path(cli_paths.get("output_dir") or env[OPT_ML_OVERRIDE])
-    elif name != "local" and Path(OPT_ML_DEFAULT).is_dir():
-        root = Path(OPT_ML_DEFAULT)
-    else:
-        root = Path("runs") / f"seqcls-{timestamp}"
-    root = root.absolute()
+    name = _platform_name(env)
+    root = _root(name, cli_paths.get("output_dir", ""), env, timestamp)
 
     channels: dict[str, Path] = {}
     for channel in CHANNELS:

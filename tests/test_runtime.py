@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from seqcls import platform
+from seqcls import runtime
 from seqcls.errors import SettingsError
 
 
 def test_sagemaker_tree_relocated_with_seqcls_opt_ml(tmp_path):
     for channel in ("train", "test", "model"):
         (tmp_path / "input" / "data" / channel).mkdir(parents=True)
-    where = platform.detect([], {"SEQCLS_OPT_ML": str(tmp_path), "TRAINING_JOB_NAME": "job-123"})
+    where = runtime.detect([], {"SEQCLS_OPT_ML": str(tmp_path), "TRAINING_JOB_NAME": "job-123"})
     assert where.name == "sagemaker"
     assert where.run_id == "job-123"
     assert set(where.channels) == {"train", "test", "model"}
@@ -29,7 +29,7 @@ def test_vertex_variables_map_gcs_uris_to_the_fuse_mount(tmp_path, monkeypatch):
     (fuse / "bucket" / "data").mkdir(parents=True)
     (fuse / "bucket" / "data" / "train-0.jsonl").write_text("{}")
     (fuse / "bucket" / "data" / "train-1.jsonl").write_text("{}")
-    monkeypatch.setattr(platform, "GCS_FUSE_ROOT", str(fuse))
+    monkeypatch.setattr(runtime, "GCS_FUSE_ROOT", str(fuse))
     env = {
         "SEQCLS_OPT_ML": str(tmp_path / "ml"),
         "AIP_MODEL_DIR": "gs://bucket/out/model/",
@@ -38,7 +38,7 @@ def test_vertex_variables_map_gcs_uris_to_the_fuse_mount(tmp_path, monkeypatch):
         "AIP_TEST_DATA_URI": "gs://bucket/data/train-1.jsonl",
         "CLOUD_ML_JOB_ID": "987",
     }
-    where = platform.detect(["--epochs=2"], env)
+    where = runtime.detect(["--epochs=2"], env)
     assert where.name == "vertex"
     assert where.run_id == "987"
     assert where.channels["train"] == fuse / "bucket" / "data"
@@ -59,15 +59,15 @@ def test_vertex_executions_of_one_schedule_get_their_own_resume_state_and_tensor
     fuse = tmp_path / "gcs"
     (fuse / "bkt").mkdir(parents=True)
     env = VERTEX_ENV | {"SEQCLS_GCS_ROOT": str(fuse), "SEQCLS_OPT_ML": str(tmp_path / "ml")}
-    first = platform.detect([], env | {"CLOUD_ML_JOB_ID": "111"})
-    again = platform.detect([], env | {"CLOUD_ML_JOB_ID": "111"})  # a restart of the same job
-    second = platform.detect([], env | {"CLOUD_ML_JOB_ID": "222"})  # next week's run
+    first = runtime.detect([], env | {"CLOUD_ML_JOB_ID": "111"})
+    again = runtime.detect([], env | {"CLOUD_ML_JOB_ID": "111"})  # a restart of the same job
+    second = runtime.detect([], env | {"CLOUD_ML_JOB_ID": "222"})  # next week's run
     assert first.checkpoint_dir == again.checkpoint_dir == fuse / "bkt" / "sched" / "checkpoints" / "111"
     assert second.checkpoint_dir == fuse / "bkt" / "sched" / "checkpoints" / "222"
     assert first.tensorboard_dir == fuse / "bkt" / "sched" / "logs" / "111"
     assert first.model_uri == second.model_uri == f"{fuse}/bkt/sched/model/"
     assert first.tuning_metric_file == Path("/tmp/hypertune/output.metrics")  # cloudml-hypertune's default
-    trial = platform.detect([], env | {"CLOUD_ML_JOB_ID": "111", "CLOUD_ML_TRIAL_ID": "7",
+    trial = runtime.detect([], env | {"CLOUD_ML_JOB_ID": "111", "CLOUD_ML_TRIAL_ID": "7",
                                        "CLOUD_ML_HP_METRIC_FILE": str(tmp_path / "m")})
     assert (trial.trial_id, trial.tuning_metric_file) == ("7", tmp_path / "m")
 
@@ -75,29 +75,29 @@ def test_vertex_executions_of_one_schedule_get_their_own_resume_state_and_tensor
 def test_vertex_without_the_gcs_mount_keeps_state_local_and_publishes_with_the_client(tmp_path):
     env = VERTEX_ENV | {"SEQCLS_GCS_ROOT": str(tmp_path / "absent"), "SEQCLS_OPT_ML": str(tmp_path / "ml"),
                         "CLOUD_ML_JOB_ID": "111"}
-    where = platform.detect([], env)
+    where = runtime.detect([], env)
     assert where.model_uri == "gs://bkt/sched/model/"
     assert where.checkpoint_dir == tmp_path / "ml" / "checkpoints"
     assert where.tensorboard_dir == tmp_path / "ml" / "output" / "tensorboard"
 
 
 def test_tensorboard_goes_under_the_tree_on_sagemaker_and_locally(tmp_path):
-    sagemaker = platform.detect([], {"SEQCLS_OPT_ML": str(tmp_path), "TRAINING_JOB_NAME": "j"})
+    sagemaker = runtime.detect([], {"SEQCLS_OPT_ML": str(tmp_path), "TRAINING_JOB_NAME": "j"})
     assert sagemaker.tensorboard_dir == tmp_path / "output" / "tensorboard"  # SageMaker's TensorBoardOutputConfig default
     assert (sagemaker.model_uri, sagemaker.tuning_metric_file) == ("", None)
-    local = platform.detect(["--output_dir", str(tmp_path / "run")], {})
+    local = runtime.detect(["--output_dir", str(tmp_path / "run")], {})
     assert local.tensorboard_dir == tmp_path / "run" / "output" / "tensorboard"
 
 
 def test_gcs_to_fuse():
-    assert platform.gcs_to_fuse("gs://b/p/x.csv") == "/gcs/b/p/x.csv"
-    assert platform.gcs_to_fuse("/local/x.csv") == "/local/x.csv"
+    assert runtime.gcs_to_fuse("gs://b/p/x.csv") == "/gcs/b/p/x.csv"
+    assert runtime.gcs_to_fuse("/local/x.csv") == "/local/x.csv"
 
 
 def test_local_paths_from_the_command_line(tmp_path):
     data = tmp_path / "train.csv"
     data.write_text("sentence,label\n")
-    where = platform.detect(["--train", str(data), "--output-dir", str(tmp_path / "out"), "--epochs", "1"], {})
+    where = runtime.detect(["--train", str(data), "--output-dir", str(tmp_path / "out"), "--epochs", "1"], {})
     assert where.name == "local"
     assert where.channels == {"train": data}
     assert where.root == tmp_path / "out"
@@ -111,13 +111,13 @@ def test_local_paths_from_the_command_line(tmp_path):
 ])
 def test_bad_command_lines(argv, fragment):
     with pytest.raises(SettingsError, match=fragment):
-        platform.detect(argv, {})
+        runtime.detect(argv, {})
 
 
 def test_failure_file_without_a_tree_is_none_for_a_person(tmp_path, monkeypatch):
-    monkeypatch.setattr(platform, "OPT_ML_DEFAULT", str(tmp_path / "absent"))
-    assert platform.failure_file_for([], {}) is None
-    assert platform.failure_file_for(["--output_dir", str(tmp_path)], {}) == tmp_path / "output" / "failure"
+    monkeypatch.setattr(runtime, "OPT_ML_DEFAULT", str(tmp_path / "absent"))
+    assert runtime.failure_file_for([], {}) is None
+    assert runtime.failure_file_for(["--output_dir", str(tmp_path)], {}) == tmp_path / "output" / "failure"
 
 
 def test_tuning_trials_keep_their_checkpoints_apart(tmp_path):
@@ -127,6 +127,6 @@ def test_tuning_trials_keep_their_checkpoints_apart(tmp_path):
     config.mkdir(parents=True)
     env = {"SEQCLS_OPT_ML": str(tmp_path), "TRAINING_JOB_NAME": "hpo-001-3f2a"}
     (config / "hyperparameters.json").write_text(json.dumps({"epochs": "2", "_tuning_objective_metric": "validation:mcc"}))
-    assert platform.detect([], env).checkpoint_dir == tmp_path / "checkpoints" / "hpo-001-3f2a"
+    assert runtime.detect([], env).checkpoint_dir == tmp_path / "checkpoints" / "hpo-001-3f2a"
     (config / "hyperparameters.json").write_text(json.dumps({"epochs": "2"}))
-    assert platform.detect([], env).checkpoint_dir == tmp_path / "checkpoints"  # a plain job: SageMaker's own folder
+    assert runtime.detect([], env).checkpoint_dir == tmp_path / "checkpoints"  # a plain job: SageMaker's own folder

@@ -1,0 +1,53 @@
+"""Where artifacts go: s3://bucket/prefix, gs://bucket/prefix or a path, parsed once and checked early.
+
+Its own small module so that settings can check `output_uri` before any training without importing
+the storage clients.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SettingsError
+
+# Loose enough for both services' bucket names (GCS: up to 222 characters with dots, and '_'; S3: 3-63,
+# no '_'); the service itself refuses a name it does not allow, and infra/sagemaker checks S3's rule early.
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed output location: scheme "s3", "gs" or "file"; for "file", `prefix` is the folder."""
+
+    scheme: str
+    bucket: str
+    prefix: str
+
+    def join(self, *names: str) -> str:
+        parts = [p for p in (self.prefix, *names) if p]
+        if self.scheme == "file":
+            return str(Path(*parts)) if parts else "."
+        return f"{self.scheme}://{self.bucket}/" + "/".join(parts)
+
+
+def parse_uri(uri: str, what: str = "location") -> Target:
+    """s3://bucket[/prefix], gs://bucket[/prefix] or a path; any other scheme is a settings error."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?(.*)$", uri)
+    if match:
+        scheme = match.group(1).lower()
+        if scheme not in ("s3", "gs") or not match.group(2):
+            raise SettingsError(f"{what} {uri!r}: unsupported location; "
+                                "use s3://bucket/prefix, gs://bucket/prefix or a local/mounted path")
+        bucket, _, prefix = match.group(3).partition("/")
+        if not BUCKET.match(bucket):
+            raise SettingsError(f"{what} {uri!r}: {bucket!r} is not a valid bucket name "
+                                "(3-222 lowercase letters, digits, '.', '-', '_')")
+        prefix = prefix.strip("/")
+        if any(part in (".", "..") for part in prefix.split("/")) or "//" in prefix:
+            raise SettingsError(f"{what} {uri!r}: the prefix must not hold empty, '.' or '..' parts")
+        return Target(scheme, bucket, prefix)
+    if not uri.strip():
+        raise SettingsError(f"{what} is empty")
+    return Target("file", "", uri)

@@ -1,0 +1,82 @@
+"""The code's shape, as the team agreed it (docs/layout.md): short functions, few parameters, one module
+that reads the environment, and imports that only point down (no cycles)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "seqcls"
+MODULES = {path.stem: ast.parse(path.read_text(), str(path)) for path in sorted(SRC.glob("*.py"))}
+MAX_LINES, MAX_PARAMS, MAX_JOB_RUN_LINES = 60, 7, 70
+
+
+def functions():
+    for module, tree in MODULES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield module, node
+
+
+def params(node: ast.FunctionDef) -> int:
+    names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+    return len([n for n in names if n not in ("self", "cls")])
+
+
+def test_functions_are_short_and_take_few_parameters() -> None:
+    too_long = [f"{m}.{f.name}: {f.end_lineno - f.lineno + 1} lines" for m, f in functions()
+                if f.end_lineno - f.lineno + 1 > MAX_LINES and (m, f.name) != ("job", "run")]
+    too_many = [f"{m}.{f.name}: {params(f)} parameters" for m, f in functions() if params(f) > MAX_PARAMS]
+    assert not too_long and not too_many, too_long + too_many
+
+
+def test_job_run_reads_top_down_in_one_screen() -> None:
+    run = next(f for m, f in functions() if (m, f.name) == ("job", "run"))
+    assert run.end_lineno - run.lineno + 1 <= MAX_JOB_RUN_LINES
+
+
+def _reads_environment(tree: ast.Module) -> list[int]:
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+            and isinstance(node.value, ast.Name) and node.value.id == "os"]
+
+
+def test_only_the_runtime_module_reads_the_environment() -> None:
+    readers = {module: lines for module, tree in MODULES.items() if (lines := _reads_environment(tree))}
+    # logs sets one default for huggingface_hub (no progress bars on stdout) before transformers loads.
+    assert set(readers) <= {"runtime", "logs"} and len(readers.get("logs", [])) <= 1, readers
+
+
+def imports_of(tree: ast.Module) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found & set(MODULES)
+
+
+def test_imports_form_no_cycle() -> None:
+    graph = {module: imports_of(tree) for module, tree in MODULES.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join(path + (module,))}"
+        if module not in done:
+            for child in graph[module]:
+                visit(child, path + (module,))
+            done.add(module)
+
+    for module in graph:
+        visit(module, ())
+
+
+@pytest.mark.parametrize("module, must_not_import", [
+    ("steps", "evaluate"), ("predict", "train"), ("artifacts", "train"), ("settings", "storage"),
+])
+def test_helpers_live_where_their_users_can_reach_them(module: str, must_not_import: str) -> None:
+    assert must_not_import not in imports_of(MODULES[module])
