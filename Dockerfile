@@ -1,5 +1,5 @@
 # seqcls training image: `docker run IMAGE train` (SageMaker), container args `--name=value` (Vertex AI),
-# or `docker run --gpus all -v ...:/opt/ml/... IMAGE` on a workstation. See README.md, "Container image".
+# or `docker run --gpus all -v ...:/opt/ml/... IMAGE` on a workstation. See docs/container.md.
 #
 # BASE_IMAGE must be glibc Linux. The default ships Python with torch 2.13.0 (CUDA 13.0), which the
 # virtualenv below sees (--system-site-packages) so pip skips the pinned torch; any other base (an
@@ -48,7 +48,7 @@ COPY entrypoint/train /usr/local/bin/train
 # The job runs as root, as AWS's own training images and Vertex AI's prebuilt containers do: SageMaker
 # (and its SDK's local mode) mounts /opt/ml/{model,output,checkpoints} root-owned with mode 0755, and
 # Vertex presents /gcs through Cloud Storage FUSE, where chmod/chown are ignored. An unprivileged user
-# cannot write either (README: "What the container needs"). `docker run --user UID:GID` still works
+# cannot write either (docs/container.md: "What the container needs"). `docker run --user UID:GID` still works
 # where the mounted folders are writable by that user; the job checks this before any data work.
 RUN mkdir -p /opt/ml/input/config /opt/ml/input/data /opt/ml/model /opt/ml/output/data /opt/ml/checkpoints \
     && chmod -R a+rwX /opt/ml

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 COLA_DIR ?= ../shared/data/cola
 EPOCHS ?= 3
-# MiniLM (6 layers, hidden 384) learns CoLA far better at 1e-4 with 10% warm-up than at the recipe's 2e-5 (README: Measured).
+# MiniLM (6 layers, hidden 384) learns CoLA far better at 1e-4 with 10% warm-up than at the recipe's 2e-5 (docs/measured.md).
 LEARNING_RATE ?= 1e-4
 WARMUP_RATIO ?= 0.1
 RUN_DIR ?= runs/cola-minilm-$(shell date -u +%Y%m%d-%H%M%S)
@@ -40,7 +40,7 @@ lint:
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
-# --- Container image (README: "Container image") ---
+# --- Container image (docs/container.md) ---
 # docker.io's client does BuildKit (needed for the optional CA secret) without the buildx plugin.
 DOCKER ?= $(if $(wildcard /usr/bin/docker),/usr/bin/docker,docker)
 IMAGE ?= seqcls:latest
@@ -85,7 +85,7 @@ $(AUDIT_BIN)/pip-audit:
 audit: $(AUDIT_BIN)/pip-audit
 	$(AUDIT_BIN)/pip-audit --strict --no-deps --disable-pip --progress-spinner off -r container/requirements.txt
 
-# --- infra: image push, local GPU run, schedule examples (README "Submitting jobs (infra)") ---
+# --- infra: image push, local GPU run, schedule examples (infra/README.md) ---
 RUN_IMAGE ?= seqcls:latest
 EXAMPLE_SAGEMAKER := --image 123456789012.dkr.ecr.eu-west-1.amazonaws.com/seqcls:0123456789ab \
   --role arn:aws:iam::123456789012:role/SeqclsTraining --region eu-west-1 \
@@ -121,7 +121,7 @@ docs: $(BIN)/python
 	$(BIN)/python -c 'import pathlib, seqcls.settings as s; p = pathlib.Path("docs/hyperparameters.md"); \
 	  text = p.read_text(); p.write_text(text[:text.index("| name |")] + s.markdown_table())'
 
-# --- GPU check (README "GPU check"): prepare on a CPU machine, run on a GPU box from a copy of the tree ---
+# --- GPU check (docs/gpu.md, "GPU check"): prepare on a CPU machine, run on a GPU box from a copy of the tree ---
 # gpu-bundle needs the venv and CoLA; gpu-check needs neither: on a GPU box the machine's own python3 runs it.
 GPU_BUNDLE ?= build/gpu-bundle
 DEVICE ?= auto

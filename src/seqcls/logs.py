@@ -1,7 +1,7 @@
 """JSON structured logging: stdout carries one JSON object per line and nothing else.
 
 Cloud Logging reads `severity`, CloudWatch and SageMaker metric regexes read the event fields, so
-`event` names and field names are part of the contract (see README).
+`event` names and field names are part of the contract (see docs/contract.md, "Logs").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training: AdamW + linear schedule, the explicit loop, per-epoch validation, early stop on SIGTERM.
+"""Training: AdamW + linear schedule, the explicit loop, per-epoch validation, and a clean stop on SIGTERM.
 
 The loop is written out (no Trainer) so that resume can be exact and, on one GPU, each step can be
 replayed whole as a CUDA graph (steps.py). It syncs with the host only when it logs or checkpoints.
