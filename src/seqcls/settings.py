@@ -96,8 +96,8 @@ class Settings:
     run_id: str = _setting("", "Name of the published run folder; empty: the platform's job name or a timestamp",
                            math=False)
     publish_latest: bool = _setting(True, "After the manifest, point <output_uri>/latest.json at this run", math=False)
-    s3_sse_kms_id: str = _setting("", "KMS key id or ARN for SSE-KMS on S3 uploads; empty: the bucket's default "
-                                      "encryption (masked in logs)", math=False, secret=True)
+    s3_sse_kms_id: str = _setting("", "KMS key id or ARN for SSE-KMS on S3 uploads (an identifier, logged); empty: "
+                                      "the bucket's default encryption", math=False)
     s3_expected_bucket_owner: str = _setting("", "12-digit AWS account that must own the bucket; empty: not checked",
                                              math=False)
     checkpoint_every_steps: int = _setting(0, "Checkpoint every N optimizer steps (0: only at epoch ends)",
