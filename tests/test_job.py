@@ -9,7 +9,6 @@ import pytest
 from safetensors.torch import load_file
 
 from jobtools import json_lines, make_tree, run_cli
-from seqcls import cli
 
 pytestmark = pytest.mark.slow
 
@@ -125,37 +124,3 @@ def test_a_reload_that_predicts_differently_fails_the_job(tmp_path, minilm_path)
         model.classifier.bias.copy_(torch.tensor([100.0, -100.0]))  # the trained one now says 0
     with pytest.raises(SeqclsError, match="reload check failed"):
         artifacts.reload_check(model, tokenizer, folder, channel)
-
-
-@pytest.mark.parametrize("hyperparameters, files, fragment", [
-    ({"batch_size": "0"}, {}, "hyperparameter batch_size=0 is out of range"),
-    ({"learning_rat": "1e-5"}, {}, "unknown hyperparameter 'learning_rat'; did you mean learning_rate?"),
-    ({"max_length": "1024"}, {}, "max_length=1024 is out of range: model"),
-    ({}, {"train/train.tsv": None}, "no train channel"),
-    ({"label_column": "verdict", "text_column": "review"}, {"train/train.csv": "review,label\nok,1\n"}, "missing column(s) 'verdict'"),
-    ({}, {"train/train.csv": "sentence,label\n"}, "has a header but no rows"),
-    ({}, {"train/train.csv": "sentence,label\na,1\nb,1\nc,1\n"}, "single label '1'"),
-    ({}, {"test/test.tsv": "x\t7\t\tan unseen label.\n"}, "label(s) '7' not seen in training"),
-    ({}, {"train/train.tsv": "x\t1\t\tok.\nx\t0\t\tragged\textra\n"}, "could not be parsed"),
-    ({}, {"train/train.csv": b"sentence,label\n\xff\xfe bad,1\n"}, "is not valid UTF-8"),
-])
-def test_bad_inputs_write_a_one_line_failure_reason(tmp_path, cola_dir, minilm_path, capsys, monkeypatch,
-                                                     hyperparameters, files, fragment):
-    root = make_tree(tmp_path / "ml", cola_dir, hyperparameters, train_rows=40, test_rows=10, model=minilm_path)
-    for name, content in files.items():
-        target = root / "input" / "data" / name
-        for old in target.parent.glob("*"):
-            old.unlink()
-        if content is None:
-            target.parent.rmdir()
-        else:
-            target.write_bytes(content if isinstance(content, bytes) else content.encode())
-    monkeypatch.setenv("SEQCLS_OPT_ML", str(root))
-    assert cli.main(["train"]) == 2
-    reason = (root / "output" / "failure").read_text()
-    assert fragment in reason, reason
-    assert reason.count("\n") == 1 and len(reason) <= 1025 and "Traceback" not in reason
-    records = json_lines(capsys.readouterr().out)
-    assert records[-1]["event"] == "job_failed" and records[-1]["level"] == "ERROR"
-    assert not any(r["event"] == "train_progress" for r in records)
-    assert not (root / "model").exists() or not any((root / "model").iterdir())
