@@ -18,9 +18,10 @@ from typing import TextIO
 
 import pytest
 
+from jobtools import COLA_DIR
+
 IMAGE = os.environ.get("SEQCLS_IMAGE", "")
 DOCKER = os.environ.get("DOCKER", "docker")
-COLA_DIR = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cola"))
 TRAIN_ROWS, TEST_ROWS = 320, 120
 RUN_TIMEOUT_S = 600
 STOP_GRACE_S = 30  # SageMaker allows 120 s; the job must end well inside that

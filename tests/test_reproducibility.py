@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from jobtools import COLA_DIR
+
 from _badinput import cola_rows, minilm_folder, run_subprocess, write_tree
 
-COLA_DIR = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"))
 
 
 def sha256(path: Path) -> str:
