@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jobtools import COLA_DIR
-
 from _badinput import cola_rows, minilm_folder, run_subprocess, write_tree
-
+from jobtools import COLA_DIR
 
 
 def sha256(path: Path) -> str:
