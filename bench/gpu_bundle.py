@@ -17,7 +17,6 @@ MANIFEST.json lists every file with its sha256 and size; gpu_check.py verifies i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -27,19 +26,13 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from seqcls.data import file_sha256
+
 LIMIT_BYTES = 50 * 1024 * 1024
 MODEL_DIR = "all-MiniLM-L6-v2-fp16"
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 COLA_FILES = ("in_domain_train.tsv", "out_of_domain_dev.tsv", "SOURCE.md")
 WHEEL = "python-json-logger"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def half_model(source: Path, target: Path) -> float:
@@ -106,7 +99,7 @@ def main() -> None:
         version = download_wheel(staging / "wheels")
         for path in [staging, *staging.rglob("*")]:  # mkdtemp and safetensors create owner-only modes
             path.chmod(0o755 if path.is_dir() else 0o644)
-        files = {str(p.relative_to(staging)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+        files = {str(p.relative_to(staging)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
                  for p in sorted(staging.rglob("*")) if p.is_file()}
         total = sum(f["bytes"] for f in files.values())
         if total > LIMIT_BYTES:
