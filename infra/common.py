@@ -57,10 +57,11 @@ def job_hyperparameters(raw: Mapping[str, str]) -> dict[str, str]:
 def check_environment(env: Mapping[str, str]) -> dict[str, str]:
     """SEQCLS_<NAME> variables are hyperparameters to the job: check those names too."""
     for key in env:
-        if key.startswith(runtime.ENV_PREFIX) and key not in runtime.ENV_NOT_HYPERPARAMETERS:
-            name = key[len(runtime.ENV_PREFIX):].lower()
-            if name not in settings.FIELDS:
-                raise SubmitError(f"--env {key}: {settings.unknown_name(name)}")
+        try:
+            name = runtime.hyperparameter_name(key)
+        except SettingsError as err:
+            raise SubmitError(f"--env {key}: {err}") from None
+        if name:
             job_hyperparameters({name: env[key]})
     return dict(env)
 

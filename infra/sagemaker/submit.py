@@ -44,6 +44,7 @@ from infra.common import (
 )
 from infra.sagemaker.metrics import metric_definitions
 from seqcls.runtime import CHANNELS
+from seqcls.uris import is_bucket_uri
 
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # the job's <root>/checkpoints (seqcls.runtime)
 # SDK v2's `distribution={"torch_distributed": {"enabled": True}}` sent this hyperparameter; we send it
@@ -52,7 +53,6 @@ CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"  # the job's <root>/checkpoints (s
 TORCH_DISTRIBUTED_KEY = "sagemaker_torch_distributed_enabled"
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600  # SageMaker's ceiling for MaxRuntimeInSeconds
 ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
-S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_s3(option: str, uri: str | None) -> None:
-    if uri is not None and not S3_URI.match(uri):
+    if uri is not None and not is_bucket_uri(uri, "s3"):
         raise SubmitError(f"{option} {uri!r}: expected an s3://bucket/prefix URI")
 
 

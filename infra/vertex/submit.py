@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from infra.common import (
     run_cli,
 )
 from seqcls.runtime import CHANNELS, gcs_to_fuse
+from seqcls.uris import is_bucket_uri
 
-GCS_URI = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/.*)?$")
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ def job_from_args(args: argparse.Namespace) -> VertexJob:
     if "train" not in channels:
         raise SubmitError("--train is required: the job has no training data otherwise")
     for option, uri in [*((f"--{c}", u) for c, u in channels.items()), ("--base-output-dir", args.base_output_dir)]:
-        if not GCS_URI.match(uri):
+        if not is_bucket_uri(uri, "gs"):
             raise SubmitError(f"{option} {uri!r}: expected a gs://bucket/path URI (the job reads it through /gcs)")
     if args.replica_count < 1:
         raise SubmitError("--replica-count must be at least 1")

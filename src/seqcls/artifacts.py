@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from . import logs
-from .atomic import current_umask, replacing
+from .atomic import current_umask, replacing, visible_files
 from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
 from .evaluate import EpochStats, Predictions, probability_columns
@@ -86,7 +86,7 @@ def model_source_files(source: str) -> list[dict[str, object]]:
     if not folder.is_dir():
         return []
     found = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+    for path in visible_files(folder, recursive=False):
         found.append({"name": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size})
     return found
 

@@ -1,4 +1,5 @@
-"""Atomic file replacement: a file appears complete under its name, or not at all."""
+"""Files, safely: atomic replacement (a file appears complete or not at all), writable-folder checks, and
+which files in a folder count (hidden ones, such as staging folders and temp files, never do)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,11 @@ def check_writable(folders: Iterable[Path]) -> None:
             raise SetupError(f"cannot write to {folder} (running as uid {os.getuid()}, gid {os.getgid()}): "
                              f"{err.strerror or err}. The job writes its model, outputs and checkpoints there: run "
                              "the container as a user that can write it (the image's default user, root, can)") from None
+
+
+def visible_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """The folder's files in name order, leaving out any whose path inside it has a hidden part: staging
+    folders, temp files of atomic writes, .cache folders."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))

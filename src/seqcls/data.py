@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import logs
+from .atomic import visible_files
 from .errors import DataError
 from .settings import Settings
 
@@ -58,7 +59,7 @@ def channel_files(path: Path, channel: str) -> list[Path]:
             raise DataError(f"{channel} file {path} has unsupported type {path.suffix or '(none)'}; "
                             f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = visible_files(path)
     supported = [p for p in files if p.suffix.lower() in SUPPORTED_SUFFIXES]
     if not supported:
         listing = ", ".join(p.name for p in files[:5]) or "no files"

@@ -140,16 +140,19 @@ def parse_cli(argv: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
     return paths, hyperparameters
 
 
+def hyperparameter_name(key: str) -> str | None:
+    """The hyperparameter an environment variable sets (SEQCLS_LEARNING_RATE -> learning_rate), None for
+    other variables; an unknown name is an error. The one mapping, for the job and for infra's submitters."""
+    if not key.startswith(ENV_PREFIX) or key in ENV_NOT_HYPERPARAMETERS:
+        return None
+    name = key[len(ENV_PREFIX):].lower()
+    if name not in FIELDS:
+        raise unknown_name(name)
+    return name
+
+
 def _env_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
-    values = {}
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_HYPERPARAMETERS:
-            continue
-        name = key[len(ENV_PREFIX):].lower()
-        if name not in FIELDS:
-            raise unknown_name(name)
-        values[name] = value
-    return values
+    return {name: value for key, value in env.items() if (name := hyperparameter_name(key))}
 
 
 def _read_hyperparameters_file(path: Path) -> tuple[dict[str, Any], list[str]]:

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Sequence
 
-from .atomic import replacing
+from .atomic import replacing, visible_files
 from .uris import Target, parse_uri
 from . import logs
 from .errors import SeqclsError, StorageError
@@ -107,11 +107,8 @@ def collect(folders: Sequence[Path]) -> list[FileEntry]:
     for folder in folders:
         if not folder.is_dir():
             continue
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if not path.is_file() or any(part.startswith(".") for part in rel.parts):
-                continue  # staging folders and temp files of atomic writes
-            name = rel.as_posix()
+        for path in visible_files(folder):  # not staging folders or temp files of atomic writes
+            name = path.relative_to(folder).as_posix()
             if name in (MANIFEST, LATEST) or name in entries:
                 other = entries[name].path if name in entries else "the publisher's own file"
                 raise StorageError(f"cannot publish {path}: its name {name!r} collides with {other} "

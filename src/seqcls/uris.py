@@ -12,9 +12,12 @@ from pathlib import Path
 
 from .errors import SettingsError
 
-# Loose enough for both services' bucket names (GCS: up to 222 characters with dots, and '_'; S3: 3-63,
-# no '_'); the service itself refuses a name it does not allow, and infra/sagemaker checks S3's rule early.
-BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+# Bucket names as the services define them: S3 3-63 characters of lowercase letters, digits, '.' and
+# '-'; GCS 3-63, or up to 222 with dots, and '_' allowed too. The job and infra/'s submitters share these.
+BUCKET_RULES = {
+    "s3": re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+    "gs": re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,10 @@ def parse_uri(uri: str, what: str = "location") -> Target:
             raise SettingsError(f"{what} {uri!r}: unsupported location; "
                                 "use s3://bucket/prefix, gs://bucket/prefix or a local/mounted path")
         bucket, _, prefix = match.group(3).partition("/")
-        if not BUCKET.match(bucket):
-            raise SettingsError(f"{what} {uri!r}: {bucket!r} is not a valid bucket name "
-                                "(3-222 lowercase letters, digits, '.', '-', '_')")
+        if not BUCKET_RULES[scheme].match(bucket):
+            allowed = "3-63 lowercase letters, digits, '.', '-'" if scheme == "s3" else \
+                "3-222 lowercase letters, digits, '.', '-', '_'"
+            raise SettingsError(f"{what} {uri!r}: {bucket!r} is not a valid {scheme}:// bucket name ({allowed})")
         prefix = prefix.strip("/")
         if any(part in (".", "..") for part in prefix.split("/")) or "//" in prefix:
             raise SettingsError(f"{what} {uri!r}: the prefix must not hold empty, '.' or '..' parts")
@@ -51,3 +55,11 @@ def parse_uri(uri: str, what: str = "location") -> Target:
     if not uri.strip():
         raise SettingsError(f"{what} is empty")
     return Target("file", "", uri)
+
+
+def is_bucket_uri(uri: str, scheme: str) -> bool:
+    """True for `<scheme>://<valid bucket>[/prefix]` (submitters check their channels with it)."""
+    try:
+        return parse_uri(uri).scheme == scheme
+    except SettingsError:
+        return False
