@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from _badinput import (artifact_files, assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_inprocess, run_subprocess,
+from jobtools import (artifact_files, assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_inprocess, run_subprocess,
                        read_only_prefix, tmpfs_prefix, write_tree)
 
 TRAIN = "data/train/train.csv"

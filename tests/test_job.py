@@ -108,7 +108,7 @@ def test_a_reload_that_predicts_differently_fails_the_job(tmp_path, minilm_path)
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from _badinput import build_tiny_model
+    from jobtools import build_tiny_model
     from seqcls import artifacts, data
     from seqcls.errors import SeqclsError
 

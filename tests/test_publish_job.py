@@ -12,13 +12,11 @@ import csv
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from jobtools import cola_lines
+from jobtools import FOREIGN_ENV_PREFIXES, cola_lines, json_lines, run_cli
 from storage_servers import s3_with_bucket
 
 ACCESS_KEY = "seqcls-job"
@@ -27,25 +25,21 @@ BUCKET = "seqcls-models"
 
 
 def run_seqcls(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, list[dict], str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SEQCLS_"))}
-    full_env.update(env)
-    proc = subprocess.run([sys.executable, "-m", "seqcls", *args], env=full_env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
-    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    return proc.returncode, events, proc.stderr
+    done = run_cli(args, env, timeout=300, cwd=cwd)
+    return done.returncode, json_lines(done.stdout), done.stderr
 
 
 def run_in_process(args: list[str], env: dict[str, str], monkeypatch, capsys) -> tuple[int, list[dict], str]:
     from seqcls import cli
 
-    for key in [k for k in os.environ if k.startswith(("AWS_", "SEQCLS_"))]:
+    for key in [k for k in os.environ if k.startswith(FOREIGN_ENV_PREFIXES)]:
         monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     capsys.readouterr()
     code = cli.main(args)
     out, err = capsys.readouterr()
-    return code, [json.loads(line) for line in out.splitlines() if line.strip()], err
+    return code, json_lines(out), err
 
 
 def events_named(events: list[dict], name: str) -> list[dict]:

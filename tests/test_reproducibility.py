@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from _badinput import cola_rows, minilm_folder, run_subprocess, write_tree
+from jobtools import cola_rows, minilm_folder, run_subprocess, write_tree
 from jobtools import COLA_DIR
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobtools import json_lines, make_tree, run_cli
+from jobtools import clean_env, json_lines, make_tree, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +33,7 @@ def env_for(root: Path) -> dict[str, str]:
 
 def interrupt(root: Path, when, sig: int = signal.SIGTERM) -> tuple[int, list[dict]]:
     """Run the job and send `sig` once an event satisfies `when`; returns the exit code and the events."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEQCLS_")} | env_for(root)
+    env = clean_env(env_for(root))
     child = subprocess.Popen([sys.executable, "-m", "seqcls", "train"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
     events, sent = [], False

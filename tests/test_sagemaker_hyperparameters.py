@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from _badinput import build_tiny_model, good_csv, minilm_folder, run_subprocess, write_tree
+from jobtools import build_tiny_model, good_csv, minilm_folder, run_subprocess, write_tree
 from seqcls import runtime, settings
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _badinput import (assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_inprocess, run_subprocess,
+from jobtools import (assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_inprocess, run_subprocess,
                        write_tree)
 
 REPO = Path(__file__).resolve().parents[1]

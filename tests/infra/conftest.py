@@ -4,12 +4,11 @@ AWS settings that reach nothing."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from jobtools import run_cli
 
 
 @pytest.fixture(scope="session")
@@ -19,13 +18,10 @@ def job_log_lines(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path, mini
     # A short test file keeps the run quick; the test_metrics event is what matters here.
     test_rows = (cola_dir / "out_of_domain_dev.tsv").read_text(encoding="utf-8").splitlines()[:64]
     (work / "test.tsv").write_text("\n".join(test_rows) + "\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEQCLS_", "AIP_", "TRAINING_JOB"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "seqcls", "train",
-         "--train", str(cola_dir / "in_domain_train.tsv"), "--test", str(work / "test.tsv"),
+    done = run_cli(
+        ["train", "--train", str(cola_dir / "in_domain_train.tsv"), "--test", str(work / "test.tsv"),
          "--model_name_or_path", str(minilm_path), "--output_dir", str(work / "opt_ml"),
-         "--epochs", "2", "--select_best", "mcc", "--max_train_samples", "200", "--log_every_steps", "2", "--device", "cpu"],
-        capture_output=True, text=True, env=env, timeout=600, check=False)
+         "--epochs", "2", "--select_best", "mcc", "--max_train_samples", "200", "--log_every_steps", "2", "--device", "cpu"])
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert all(isinstance(json.loads(line), dict) for line in lines)  # stdout is JSON lines only
