@@ -160,7 +160,9 @@ def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, col
     assert all(r["rank"] == 0 for r in records if r["level"] == "INFO")
     assert [r["event"] for r in records].count("artifacts_saved") == 1
     assert [r["event"] for r in records].count("job_end") == 1
-    assert len(list((root / "checkpoints").glob("ckpt-*.pt"))) == 1
+    saved = [r for r in records if r["event"] == "checkpoint_saved"]
+    assert [r["rank"] for r in saved] == [0]  # one checkpoint, written once, by rank 0...
+    assert not list((root / "checkpoints").glob("ckpt-*.pt"))  # ...and removed once the run succeeded
 
     metrics = json.loads((root / "model" / "metrics.json").read_text())
     model = AutoModelForSequenceClassification.from_pretrained(root / "model")
