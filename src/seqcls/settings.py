@@ -81,9 +81,12 @@ class Settings:
     seed: int = _setting(42, "Seeds the split, the data order, dropout and the head init", bounds=Bounds(0, 2**32 - 1))
     validation_split: float = _setting(0.1, "Share of train held out when no validation channel is given",
                                        bounds=FRACTION_OPEN)
-    text_column: str = _setting("sentence", "Column with the text")
-    text_pair_column: str = _setting("", "Optional second text column for sentence pairs")
-    label_column: str = _setting("label", "Column with the label (strings or integers)")
+    text_column: str = _setting("sentence", "Column with the text; left unset, chosen from each header: text or sentence, "
+                                            "else the one column left")
+    text_pair_column: str = _setting("", "Optional second text column for sentence pairs; left unset with text_column, "
+                                         "sentence1 + sentence2 in a header are a pair")
+    label_column: str = _setting("label", "Column with the label (strings or integers); left unset, chosen from each "
+                                          "header: label, else labels or target")
     precision: str = _setting("auto", "auto: bf16 where the GPU or CPU computes it natively, else fp32; fp16 needs a GPU",
                               choices=("auto", "fp32", "bf16", "fp16"))
     device: str = _setting("auto", "auto: the GPU when one is usable; cuda fails clearly when none is",
@@ -239,6 +242,11 @@ def validate(s: Settings) -> None:
 class Resolved:
     settings: Settings
     sources: dict[str, str]  # hyperparameter name -> the source its value came from
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """The settings a user gave (any source but the defaults): data leaves the others to the files' headers."""
+        return frozenset(name for name, source in self.sources.items() if source != "default")
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Values with their sources, secrets masked: what the logs and the manifest record."""
