@@ -127,6 +127,8 @@ CASES = [
     Case("output_uri_s3_bucket_with_underscore", {**GOOD}, ["'my_bucket' is not a valid s3:// bucket name"],
          args=["--output_uri", "s3://my_bucket/runs"]),
     Case("output_uri_no_bucket", {**GOOD}, ["output_uri 's3://'", "not a valid s3:// bucket name"], args=["--output_uri", "s3://"]),
+    Case("base_model_is_a_path", {**GOOD}, ["base_model='/opt/ml/input/data/model'", "Hub id"],
+         args=["--base_model", "/opt/ml/input/data/model"]),
     Case("run_id_escapes_folder", {**GOOD}, ["run_id='../other'"], args=["--run_id", "../other"]),
     Case("single_row", {TRAIN: "sentence,label\na b,0\n"}, ["single label"]),
     Case("too_few_rows_to_hold_out", {TRAIN: "sentence,label\na b,0\nc d,1\n"}, ["train channel has 2 row(s)", "validation_split=0.9"],

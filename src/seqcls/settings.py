@@ -67,6 +67,8 @@ class Settings:
     """Resolved hyperparameters; one snapshot logged first and stored in the run manifest."""
 
     model_name_or_path: str = _setting(DEFAULT_MODEL, "Hub id or local folder; the `model` channel wins when present")
+    base_model: str = _setting("", "Hub id of the pretrained model, for the model card's base_model when training from a "
+                                   "folder (the model channel); empty: model_name_or_path when that is a Hub id", math=False)
     max_length: int = _setting(64, "Truncate tokenized inputs to this many tokens (at most the model's limit)",
                                bounds=Bounds(2, 8192))
     batch_size: int = _setting(32, "Training samples per optimizer step", bounds=Bounds(1, 65536))
@@ -216,6 +218,17 @@ def _check(condition: bool, name: str, value: Any, expectation: str) -> None:
         raise SettingsError(f"hyperparameter {name}={value!r} is out of range: {expectation}")
 
 
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def validate(s: Settings) -> None:
     """Every field's declared range or choices, then the checks that span fields; the model's own
     max length is checked in model, once its config is read."""
@@ -230,6 +243,7 @@ def validate(s: Settings) -> None:
     _check(s.text_pair_column not in (s.text_column, s.label_column), "text_pair_column", s.text_pair_column,
            "must differ from text_column and label_column")
     _check(s.text_column != s.label_column, "label_column", s.label_column, "must differ from text_column")
+    _check(not s.base_model or _is_repo_id(s.base_model), "base_model", s.base_model, "must be a Hub id such as org/name")
     if s.output_uri:
         parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
     _check(not s.s3_expected_bucket_owner or (s.s3_expected_bucket_owner.isdigit() and len(s.s3_expected_bucket_owner) == 12),
