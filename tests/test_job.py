@@ -61,7 +61,8 @@ def test_events_carry_the_tutorial_numbers(finished_run):
 def test_every_artifact_is_written(finished_run):
     root, _ = finished_run
     model_dir, out = root / "model", root / "output" / "data"
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.json", "run_manifest.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "metrics.json", "run_manifest.json",
+                 "README.md"):
         assert (model_dir / name).is_file(), name
     assert not any(p.name.endswith(".bin") for p in model_dir.iterdir())
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".")], "staging left behind"

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from jobtools import FOREIGN_ENV_PREFIXES, cola_lines, json_lines, run_cli
 from storage_servers import s3_with_bucket
@@ -85,7 +86,7 @@ def test_job_publishes_every_artifact_with_a_manifest_matching_the_bytes(s3, job
     local = {p.name: p.read_bytes() for d in (root / "run" / "model", root / "run" / "output" / "data")
              for p in d.iterdir() if p.is_file()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json", "run_manifest.json",
-            "training_stats.csv", "test_predictions.csv", "loss_curve.png"} <= set(local)
+            "training_stats.csv", "test_predictions.csv", "loss_curve.png", "README.md"} <= set(local)
     assert published[0]["files"] == len(local) and published[0]["bytes"] == sum(map(len, local.values()))
 
     client = s3.client()
@@ -96,6 +97,8 @@ def test_job_publishes_every_artifact_with_a_manifest_matching_the_bytes(s3, job
     assert {f["name"]: (f["size"], f["sha256"]) for f in manifest["files"]} == \
         {name: (len(data), hashlib.sha256(data).hexdigest()) for name, data in local.items()}
     assert json.loads(local["run_manifest.json"])["run_id"] == "job-1"
+    card = ModelCard(downloaded["README.md"].decode())  # the published card parses as Hub metadata
+    assert card.data.to_dict()["model-index"][0]["name"] == "job-1"
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 import torch
 
 from jobtools import clean_env, json_lines, make_tree, run_cli
@@ -83,6 +84,9 @@ def assert_partial_model(root: Path, events: list[dict]) -> None:
         assert metrics["best_epoch"] == 0 and partial["weights"] == f"step {partial['stopped_at_step']}, mid-epoch"
     classify = pipeline("text-classification", model=str(root / "model"), device="cpu")
     assert classify("The book was written by John.")[0]["label"] in metrics["labels"]
+    card = ModelCard.load(root / "model" / "README.md")  # the card published with it says it is partial
+    assert "**Partial model.**" in card.text and partial["weights"] in card.text
+    assert "partial" in card.data.tags and not card.data.eval_results
 
 
 def fresh(template: Path, tmp_path: Path) -> Path:

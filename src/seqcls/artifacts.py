@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from . import logs
+from . import card, logs
 from .atomic import current_umask, replacing, visible_files
 from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
@@ -216,10 +216,12 @@ def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir
             plot_confusion_matrix(out / "confusion_matrix.png", record.metrics["test"]["confusion_matrix"],
                                   record.label_map.labels)
         write_json(staged_model / "run_manifest.json", record.manifest)
+        write_atomic(staged_model / "README.md", str(card.render(record.manifest, record.metrics,
+                                                                 [asdict(s) for s in record.stats])).encode())
         checked = reload_check(model, tokenizer, staged_model, record.check_rows)
     logs.event("artifacts_saved", f"model saved to {model_dir} (reload check passed on {checked} rows)",
                model_dir=str(model_dir), output_data_dir=str(output_data_dir),
-               files=saved + ["metrics.json", "run_manifest.json"], reload_check_rows=checked)
+               files=saved + ["metrics.json", "run_manifest.json", "README.md"], reload_check_rows=checked)
     return saved
 
 

@@ -7,7 +7,9 @@ per row), so a million-row file stays in bounded memory.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -24,9 +26,111 @@ SUPPORTED_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
 COLA_TEXT, COLA_LABEL = "sentence", "label"
 TEXT, PAIR, LABEL = "text", "text_pair", "label"
+# Names a column is taken for when text_column / label_column are left at their defaults.
+LABEL_NAMES = ("label", "labels", "target")
+TEXT_NAMES = ("text", "sentence")
+PAIR_NAMES = ("sentence1", "sentence2")
+COLUMN_SETTINGS = frozenset({"text_column", "text_pair_column", "label_column"})
 TOKENIZE_CHUNK_ROWS = 20_000
 # Far beyond any max_length; a longer cell is almost always rows merged by an unclosed quote or a wrong delimiter.
 MAX_TEXT_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which of a file's columns hold the text, the optional pair and the label, and how they were chosen:
+    "settings" (text_column / label_column given), "auto" (picked from the header) or "cola" (headerless CoLA)."""
+
+    text: str
+    pair: str  # "" when single texts
+    label: str  # "" when the rows are not labelled
+    chosen: str
+
+    def record(self) -> dict[str, str | None]:
+        """As logged in `data_ready` and stored per file in the run manifest."""
+        return {TEXT: self.text, PAIR: self.pair or None, LABEL: self.label or None, "chosen": self.chosen}
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """The column settings a user gave; None where the file's header decides."""
+
+    text: str | None
+    pair: str | None
+    label: str | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, explicit: Collection[str] | None = None) -> "ColumnRule":
+        """`explicit`: the setting names given by the user (a source other than the default); None: all of them.
+
+        A pair is only looked for when the text column is chosen too: `--text_column sentence1` alone means one text.
+        """
+        given = COLUMN_SETTINGS if explicit is None else COLUMN_SETTINGS & set(explicit)
+        text_given = "text_column" in given
+        pair_given = text_given or "text_pair_column" in given
+        return cls(settings.text_column if text_given else None, settings.text_pair_column if pair_given else None,
+                   settings.label_column if "label_column" in given else None)
+
+    @property
+    def names(self) -> set[str]:
+        """Names a headerless CoLA file's first row must not hold (else it is a header)."""
+        chosen = {self.text, self.label} - {None}
+        return chosen or {*TEXT_NAMES, *LABEL_NAMES}
+
+
+COLA_COLUMNS_CHOSEN = Columns(COLA_TEXT, "", COLA_LABEL, "cola")
+
+
+def _quoted(names: Collection[object]) -> str:
+    return ", ".join(repr(str(n)) for n in names)
+
+
+def _pick_label(header: list[str], path: Path) -> str:
+    """run_glue's rule, `label`, then the other common names; several of those is a question only the user can answer."""
+    present = [name for name in LABEL_NAMES if name in header]
+    if len(present) == 1 or "label" in present:
+        return present[0]
+    if present:
+        raise DataError(f"{path}: columns {_quoted(present)} could each be the label; set label_column")
+    raise DataError(f"{path}: cannot tell which column is the label: none is named {_quoted(LABEL_NAMES)} "
+                    f"(columns: {_quoted(header)}); set label_column (and text_column)")
+
+
+def _pick_text(free: list[str], path: Path) -> str:
+    """A common text name, else the single remaining column (run_glue); anything else is ambiguous."""
+    named = [name for name in TEXT_NAMES if name in free]
+    candidates = named or free
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise DataError(f"{path}: no column is left for the text; set text_column")
+    raise DataError(f"{path}: cannot tell which column is the text: candidates {_quoted(candidates)}; "
+                    "set text_column (and text_pair_column for sentence pairs)")
+
+
+def choose_columns(header: list[str], rule: ColumnRule, labelled: bool, path: Path) -> Columns:
+    """The text, pair and label columns of one headed file.
+
+    What the user set wins. Otherwise, as transformers' examples/pytorch/text-classification/run_glue.py
+    does for custom CSV/JSON files: `label` is the label; `sentence1` and `sentence2` together are a
+    pair; else the single other column is the text. Added here: the common names `labels`/`target`
+    for the label and `text`/`sentence` for the text. Where run_glue takes the first two remaining
+    columns as a pair, this refuses and names the candidates: a silently wrong column trains a useless model.
+    """
+    label = rule.label
+    if label is None and labelled:
+        label = _pick_label([c for c in header if c not in (rule.text, rule.pair)], path)
+    # Unlabelled rows (predict) may still carry a label column: it is never the text.
+    not_text = {label} if label else set(LABEL_NAMES)
+    free = [c for c in header if c not in not_text and c != rule.pair]
+    text, pair = rule.text, rule.pair
+    if text is None:
+        if pair is None and all(name in free for name in PAIR_NAMES):
+            text, pair = PAIR_NAMES
+        else:
+            text = _pick_text(free, path)
+    auto = rule.text is None or (labelled and rule.label is None)
+    return Columns(text, pair or "", (label or "") if labelled else "", "auto" if auto else "settings")
 
 
 @dataclass(frozen=True)
@@ -35,7 +139,8 @@ class Channel:
 
     name: str
     frame: pd.DataFrame
-    files: list[dict[str, object]]  # path, sha256, rows: recorded in the run manifest
+    files: list[dict[str, object]]  # path, sha256, rows, columns: recorded in the run manifest
+    columns: Columns | None = None  # the columns the channel's files were read by
 
 
 def file_sha256(path: Path) -> str:
@@ -73,16 +178,15 @@ def channel_files(path: Path, channel: str) -> list[Path]:
     return supported
 
 
-def _is_cola_layout(first_line: str, settings: Settings) -> bool:
+def _is_cola_layout(first_line: str, rule: ColumnRule) -> bool:
     fields = first_line.rstrip("\r\n").split("\t")
-    return (len(fields) == 4 and fields[1].strip().lstrip("-").isdigit()
-            and settings.text_column not in fields and settings.label_column not in fields)
+    return len(fields) == 4 and fields[1].strip().lstrip("-").isdigit() and not rule.names & set(fields)
 
 
-def _read_file(path: Path, settings: Settings) -> tuple[pd.DataFrame, str, str]:
-    """Read one file as strings; returns the frame and the names of its text and label columns."""
+def _read_file(path: Path, rule: ColumnRule) -> tuple[pd.DataFrame, bool]:
+    """Read one file as strings; returns the frame and whether it is a headerless CoLA file."""
     suffix = path.suffix.lower()
-    text_col, label_col = settings.text_column, settings.label_column
+    has_header = True
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path} is empty (0 bytes)")
@@ -96,11 +200,10 @@ def _read_file(path: Path, settings: Settings) -> tuple[pd.DataFrame, str, str]:
             if not first_line.strip():
                 raise DataError(f"{path} is empty")
             delimiter, quoting = ("\t", csv.QUOTE_NONE) if suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
-            has_header = not (suffix == ".tsv" and _is_cola_layout(first_line, settings))
+            has_header = not (suffix == ".tsv" and _is_cola_layout(first_line, rule))
             if not has_header:
                 frame = pd.read_csv(path, sep="\t", header=None, names=COLA_COLUMNS, dtype=str, quoting=csv.QUOTE_NONE,
                                     keep_default_na=False, engine="c")
-                text_col, label_col = COLA_TEXT, COLA_LABEL
             else:
                 frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False, quoting=quoting, engine="c")
                 # pandas renames a repeated header "a" to "a.1"; a silently renamed column is a bug magnet.
@@ -119,7 +222,7 @@ def _read_file(path: Path, settings: Settings) -> tuple[pd.DataFrame, str, str]:
         raise DataError(f"{path} is empty") from None
     except (ValueError, OSError) as err:
         raise DataError(f"{path} could not be read as {suffix[1:]}: {str(err).strip()[:300]}") from None
-    return frame, text_col, label_col
+    return frame, not has_header
 
 
 def _check_no_short_rows(path: Path, delimiter: str, quoting: int, expected: int, has_header: bool) -> None:
@@ -179,12 +282,10 @@ def _normalise_label(value: object) -> str:
     return text
 
 
-def _canonical(frame: pd.DataFrame, path: Path, text_col: str, label_col: str, settings: Settings,
-               channel: str, labelled: bool) -> tuple[pd.DataFrame, str]:
+def _canonical(frame: pd.DataFrame, path: Path, columns: Columns) -> tuple[pd.DataFrame, str]:
     """Canonical columns, checked; also returns the label kind ("integer", "name", or "" when unlabelled)."""
-    wanted = [text_col] + ([settings.text_pair_column] if settings.text_pair_column else []) + ([label_col] if labelled else [])
-    if len(frame.columns) == 0:
-        raise DataError(f"{path} holds no data")
+    text_col, label_col, labelled = columns.text, columns.label, bool(columns.label)
+    wanted = [text_col] + ([columns.pair] if columns.pair else []) + ([label_col] if labelled else [])
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(map(repr, map(str, frame.columns)))}"
@@ -192,8 +293,8 @@ def _canonical(frame: pd.DataFrame, path: Path, text_col: str, label_col: str, s
     if len(frame) == 0:
         raise DataError(f"{path} has a header but no rows")
     out = pd.DataFrame({TEXT: frame[text_col]})
-    if settings.text_pair_column:
-        out[PAIR] = frame[settings.text_pair_column]
+    if columns.pair:
+        out[PAIR] = frame[columns.pair]
     for column, source in zip(out.columns, wanted):
         out[column] = out[column].where(out[column].notna(), "").astype(str)
         lengths = out[column].str.len().to_numpy()
@@ -212,15 +313,46 @@ def _canonical(frame: pd.DataFrame, path: Path, text_col: str, label_col: str, s
     return out, ""
 
 
-def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = True) -> Channel:
-    """Read every file of a channel into one frame; rows with empty text are dropped and counted."""
-    frames, files, kinds = [], [], {}
+def _file_columns(frame: pd.DataFrame, path: Path, rule: ColumnRule, labelled: bool, cola: bool) -> Columns:
+    if cola:
+        return COLA_COLUMNS_CHOSEN if labelled else dataclasses.replace(COLA_COLUMNS_CHOSEN, label="")
+    if len(frame.columns) == 0:
+        raise DataError(f"{path} holds no data")
+    return choose_columns(list(frame.columns), rule, labelled, path)
+
+
+def _channel_columns(chosen: list[tuple[Path, Columns]], channel: str) -> Columns:
+    """The files of one channel must agree on their columns; a headerless CoLA file has no names, so it
+    only has to agree on being single texts."""
+    named = [(file, columns) for file, columns in chosen if columns.chosen != "cola"]
+    first_file, first = (named or chosen)[0]
+    for file, columns in chosen:
+        agrees = (bool(columns.pair) == bool(first.pair) if columns.chosen == "cola"
+                  else (columns.text, columns.pair, columns.label) == (first.text, first.pair, first.label))
+        if not agrees:
+            raise DataError(f"{channel} channel: {file} is read with columns {columns.record()} but {first_file} with "
+                            f"{first.record()}; give the files the same header or set text_column / label_column")
+    return first
+
+
+def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = True,
+                 explicit: Collection[str] | None = None) -> Channel:
+    """Read every file of a channel into one frame; rows with empty text are dropped and counted.
+
+    `explicit`: the column settings the user gave (None: all); the others are chosen from each file's header.
+    """
+    rule = ColumnRule.from_settings(settings, explicit)
+    frames, files, kinds, chosen = [], [], {}, []
     for file in channel_files(path, channel):
-        frame, text_col, label_col = _read_file(file, settings)
-        frame, kind = _canonical(frame, file, text_col, label_col, settings, channel, labelled)
+        frame, cola = _read_file(file, rule)
+        columns = _file_columns(frame, file, rule, labelled, cola)
+        frame, kind = _canonical(frame, file, columns)
         frames.append(frame)
-        files.append({"channel": channel, "path": str(file), "sha256": file_sha256(file), "rows": len(frame)})
+        chosen.append((file, columns))
+        files.append({"channel": channel, "path": str(file), "sha256": file_sha256(file), "rows": len(frame),
+                      "columns": columns.record()})
         kinds.setdefault(kind, file)
+    columns = _channel_columns(chosen, channel)
     if "integer" in kinds and "name" in kinds:
         raise DataError(f"{channel} channel mixes numeric labels ({kinds['integer']}) and label names ({kinds['name']})")
     combined = pd.concat(frames, ignore_index=True)
@@ -234,7 +366,7 @@ def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = 
         combined = combined[~empty].reset_index(drop=True)
     if len(combined) == 0:
         raise DataError(f"{channel} channel {path} has no rows with text")
-    return Channel(channel, combined, files)
+    return Channel(channel, combined, files, columns)
 
 
 @dataclass(frozen=True)
@@ -282,14 +414,14 @@ def split_train_validation(train: Channel, share: float, seed: int) -> tuple[Cha
     if stratify is not None and n_val < len(counts):
         stratify = None
     train_idx, val_idx = train_test_split(np.arange(len(frame)), test_size=n_val, random_state=seed, stratify=stratify)
-    return (Channel("train", frame.iloc[np.sort(train_idx)].reset_index(drop=True), train.files),
-            Channel("validation", frame.iloc[np.sort(val_idx)].reset_index(drop=True), []))
+    return (Channel("train", frame.iloc[np.sort(train_idx)].reset_index(drop=True), train.files, train.columns),
+            Channel("validation", frame.iloc[np.sort(val_idx)].reset_index(drop=True), [], train.columns))
 
 
 def sample_rows(channel: Channel, limit: int, seed: int) -> Channel:
     if not limit or len(channel.frame) <= limit:
         return channel
-    return Channel(channel.name, channel.frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True), channel.files)
+    return dataclasses.replace(channel, frame=channel.frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True))
 
 
 def label_balance(labels: np.ndarray, label_map: LabelMap) -> dict[str, int]:
@@ -446,27 +578,41 @@ class Splits:
     validation_source: str  # "channel" or "split"
 
 
-def load_splits(channels: dict[str, Path], settings: Settings) -> Splits:
-    """Read train (+ validation, test); map labels from train; hold out a seeded validation share if needed."""
+def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collection[str] | None = None) -> Splits:
+    """Read train (+ validation, test); map labels from train; hold out a seeded validation share if needed.
+
+    `explicit`: the settings the user gave; column settings left at their defaults are chosen from each header.
+    """
     if "train" not in channels:
         raise DataError("no train channel: mount data at <root>/input/data/train, set AIP_TRAINING_DATA_URI, or pass --train PATH")
-    train = sample_rows(read_channel(channels["train"], "train", settings), settings.max_train_samples, settings.seed)
+    train = sample_rows(read_channel(channels["train"], "train", settings, explicit=explicit), settings.max_train_samples,
+                        settings.seed)
     # Labels come from the whole train channel, so a rare class that the hold-out split happens to move
     # entirely into validation is still a class, not an "unseen" label.
     label_map = LabelMap.from_labels(train.frame[LABEL])
     if len(label_map.labels) < 2:
         raise DataError(f"train channel has a single label {label_map.labels[0]!r} in column "
-                        f"{settings.label_column!r}: a classifier needs at least two")
+                        f"{train.columns.label!r}: a classifier needs at least two")
     if "validation" in channels:
-        validation, validation_source = read_channel(channels["validation"], "validation", settings), "channel"
+        validation = read_channel(channels["validation"], "validation", settings, explicit=explicit)
+        validation_source = "channel"
     else:
         train, validation = split_train_validation(train, settings.validation_split, settings.seed)
         validation_source = "split"
-    test = read_channel(channels["test"], "test", settings) if "test" in channels else None
+    test = read_channel(channels["test"], "test", settings, explicit=explicit) if "test" in channels else None
     for split in (validation, test):
         if split is not None:
+            _check_same_inputs(train, split)
             label_map.check_known(split)
     return Splits(train, validation, test, label_map, validation_source)
+
+
+def _check_same_inputs(train: Channel, split: Channel) -> None:
+    """A model trained on sentence pairs cannot be scored on single texts, nor the other way round."""
+    if bool(train.columns.pair) != bool(split.columns.pair):
+        shape = {True: "sentence pairs", False: "single texts"}
+        raise DataError(f"{split.name} channel holds {shape[bool(split.columns.pair)]} (columns {split.columns.record()}) "
+                        f"but train holds {shape[bool(train.columns.pair)]} (columns {train.columns.record()})")
 
 
 def encode_splits(tokenizer, splits: Splits, max_length: int) -> dict[str, Encoded]:
@@ -479,6 +625,8 @@ def encode_splits(tokenizer, splits: Splits, max_length: int) -> dict[str, Encod
     logs.event("data_ready", f"train {len(encoded['train'])} / validation {len(encoded['validation'])} / "
                              f"test {len(encoded['test']) if 'test' in encoded else 0} rows",
                labels=splits.label_map.labels, validation_source=splits.validation_source,
+               columns={split.name: split.columns.record() for split in (splits.train, splits.validation, splits.test)
+                        if split is not None},
                rows={name: len(e) for name, e in encoded.items()},
                label_balance={name: label_balance(e.labels, splits.label_map) for name, e in encoded.items()},
                longest_tokens={name: t.longest for name, t in stats.items()},

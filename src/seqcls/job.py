@@ -34,7 +34,7 @@ def run(where: runtime.Platform) -> Path:
     compute = _start(where, resolved, world)
 
     # Step 2: data. Read and split first, then check the model config before loading any weights.
-    splits = data.load_splits(where.channels, settings)
+    splits = data.load_splits(where.channels, settings, resolved.explicit)
     model_source = str(where.channels.get("model") or settings.model_name_or_path)
     config = model.load_config(model_source, splits.label_map)
     model.check_max_length(config, settings.max_length, model_source)

@@ -35,11 +35,14 @@ class Summary:
 
 
 def _training_settings(folder: Path) -> dict[str, object]:
+    """The training run's values of INHERITED that it was given; a column it chose from its files' headers
+    is chosen again from the input's header (the input need not have the training file's layout)."""
     path = folder / "run_manifest.json"
     if not path.is_file():
         return {}
     recorded = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
-    return {name: recorded[name]["value"] for name in INHERITED if name in recorded}
+    return {name: recorded[name]["value"] for name in INHERITED
+            if name in recorded and not (name in data.COLUMN_SETTINGS and recorded[name].get("source") == "default")}
 
 
 def _write(path: Path, frame: pd.DataFrame) -> None:
@@ -58,7 +61,8 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
     with tempfile.TemporaryDirectory(prefix="seqcls-predict-") as scratch:
         folder = storage.fetch(model_uri, Path(scratch))
         model.check_local_folder(folder)
-        settings = hyperparameters.resolve([("run_manifest.json", _training_settings(folder)), ("cli", overrides)]).settings
+        resolved = hyperparameters.resolve([("run_manifest.json", _training_settings(folder)), ("cli", overrides)])
+        settings = resolved.settings
         try:
             config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         except (OSError, ValueError) as err:
@@ -66,7 +70,7 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
         tokenizer = model.load_tokenizer(str(folder))
         classifier = model.load_model(str(folder), config, settings.seed)
     labels = [config.id2label[i] for i in range(config.num_labels)]
-    channel = data.read_channel(input_path, "input", settings, labelled=False)
+    channel = data.read_channel(input_path, "input", settings, labelled=False, explicit=resolved.explicit)
     encoded, _ = data.tokenize(tokenizer, channel, np.zeros(len(channel.frame), dtype=np.int64), settings.max_length)
     device = devices.pick_device(settings)
     compute = devices.Compute(device, devices.pick_precision(settings, device))

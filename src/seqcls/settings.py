@@ -67,6 +67,8 @@ class Settings:
     """Resolved hyperparameters; one snapshot logged first and stored in the run manifest."""
 
     model_name_or_path: str = _setting(DEFAULT_MODEL, "Hub id or local folder; the `model` channel wins when present")
+    base_model: str = _setting("", "Hub id of the pretrained model, for the model card's base_model when training from a "
+                                   "folder (the model channel); empty: model_name_or_path when that is a Hub id", math=False)
     max_length: int = _setting(64, "Truncate tokenized inputs to this many tokens (at most the model's limit)",
                                bounds=Bounds(2, 8192))
     batch_size: int = _setting(32, "Training samples per optimizer step", bounds=Bounds(1, 65536))
@@ -81,9 +83,12 @@ class Settings:
     seed: int = _setting(42, "Seeds the split, the data order, dropout and the head init", bounds=Bounds(0, 2**32 - 1))
     validation_split: float = _setting(0.1, "Share of train held out when no validation channel is given",
                                        bounds=FRACTION_OPEN)
-    text_column: str = _setting("sentence", "Column with the text")
-    text_pair_column: str = _setting("", "Optional second text column for sentence pairs")
-    label_column: str = _setting("label", "Column with the label (strings or integers)")
+    text_column: str = _setting("sentence", "Column with the text; left unset, chosen from each header: text or sentence, "
+                                            "else the one column left")
+    text_pair_column: str = _setting("", "Optional second text column for sentence pairs; left unset with text_column, "
+                                         "sentence1 + sentence2 in a header are a pair")
+    label_column: str = _setting("label", "Column with the label (strings or integers); left unset, chosen from each "
+                                          "header: label, else labels or target")
     precision: str = _setting("auto", "auto: bf16 where the GPU or CPU computes it natively, else fp32; fp16 needs a GPU",
                               choices=("auto", "fp32", "bf16", "fp16"))
     device: str = _setting("auto", "auto: the GPU when one is usable; cuda fails clearly when none is",
@@ -213,6 +218,17 @@ def _check(condition: bool, name: str, value: Any, expectation: str) -> None:
         raise SettingsError(f"hyperparameter {name}={value!r} is out of range: {expectation}")
 
 
+def _is_repo_id(name: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def validate(s: Settings) -> None:
     """Every field's declared range or choices, then the checks that span fields; the model's own
     max length is checked in model, once its config is read."""
@@ -227,6 +243,7 @@ def validate(s: Settings) -> None:
     _check(s.text_pair_column not in (s.text_column, s.label_column), "text_pair_column", s.text_pair_column,
            "must differ from text_column and label_column")
     _check(s.text_column != s.label_column, "label_column", s.label_column, "must differ from text_column")
+    _check(not s.base_model or _is_repo_id(s.base_model), "base_model", s.base_model, "must be a Hub id such as org/name")
     if s.output_uri:
         parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
     _check(not s.s3_expected_bucket_owner or (s.s3_expected_bucket_owner.isdigit() and len(s.s3_expected_bucket_owner) == 12),
@@ -239,6 +256,11 @@ def validate(s: Settings) -> None:
 class Resolved:
     settings: Settings
     sources: dict[str, str]  # hyperparameter name -> the source its value came from
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """The settings a user gave (any source but the defaults): data leaves the others to the files' headers."""
+        return frozenset(name for name, source in self.sources.items() if source != "default")
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Values with their sources, secrets masked: what the logs and the manifest record."""
