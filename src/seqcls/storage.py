@@ -120,6 +120,16 @@ def collect(folders: Sequence[Path]) -> list[FileEntry]:
     return list(entries.values())
 
 
+def _raced(uri: str) -> StorageError:
+    """A no-clobber write found the name taken: another publisher got there first."""
+    return StorageError(f"{uri} was written by another publisher meanwhile; this run's copy is not the published one")
+
+
+def _mismatch(uri: str, kind: str, got: object, expected: object) -> StorageError:
+    """The server's checksum of an upload is not the local file's."""
+    return StorageError(f"{uri}: server {kind} {got} does not match the local file's {expected}")
+
+
 class _Store(ABC):
     """One backend. Names are relative to the target; methods may raise the backend's own errors."""
 
@@ -227,7 +237,7 @@ class _S3(_Store):
         else:
             return "size"
         if got != expected:
-            raise StorageError(f"{self.target.join(name)}: server {kind} {got} does not match the local file's {expected}")
+            raise _mismatch(self.target.join(name), kind, got, expected)
         return kind
 
     def put(self, name: str, data: bytes, new: bool) -> None:
@@ -241,8 +251,7 @@ class _S3(_Store):
             if new and err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 if self.read(name) == data:
                     return  # a retry of our own write that landed but whose answer was lost
-                raise StorageError(f"{self.target.join(name)} was written by another publisher meanwhile; "
-                                   "this run's copy is not the published one") from None
+                raise _raced(self.target.join(name)) from None
             raise
 
     def read(self, name: str) -> bytes | None:
@@ -318,7 +327,7 @@ class _GCS(_Store):
             if got is None:
                 continue
             if got != expected:
-                raise StorageError(f"{self.target.join(name)}: server {kind} {got} does not match the local file's {expected}")
+                raise _mismatch(self.target.join(name), kind, got, expected)
             done.append(kind)
         return "+".join(done) or "size"
 
@@ -332,8 +341,7 @@ class _GCS(_Store):
         except PreconditionFailed:
             if self.read(name) == data:
                 return  # a retry of our own write that landed but whose answer was lost
-            raise StorageError(f"{self.target.join(name)} was written by another publisher meanwhile; "
-                               "this run's copy is not the published one") from None
+            raise _raced(self.target.join(name)) from None
 
     def read(self, name: str) -> bytes | None:
         from google.api_core.exceptions import NotFound
@@ -395,7 +403,7 @@ class _Local(_Store):
     def put(self, name: str, data: bytes, new: bool) -> None:
         dest = self.root / name
         if new and dest.exists():  # a mounted bucket has no no-clobber rename: check, then rename
-            raise StorageError(f"{dest} was written by another publisher meanwhile; this run's copy is not the published one")
+            raise _raced(str(dest))
         self._write(dest, io.BytesIO(data))
 
     def read(self, name: str) -> bytes | None:
