@@ -9,6 +9,8 @@ falls on all variants alike) and a summary gives each variant's mean and spread 
 
     python bench/whole_job.py [--model DIR] [--device auto] [--epochs 4] [--seed 42 --seed 43 ...] \
         [--variant cuda_graphs=true --variant cuda_graphs=false] [--hp learning_rate=5e-5 ...] [--json FILE]
+    python bench/whole_job.py --device cpu --epochs 3 --seed 42 --seed 43 --seed 44 --hp precision=fp32 \
+        --variant group_by_length=false --variant group_by_length=true --variant bench_batching=full
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+# Variant `bench_batching=full`: the job through bench/full_grouping_job.py (full length grouping, bench-only).
+LAUNCHERS = {"": ["-m", "seqcls"], "full": [str(Path(__file__).with_name("full_grouping_job.py"))]}
 COLA = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"))
 
 
 def run_job(model: str, device: str, epochs: int, hyperparameters: list[str], output: Path) -> dict[str, object]:
-    command = [sys.executable, "-m", "seqcls", "train", "--train", str(COLA / "in_domain_train.tsv"),
+    batching = next((pair.partition("=")[2] for pair in hyperparameters if pair.startswith("bench_batching=")), "")
+    hyperparameters = [pair for pair in hyperparameters if not pair.startswith("bench_batching=")]
+    command = [sys.executable, *LAUNCHERS[batching], "train", "--train", str(COLA / "in_domain_train.tsv"),
                "--test", str(COLA / "out_of_domain_dev.tsv"), "--model_name_or_path", model,
                "--device", device, "--epochs", str(epochs), "--output_dir", str(output)]
     for pair in hyperparameters:
