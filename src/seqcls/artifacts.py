@@ -30,7 +30,7 @@ from . import card, logs
 from .atomic import current_umask, replacing, visible_files
 from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
-from .evaluate import EpochStats, Predictions, probability_columns
+from .evaluate import EpochStats, Predictions, probability_columns, validation_metrics
 
 RELOAD_CHECK_ROWS = 8
 
@@ -194,7 +194,7 @@ def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str],
     runs give identical files), the labels, and what a stopped run's model holds."""
     kept = asdict(stats[best_epoch - 1]) if best_epoch else {}
     record: dict[str, Any] = {"best_epoch": best_epoch,
-                              "validation": {k: v for k, v in kept.items() if k.startswith("val_") and k != "val_seconds"},
+                              "validation": validation_metrics(kept),
                               "labels": labels}
     if partial:
         record["partial"] = partial

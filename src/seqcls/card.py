@@ -15,9 +15,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .data import COLUMN_SETTINGS
 from .settings import FIELDS
 
-COLUMN_SETTINGS = ("text_column", "text_pair_column", "label_column")
 # The `datasets` builder that reads each suffix (`load_dataset("csv", ...)`): the honest dataset "type" of local files.
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 STAT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_mcc", "val_f1")

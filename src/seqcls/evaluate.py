@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,6 +91,11 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
         "val_mcc": float(matthews_corrcoef(labels, predicted)),
         "val_f1": float(f1_score(labels, predicted, average=average, zero_division=0)),
     }
+
+
+def validation_metrics(stats: dict[str, Any]) -> dict[str, Any]:
+    """The validation metrics of one epoch's stats (as a dict): what metrics.json and best_epoch_selected report."""
+    return {k: v for k, v in stats.items() if k.startswith("val_") and k != "val_seconds"}
 
 
 @dataclass

@@ -21,7 +21,7 @@ from .data import Encoded, batch_widths, collate, epoch_order, pad_multiple
 from .devices import Compute
 from .distributed import all_reduce_sum, any_rank, shard
 from .errors import Interrupted
-from .evaluate import EpochStats, epoch_validation, predict
+from .evaluate import EpochStats, epoch_validation, predict, validation_metrics
 from .settings import Settings
 from .steps import EagerStep, GraphSteps, Step, TrainingState, current_lr, graphs_unavailable, make_optimizer
 
@@ -258,7 +258,7 @@ class _Loop:
             # Repeats the kept epoch's validation metrics last: a tuning job ranks a trial by the last value logged.
             logs.event("best_epoch_selected", f"keeping epoch {outcome.best_epoch} (best val {self.settings.select_best})",
                        epoch=outcome.best_epoch, metric=self.settings.select_best,
-                       **{k: round(v, 6) for k, v in progress.best.items() if k.startswith("val_") and k != "val_seconds"})
+                       **{k: round(v, 6) for k, v in validation_metrics(progress.best).items()})
         return outcome
 
 
