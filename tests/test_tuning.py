@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seqcls import logs, tuning
+from seqcls import evaluate, logs, tuning
 
 EPOCHS = [{"epoch": 1, "val_loss": 0.61234, "val_mcc": 0.125}, {"epoch": 2, "val_loss": 0.58, "val_mcc": 0.2501}]
 
@@ -50,9 +50,9 @@ def test_records_match_cloudml_hypertune(tmp_path, monkeypatch, select_best, met
 
 
 def test_objective_follows_select_best():
-    assert tuning.objective("none") == ("val_mcc", "MAXIMIZE")
-    assert tuning.objective("mcc") == ("val_mcc", "MAXIMIZE")
-    assert tuning.objective("loss") == ("val_loss", "MINIMIZE")
+    assert evaluate.objective("none") == ("val_mcc", "MAXIMIZE")
+    assert evaluate.objective("mcc") == ("val_mcc", "MAXIMIZE")
+    assert evaluate.objective("loss") == ("val_loss", "MINIMIZE")
 
 
 def test_the_report_listens_to_the_logged_events_and_stops_at_job_end(tmp_path):

@@ -93,6 +93,18 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
     }
 
 
+def objective(select_best: str) -> tuple[str, str]:
+    """(epoch_end field, goal) of the metric that ranks epochs: the select_best metric, else validation MCC.
+    select_best, early stopping and a tuning trial's reported objective all follow it."""
+    return ("val_loss", "MINIMIZE") if select_best == "loss" else ("val_mcc", "MAXIMIZE")
+
+
+def better(select_best: str, value: float, reference: float, min_delta: float = 0.0) -> bool:
+    """Whether `value` beats `reference` on the objective by more than min_delta."""
+    goal = objective(select_best)[1]
+    return value > reference + min_delta if goal == "MAXIMIZE" else value < reference - min_delta
+
+
 def validation_metrics(stats: dict[str, Any]) -> dict[str, Any]:
     """The validation metrics of one epoch's stats (as a dict): what metrics.json and best_epoch_selected report."""
     return {k: v for k, v in stats.items() if k.startswith("val_") and k != "val_seconds"}

@@ -21,7 +21,7 @@ from .data import Encoded, batch_widths, collate, epoch_order, pad_multiple
 from .devices import Compute
 from .distributed import all_reduce_sum, any_rank, shard
 from .errors import Interrupted
-from .evaluate import EpochStats, epoch_validation, predict, validation_metrics
+from .evaluate import EpochStats, better, epoch_validation, objective, predict, validation_metrics
 from .settings import Settings
 from .steps import EagerStep, GraphSteps, Step, TrainingState, current_lr, graphs_unavailable, make_optimizer
 
@@ -58,12 +58,9 @@ class Outcome:
                 "weights": weights}
 
 
-def _improved(metric: str, stats: EpochStats, best: dict[str, float] | None) -> bool:
-    if best is None:
-        return True
-    if metric == "mcc":
-        return stats.val_mcc > best["val_mcc"]
-    return stats.val_loss < best["val_loss"]
+def _improved(select_best: str, stats: EpochStats, best: dict[str, float] | None) -> bool:
+    key = objective(select_best)[0]
+    return best is None or better(select_best, asdict(stats)[key], best[key])
 
 
 def _progress_bar(total: int, done: int):

@@ -16,13 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import replacing
+from .evaluate import objective
 
 KEEP = 100  # the package's _MAX_NUM_METRIC_ENTRIES_TO_PRESERVE
-
-
-def objective(select_best: str) -> tuple[str, str]:
-    """(metric id, goal): the select_best metric, else validation MCC; the names of the epoch_end fields."""
-    return ("val_loss", "MINIMIZE") if select_best == "loss" else ("val_mcc", "MAXIMIZE")
 
 
 class ObjectiveReport:
