@@ -15,7 +15,7 @@ from __future__ import annotations
 # NaN and Infinity are not matched, so a diverged run reports no value rather than a wrong one.
 NUMBER = r"(-?[0-9][0-9.eE+-]*)"
 
-# (SageMaker metric name, seqcls event ("": any event with that field), field of that event)
+# (SageMaker metric name, seqcls event ("": any event with that field), field of that event); problem_type=single_label
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("train:loss", "train_progress", "loss"),
     ("train:learning_rate", "train_progress", "lr"),
@@ -32,10 +32,35 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+_LOSSES = METRICS[:5] + (("test:loss", "test_metrics", "test_loss"),)  # train:*, validation:loss, test:loss
+# The metrics each problem_type's job logs (epoch_end's fields follow the problem type).
+METRICS_BY_PROBLEM_TYPE: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "single_label": METRICS,
+    "multi_label": _LOSSES + (
+        ("validation:f1_micro", "", "val_f1_micro"),
+        ("validation:f1_macro", "", "val_f1_macro"),
+        ("validation:subset_accuracy", "", "val_subset_accuracy"),
+        ("test:f1_micro", "test_metrics", "test_f1_micro"),
+        ("test:f1_macro", "test_metrics", "test_f1_macro"),
+        ("test:subset_accuracy", "test_metrics", "test_subset_accuracy"),
+    ),
+    "regression": _LOSSES + (
+        ("validation:pearson", "", "val_pearson"),
+        ("validation:spearman", "", "val_spearman"),
+        ("validation:mse", "", "val_mse"),
+        ("validation:mae", "", "val_mae"),
+        ("test:pearson", "test_metrics", "test_pearson"),
+        ("test:spearman", "test_metrics", "test_spearman"),
+        ("test:mse", "test_metrics", "test_mse"),
+        ("test:mae", "test_metrics", "test_mae"),
+    ),
+}
+
+
 def regex(event: str, field: str) -> str:
     return f'"event": "{event}".*"{field}": {NUMBER}' if event else f'"{field}": {NUMBER}'
 
 
-def metric_definitions() -> list[dict[str, str]]:
-    """CreateTrainingJob's AlgorithmSpecification.MetricDefinitions, in the service's own shape."""
-    return [{"Name": name, "Regex": regex(event, field)} for name, event, field in METRICS]
+def metric_definitions(problem_type: str = "single_label") -> list[dict[str, str]]:
+    """CreateTrainingJob's AlgorithmSpecification.MetricDefinitions for a job of this problem_type, in the service's own shape."""
+    return [{"Name": name, "Regex": regex(event, field)} for name, event, field in METRICS_BY_PROBLEM_TYPE[problem_type]]

@@ -183,8 +183,9 @@ def build_trainer(job: Job, session: Session | None = None) -> ModelTrainer:
         environment=dict(job.environment),
         input_data_config=[InputData(channel_name=name, data_source=uri) for name, uri in job.channels.items()],
     )
+    problem_type = job.hyperparameters.get("problem_type", "single_label")
     return trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"])
-                                            for m in metric_definitions()])
+                                            for m in metric_definitions(problem_type)])
 
 
 @contextlib.contextmanager

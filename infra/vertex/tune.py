@@ -5,7 +5,8 @@
 
 Each trial is the CustomJob infra.vertex.submit builds, with the trial's values appended to the container
 args as `--name=value`. The objective is the metric the job reports after every epoch (seqcls.tuning):
-the `select_best` metric (`--hp select_best=loss` -> val_loss, minimized), else val_mcc, maximized. With
+the `select_best` metric (`--hp select_best=loss` -> val_loss, minimized), else the problem type's headline
+(val_mcc; val_f1_micro for `--hp problem_type=multi_label`, val_pearson for regression), maximized. With
 select_best on, the trial's best epoch counts (the model it keeps); otherwise its last.
 """
 
@@ -73,7 +74,7 @@ def spec(args: argparse.Namespace) -> HyperparameterTuningJob:
     if fixed:
         raise SubmitError(f"--hp {', '.join(fixed)}: tuned by this job; set its range instead (see --help)")
     select_best = job.hyperparameters.get("select_best", "none")
-    metric_id, goal = tuning.objective(select_best)
+    metric_id, goal = tuning.objective(select_best, job.hyperparameters.get("problem_type", "single_label"))
     if args.max_trials < 1 or not 1 <= args.parallel_trials <= args.max_trials:
         raise SubmitError("--max-trials must be >= 1 and --parallel-trials between 1 and --max-trials")
     selection = StudySpec.MeasurementSelectionType

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from . import card, logs
 from .atomic import current_umask, replacing, visible_files
 from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
+from .settings import problem_type_of
 from .evaluate import EpochStats, Predictions, probability_columns, validation_metrics
 
 RELOAD_CHECK_ROWS = 8
@@ -92,17 +93,34 @@ def model_source_files(source: str) -> list[dict[str, object]]:
 
 
 def write_training_stats(path: Path, stats: list[EpochStats]) -> None:
-    write_atomic(path, pd.DataFrame([asdict(s) for s in stats]).to_csv(index=False).encode())
+    write_atomic(path, pd.DataFrame([s.row() for s in stats]).to_csv(index=False).encode())
 
 
-def write_predictions(path: Path, channel: Channel, labels: np.ndarray, predictions: Predictions, label_map: LabelMap) -> None:
+def prediction_columns(predictions: Predictions, label_map: LabelMap, delimiter: str) -> dict[str, object]:
+    """`predicted` (a class, the tags joined by `delimiter`, or the score) and the `prob_<label>` columns:
+    test_predictions.csv and `seqcls predict` write the same ones."""
+    names = label_map.names(predictions.predicted)
+    if label_map.problem_type == "multi_label":
+        names = [delimiter.join(tags) for tags in names]
+    return {"predicted": names, **probability_columns(predictions, label_map.labels)}
+
+
+def write_predictions(path: Path, channel: Channel, labels: np.ndarray, predictions: Predictions, label_map: LabelMap,
+                      delimiter: str = ",") -> None:
+    """test_predictions.csv: the rows, their true label(s) or target, and the prediction columns."""
     frame = pd.DataFrame({TEXT: channel.frame[TEXT]})
     if PAIR in channel.frame:
         frame[PAIR] = channel.frame[PAIR]
-    frame["label"] = [label_map.labels[i] for i in labels]
-    frame["predicted"] = [label_map.labels[i] for i in predictions.predicted]
-    for column, values in probability_columns(predictions, label_map.labels).items():
+    truth = label_map.names(labels)
+    frame["label"] = [delimiter.join(t) for t in truth] if label_map.problem_type == "multi_label" else truth
+    for column, values in prediction_columns(predictions, label_map, delimiter).items():
         frame[column] = values
+    write_atomic(path, frame.to_csv(index=False).encode())
+
+
+def write_per_label_metrics(path: Path, per_label: dict[str, dict[str, float]]) -> None:
+    """multi_label: one row per label (precision, recall, F1, support on test, at its tuned threshold)."""
+    frame = pd.DataFrame([{"label": name, **values} for name, values in per_label.items()])
     write_atomic(path, frame.to_csv(index=False).encode())
 
 
@@ -152,6 +170,44 @@ def plot_confusion_matrix(path: Path, matrix: list[list[int]], label_names: list
     plt.close(figure)
 
 
+def plot_scatter(path: Path, targets: np.ndarray, scores: np.ndarray) -> None:
+    """Regression: predicted vs true test targets, with the line where they are equal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    axes.scatter(targets, scores, s=10, alpha=0.6)
+    low, high = float(min(targets.min(), scores.min())), float(max(targets.max(), scores.max()))
+    axes.plot([low, high], [low, high], "k--", linewidth=1, label="predicted = true")
+    axes.set(title="Test: predicted vs true", xlabel="True", ylabel="Predicted")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def _test_files(out: Path, record: "RunRecord") -> None:
+    """The test split's predictions and its picture: a confusion matrix, a per-label table, or a scatter."""
+    channel, label_ids, predictions = record.test
+    delimiter = record.manifest["settings"]["label_delimiter"]["value"]
+    write_predictions(out / "test_predictions.csv", channel, label_ids, predictions, record.label_map, delimiter)
+    test = record.metrics["test"]
+    if record.label_map.problem_type == "multi_label":
+        write_per_label_metrics(out / "per_label_metrics.csv", test["per_label"])
+    elif record.label_map.problem_type == "regression":
+        plot_scatter(out / "predicted_vs_true.png", label_ids, predictions.predicted)
+    else:
+        plot_confusion_matrix(out / "confusion_matrix.png", test["confusion_matrix"], record.label_map.labels)
+
+
+def _decisions(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
+    """What the reload check compares: the class for single_label, the rounded logits otherwise (thresholds and
+    scores depend on every output, and an argmax over one regression output would say nothing)."""
+    return logits.argmax(-1) if problem_type == "single_label" else (logits.float() * 1e4).round() / 1e4
+
+
 @torch.no_grad()
 def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Channel) -> int:
     """Reload the saved folder as a consumer would and check it predicts what the trained model predicts."""
@@ -165,8 +221,11 @@ def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Ch
     was_training = model.training
     model.eval()
     try:
-        expected = model(**tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt").to(device)).logits.argmax(-1)
-        got = reloaded(**reloaded_tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt").to(device)).logits.argmax(-1)
+        problem_type = problem_type_of(model.config.problem_type)
+        expected = _decisions(model(**tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt")
+                                    .to(device)).logits, problem_type)
+        got = _decisions(reloaded(**reloaded_tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt")
+                                  .to(device)).logits, problem_type)
     finally:
         model.train(was_training)
     if not torch.equal(expected, got):
@@ -192,7 +251,7 @@ def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str],
                    partial: dict[str, object] | None) -> dict[str, Any]:
     """metrics.json before the test split: the kept epoch's validation metrics (no timings, so identical
     runs give identical files), the labels, and what a stopped run's model holds."""
-    kept = asdict(stats[best_epoch - 1]) if best_epoch else {}
+    kept = stats[best_epoch - 1].row() if best_epoch else {}
     record: dict[str, Any] = {"best_epoch": best_epoch,
                               "validation": validation_metrics(kept),
                               "labels": labels}
@@ -211,13 +270,10 @@ def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir
         write_training_stats(out / "training_stats.csv", record.stats)
         plot_loss_curve(out / "loss_curve.png", record.stats)
         if record.test is not None:
-            channel, label_ids, predictions = record.test
-            write_predictions(out / "test_predictions.csv", channel, label_ids, predictions, record.label_map)
-            plot_confusion_matrix(out / "confusion_matrix.png", record.metrics["test"]["confusion_matrix"],
-                                  record.label_map.labels)
+            _test_files(out, record)
         write_json(staged_model / "run_manifest.json", record.manifest)
         write_atomic(staged_model / "README.md", str(card.render(record.manifest, record.metrics,
-                                                                 [asdict(s) for s in record.stats])).encode())
+                                                                 [s.row() for s in record.stats])).encode())
         checked = reload_check(model, tokenizer, staged_model, record.check_rows)
     logs.event("artifacts_saved", f"model saved to {model_dir} (reload check passed on {checked} rows)",
                model_dir=str(model_dir), output_data_dir=str(output_data_dir),

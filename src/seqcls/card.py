@@ -20,8 +20,25 @@ from .settings import FIELDS
 
 # The `datasets` builder that reads each suffix (`load_dataset("csv", ...)`): the honest dataset "type" of local files.
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-STAT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_mcc", "val_f1")
-TEST_METRICS = (("mcc", "matthews_correlation", "MCC"), ("accuracy", "accuracy", "Accuracy"), ("f1", "f1", "F1"))
+TIMING_COLUMNS = ("train_seconds", "val_seconds")
+# Per problem type, the test metrics the card reports: (metrics.json key, model-index metric type, shown name, config).
+TEST_METRICS = {
+    "single_label": (("mcc", "matthews_correlation", "MCC", None), ("accuracy", "accuracy", "Accuracy", None),
+                     ("f1", "f1", "F1", None)),
+    "multi_label": (("f1_micro", "f1", "micro-F1", "micro"), ("f1_macro", "f1", "macro-F1", "macro"),
+                    ("subset_accuracy", "accuracy", "subset accuracy", None)),
+    "regression": (("pearson", "pearsonr", "Pearson", None), ("spearman", "spearmanr", "Spearman", None),
+                   ("mse", "mse", "MSE", None), ("mae", "mae", "MAE", None)),
+}
+USE = {"single_label": "Single-label sequence classification (one class per text)",
+       "multi_label": "Multi-label sequence classification (a set of labels per text, each decided by its own "
+                      "threshold in config.json's `label_thresholds`)",
+       "regression": "Sequence regression (one score per text)"}
+
+
+def problem_type(manifest: dict[str, Any]) -> str:
+    """The run's problem type; a manifest from before the setting existed is single_label."""
+    return manifest["settings"].get("problem_type", {}).get("value", "single_label")
 
 
 def hub_id(name: str) -> str | None:
@@ -72,8 +89,8 @@ def _metadata(manifest: dict[str, Any], metrics: dict[str, Any], base_model: str
         name = ", ".join(Path(str(f["path"])).name for f in test_files)
         results = [EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=builder,
                               dataset_name=name, dataset_split="test", metric_type=metric, metric_name=shown,
-                              metric_value=round(float(metrics["test"][key]), 4))
-                   for key, metric, shown in TEST_METRICS]
+                              metric_config=config, metric_value=round(float(metrics["test"][key]), 4))
+                   for key, metric, shown, config in TEST_METRICS[problem_type(manifest)]]
     return ModelCardData(base_model=base_model, library_name="transformers", pipeline_tag="text-classification",
                          tags=["seqcls", "text-classification"] + (["partial"] if manifest.get("partial") else []),
                          model_name=manifest["run_id"], eval_results=results or None)
@@ -99,27 +116,40 @@ def _data_section(manifest: dict[str, Any], labels: list[str]) -> str:
     ])
 
 
-def _results_section(stats: list[dict[str, Any]], metrics: dict[str, Any]) -> str:
+def _test_table(test: dict[str, Any], kind: str) -> str:
+    if kind == "single_label":  # the tutorial's table, F1's averaging named
+        return _table(("loss", "MCC", "accuracy", f"F1 ({test['f1_average']})", "precision", "recall"),
+                      [(test["loss"], test["mcc"], test["accuracy"], test["f1"], test["precision"], test["recall"])])
+    shown = TEST_METRICS[kind]
+    return _table(("loss", *(name for _, _, name, _ in shown)), [(test["loss"], *(test[key] for key, *_ in shown))])
+
+
+def _results_section(stats: list[dict[str, Any]], metrics: dict[str, Any], kind: str) -> str:
+    columns = [c for c in (stats[0] if stats else {}) if c not in TIMING_COLUMNS]
     parts = ["## Results", "Validation after each epoch:",
-             _table(STAT_COLUMNS, [tuple(row[c] for c in STAT_COLUMNS) for row in stats]),
+             _table(tuple(columns), [tuple(row[c] for c in columns) for row in stats]),
              f"Weights saved: epoch {metrics['best_epoch']}." if metrics["best_epoch"] else "Weights saved: mid-epoch."]
     test = metrics.get("test")
     if test:
-        parts += ["Test split:", _table(("loss", "MCC", "accuracy", f"F1 ({test['f1_average']})", "precision", "recall"),
-                                        [(test["loss"], test["mcc"], test["accuracy"], test["f1"], test["precision"],
-                                          test["recall"])])]
+        parts += ["Test split:", _test_table(test, kind)]
+        if "per_label" in test:
+            parts += ["Per label (test, at the tuned thresholds):",
+                      _table(("label", "threshold", "precision", "recall", "F1", "support"),
+                             [(name, metrics.get("label_thresholds", {}).get(name, ""), v["precision"], v["recall"],
+                               v["f1"], v["support"]) for name, v in test["per_label"].items()])]
     else:
         parts.append("No test split was scored.")
     return "\n\n".join(parts)
 
 
 def _limits(manifest: dict[str, Any], base: str) -> str:
+    kind = problem_type(manifest)
     partial = manifest.get("partial")
     warning = (f"> **Partial model.** The run was stopped before it finished: these weights are {partial.get('weights')} "
                f"({partial.get('reason', 'stopped')}); no test split was scored.\n\n" if partial else "")
     return warning + "\n\n".join([
         "## Intended use and limits",
-        f"Single-label sequence classification of text like the training data's, with {base}: load it with "
+        f"{USE[kind]} of text like the training data's, with {base}: load it with "
         "`transformers.pipeline(\"text-classification\", model=...)` or `seqcls predict`. It knows only the labels "
         "above, and scores only as well as the metrics here say on data like the validation and test files; other "
         "domains, languages or inputs longer than `max_length` tokens (truncated) are untested. It inherits the "
@@ -136,14 +166,15 @@ def render(manifest: dict[str, Any], metrics: dict[str, Any], stats: list[dict[s
                        for name, entry in settings.items()]
     body = "\n\n".join([
         f"# {manifest['run_id']}",
-        f"A `single_label` text classifier fine-tuned from {base} (weights read from `{manifest['model_source']}`) "
+        f"A `{problem_type(manifest)}` text {'regressor' if problem_type(manifest) == 'regression' else 'classifier'} "
+        f"fine-tuned from {base} (weights read from `{manifest['model_source']}`) "
         f"by seqcls (commit `{manifest['git_commit']}`). "
         "Every input's sha256 and the package versions are in `run_manifest.json`; the metrics in `metrics.json`.",
         _limits(manifest, base),
         _data_section(manifest, metrics["labels"]),
         "## Training", "Hyperparameters (value and where it came from):",
         _table(("name", "value", "source"), hyperparameters),
-        _results_section(stats, metrics),
+        _results_section(stats, metrics, problem_type(manifest)),
         "## Reproduce", "```bash\n" + reproduce_command(manifest) + "\n```",
     ])
     # huggingface_hub writes the metadata (to_yaml), as its ModelCard.from_template does, without needing jinja2.

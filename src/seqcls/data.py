@@ -258,8 +258,8 @@ def _check_label_kinds(labels: pd.Series, path: Path, column: str) -> str:
     fractions = np.flatnonzero(kinds == "fraction")
     if len(fractions):
         row = int(fractions[0])
-        raise DataError(f"{path}: row {row + 1} has label {labels.iloc[row]!r} in column {column!r}: labels must be "
-                        "integers or names (a fractional score is a regression target, not a class)")
+        raise DataError(f"{path}: row {row + 1} has label {labels.iloc[row]!r} in column {column!r}: classes must be "
+                        "integers or names (a fractional score is a regression target: use problem_type=regression)")
     odd = np.flatnonzero(kinds != kinds[0])
     if len(odd):
         row = int(odd[0])
@@ -282,8 +282,8 @@ def _normalise_label(value: object) -> str:
     return text
 
 
-def _canonical(frame: pd.DataFrame, path: Path, columns: Columns) -> tuple[pd.DataFrame, str]:
-    """Canonical columns, checked; also returns the label kind ("integer", "name", or "" when unlabelled)."""
+def _canonical(frame: pd.DataFrame, path: Path, columns: Columns, settings: Settings) -> tuple[pd.DataFrame, str]:
+    """Canonical columns, checked; also returns the label kind (see `_read_labels`; "" when unlabelled)."""
     text_col, label_col, labelled = columns.text, columns.label, bool(columns.label)
     wanted = [text_col] + ([columns.pair] if columns.pair else []) + ([label_col] if labelled else [])
     missing = [c for c in wanted if c not in frame.columns]
@@ -303,14 +303,52 @@ def _canonical(frame: pd.DataFrame, path: Path, columns: Columns) -> tuple[pd.Da
             raise DataError(f"{path}: row {row + 1} has {int(lengths[row]):,} characters in column {source!r} (limit "
                             f"{MAX_TEXT_CHARS:,}): an unclosed quote or a wrong delimiter can merge many rows into one")
     if labelled:
-        labels = frame[label_col]
-        empty = labels.isna() | (labels.astype(str).str.strip() == "")
-        if empty.any():
-            row = int(np.flatnonzero(empty.to_numpy())[0])
-            raise DataError(f"{path}: row {row + 1} has an empty label in column {label_col!r} ({int(empty.sum())} such rows)")
-        out[LABEL] = [_normalise_label(v) for v in labels.tolist()]
-        return out, _check_label_kinds(out[LABEL], path, label_col)
+        out[LABEL], kind = _read_labels(frame[label_col], path, label_col, settings)
+        return out, kind
     return out, ""
+
+
+def _read_labels(labels: pd.Series, path: Path, column: str, settings: Settings) -> tuple[list, str]:
+    """One file's labels as the problem type reads them, and their kind: "integer" or "name" classes
+    (single_label), "tags" (multi_label: a tuple of names per row, possibly empty) or "number" (regression)."""
+    if settings.problem_type == "multi_label":
+        return [_tag_set(value, settings.label_delimiter) for value in labels.tolist()], "tags"
+    empty = labels.isna() | (labels.astype(str).str.strip() == "")
+    if empty.any():
+        row = int(np.flatnonzero(empty.to_numpy())[0])
+        raise DataError(f"{path}: row {row + 1} has an empty label in column {column!r} ({int(empty.sum())} such rows)")
+    normalised = [_normalise_label(v) for v in labels.tolist()]
+    if settings.problem_type == "regression":
+        return _targets(normalised, path, column), "number"
+    return normalised, _check_label_kinds(pd.Series(normalised), path, column)
+
+
+def _tag_set(value: object, delimiter: str) -> tuple[str, ...]:
+    """A multi_label cell: a list (JSONL, Parquet) or a delimited string (CSV/TSV); sorted, repeats dropped.
+    An empty cell or list is a row with no labels, which is allowed (every label's sigmoid learns "no")."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+    elif value is None or (isinstance(value, float) and np.isnan(value)):
+        items = []
+    else:
+        items = str(value).split(delimiter)
+    tags = {_normalise_label(item) for item in items}
+    return tuple(sorted(tags - {""}))
+
+
+def _targets(labels: list[str], path: Path, column: str) -> list[float]:
+    """Regression targets, used as given (no scaling): every one a finite number."""
+    targets = []
+    for row, label in enumerate(labels):
+        try:
+            number = float(label)
+        except ValueError:
+            number = float("nan")
+        if not np.isfinite(number):
+            raise DataError(f"{path}: row {row + 1} has label {label!r} in column {column!r}: problem_type=regression "
+                            "needs a finite number in every row")
+        targets.append(number)
+    return targets
 
 
 def _file_columns(frame: pd.DataFrame, path: Path, rule: ColumnRule, labelled: bool, cola: bool) -> Columns:
@@ -346,7 +384,7 @@ def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = 
     for file in channel_files(path, channel):
         frame, cola = _read_file(file, rule)
         columns = _file_columns(frame, file, rule, labelled, cola)
-        frame, kind = _canonical(frame, file, columns)
+        frame, kind = _canonical(frame, file, columns, settings)
         frames.append(frame)
         chosen.append((file, columns))
         files.append({"channel": channel, "path": str(file), "sha256": file_sha256(file), "rows": len(frame),
@@ -369,9 +407,15 @@ def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = 
     return Channel(channel, combined, files, columns)
 
 
+REGRESSION_LABEL = "score"  # the one output of a regression model, as config.json's id2label names it
+
+
 @dataclass(frozen=True)
 class LabelMap:
+    """The model's outputs: class or tag names in id order (sorted from train), or the one regression score."""
+
     labels: list[str]  # id -> label
+    problem_type: str = "single_label"
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -382,32 +426,63 @@ class LabelMap:
         return dict(enumerate(self.labels))
 
     @classmethod
-    def from_labels(cls, values: pd.Series) -> "LabelMap":
-        """Sorted for determinism: integers numerically, anything else as text."""
-        unique = sorted(set(values.tolist()))
+    def from_labels(cls, values: pd.Series, problem_type: str = "single_label") -> "LabelMap":
+        """Sorted for determinism: integers numerically, anything else as text; multi_label: every tag seen."""
+        if problem_type == "regression":
+            return cls([REGRESSION_LABEL], problem_type)
+        unique = sorted(set(chain.from_iterable(values) if problem_type == "multi_label" else values.tolist()))
         if all(v.lstrip("-").isdigit() for v in unique):
             unique.sort(key=int)
-        return cls(unique)
+        return cls(unique, problem_type)
 
     def check_known(self, channel: Channel) -> None:
         """A label the model never saw in training cannot be scored: refuse it before any model work."""
-        unseen = sorted(set(channel.frame[LABEL]) - set(self.labels))
+        if self.problem_type == "regression":
+            return
+        values = channel.frame[LABEL]
+        seen = set(chain.from_iterable(values)) if self.problem_type == "multi_label" else set(values)
+        unseen = sorted(seen - set(self.labels))
         if unseen:
             raise DataError(f"{channel.name} channel has label(s) {', '.join(map(repr, unseen[:10]))} not seen in training "
                             f"(training labels: {', '.join(map(repr, self.labels[:20]))})")
 
     def encode(self, channel: Channel) -> np.ndarray:
+        """int64 class ids [rows], float32 multi-hot [rows, labels] or float32 targets [rows]; writable: torch shares it."""
         self.check_known(channel)
-        return np.array(channel.frame[LABEL].map(self.label2id).to_numpy(dtype=np.int64))  # writable: torch shares it
+        values = channel.frame[LABEL]
+        if self.problem_type == "regression":
+            return np.array(values.to_numpy(dtype=np.float32))
+        if self.problem_type == "multi_label":
+            hot = np.zeros((len(values), len(self.labels)), dtype=np.float32)
+            ids = self.label2id
+            for row, tags in enumerate(values):
+                hot[row, [ids[tag] for tag in tags]] = 1.0
+            return hot
+        return np.array(values.map(self.label2id).to_numpy(dtype=np.int64))
+
+    def blank(self, rows: int) -> np.ndarray:
+        """Labels of the right dtype and shape for unlabelled rows (predict): never read as truth."""
+        if self.problem_type == "multi_label":
+            return np.zeros((rows, len(self.labels)), dtype=np.float32)
+        return np.zeros(rows, dtype=np.float32 if self.problem_type == "regression" else np.int64)
+
+    def names(self, labels: np.ndarray) -> list:
+        """Encoded labels or predictions back to what a person reads: class names, tag lists, or the numbers."""
+        if self.problem_type == "regression":
+            return [round(float(v), 6) for v in labels]
+        if self.problem_type == "multi_label":
+            return [[self.labels[i] for i in np.flatnonzero(row)] for row in labels]
+        return [self.labels[i] for i in labels]
 
 
-def split_train_validation(train: Channel, share: float, seed: int) -> tuple[Channel, Channel]:
-    """Seeded, stratified hold-out (the tutorial's random_split was unseeded)."""
+def split_train_validation(train: Channel, share: float, seed: int, stratified: bool = True) -> tuple[Channel, Channel]:
+    """Seeded hold-out (the tutorial's random_split was unseeded), stratified by class where `stratified`
+    (single_label: tag sets and scores are not classes to stratify by)."""
     from sklearn.model_selection import train_test_split
 
     frame = train.frame
     counts = frame[LABEL].value_counts()
-    stratify = frame[LABEL] if counts.min() >= 2 else None
+    stratify = frame[LABEL] if stratified and counts.min() >= 2 else None
     n_val = max(1, round(len(frame) * share))
     if len(frame) - n_val < 1:
         raise DataError(f"train channel has {len(frame)} row(s): too few to hold out validation_split={share}")
@@ -424,8 +499,12 @@ def sample_rows(channel: Channel, limit: int, seed: int) -> Channel:
     return dataclasses.replace(channel, frame=channel.frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True))
 
 
-def label_balance(labels: np.ndarray, label_map: LabelMap) -> dict[str, int]:
-    counts = np.bincount(labels, minlength=len(label_map.labels))
+def label_balance(labels: np.ndarray, label_map: LabelMap) -> dict[str, float]:
+    """Rows per class (single_label), rows per tag (multi_label), or the targets' min, mean and max (regression)."""
+    if label_map.problem_type == "regression":
+        return {"min": round(float(labels.min()), 6), "mean": round(float(labels.mean()), 6),
+                "max": round(float(labels.max()), 6)}
+    counts = labels.sum(axis=0) if label_map.problem_type == "multi_label" else np.bincount(labels, minlength=len(label_map.labels))
     return {label: int(count) for label, count in zip(label_map.labels, counts)}
 
 
@@ -436,7 +515,7 @@ class Encoded:
     input_ids: np.ndarray  # int32, all rows concatenated
     token_type_ids: np.ndarray  # int8, same shape
     offsets: np.ndarray  # int64, len rows + 1
-    labels: np.ndarray  # int64
+    labels: np.ndarray  # int64 [rows] (single_label), float32 [rows, labels] (multi_label), float32 [rows] (regression)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -589,15 +668,14 @@ def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collect
                         settings.seed)
     # Labels come from the whole train channel, so a rare class that the hold-out split happens to move
     # entirely into validation is still a class, not an "unseen" label.
-    label_map = LabelMap.from_labels(train.frame[LABEL])
-    if len(label_map.labels) < 2:
-        raise DataError(f"train channel has a single label {label_map.labels[0]!r} in column "
-                        f"{train.columns.label!r}: a classifier needs at least two")
+    label_map = LabelMap.from_labels(train.frame[LABEL], settings.problem_type)
+    _check_label_count(label_map, train)
     if "validation" in channels:
         validation = read_channel(channels["validation"], "validation", settings, explicit=explicit)
         validation_source = "channel"
     else:
-        train, validation = split_train_validation(train, settings.validation_split, settings.seed)
+        train, validation = split_train_validation(train, settings.validation_split, settings.seed,
+                                                   stratified=settings.problem_type == "single_label")
         validation_source = "split"
     test = read_channel(channels["test"], "test", settings, explicit=explicit) if "test" in channels else None
     for split in (validation, test):
@@ -605,6 +683,16 @@ def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collect
             _check_same_inputs(train, split)
             label_map.check_known(split)
     return Splits(train, validation, test, label_map, validation_source)
+
+
+def _check_label_count(label_map: LabelMap, train: Channel) -> None:
+    """A single_label classifier needs two classes; a multi_label one at least one tag somewhere in train."""
+    if label_map.problem_type == "single_label" and len(label_map.labels) < 2:
+        raise DataError(f"train channel has a single label {label_map.labels[0]!r} in column "
+                        f"{train.columns.label!r}: a classifier needs at least two")
+    if label_map.problem_type == "multi_label" and not label_map.labels:
+        raise DataError(f"train channel has no labels in any row of column {train.columns.label!r}: "
+                        "problem_type=multi_label needs at least one")
 
 
 def _check_same_inputs(train: Channel, split: Channel) -> None:
@@ -624,7 +712,8 @@ def encode_splits(tokenizer, splits: Splits, max_length: int) -> dict[str, Encod
             encoded[split.name], stats[split.name] = tokenize(tokenizer, split, labels, max_length)
     logs.event("data_ready", f"train {len(encoded['train'])} / validation {len(encoded['validation'])} / "
                              f"test {len(encoded['test']) if 'test' in encoded else 0} rows",
-               labels=splits.label_map.labels, validation_source=splits.validation_source,
+               labels=splits.label_map.labels, problem_type=splits.label_map.problem_type,
+               validation_source=splits.validation_source,
                columns={split.name: split.columns.record() for split in (splits.train, splits.validation, splits.test)
                         if split is not None},
                rows={name: len(e) for name, e in encoded.items()},

@@ -1,32 +1,49 @@
-"""Evaluation: batched prediction without per-batch host syncs, and scikit-learn metrics."""
+"""Evaluation: batched prediction without per-batch host syncs, scikit-learn and scipy metrics per problem
+type, the objective that ranks epochs, and multi_label decision thresholds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, mean_absolute_error,
+                             mean_squared_error, precision_recall_fscore_support)
 
 from .data import Encoded, collate, eval_order, pad_multiple
 from . import logs
 from .devices import Compute, autocast
 from .distributed import gather_rows
+from .losses import row_losses
+from .settings import problem_type_of
+
+
+DEFAULT_THRESHOLD = 0.5  # a multi_label row has a label when its sigmoid reaches the label's threshold
 
 
 @dataclass(frozen=True)
 class Predictions:
-    logits: np.ndarray  # float32 [rows, labels], in row order
-    loss: float  # mean cross-entropy over all rows
+    logits: np.ndarray  # float32 [rows, outputs], in row order
+    loss: float  # mean of losses.row_losses over all rows
+    problem_type: str = "single_label"
+    thresholds: np.ndarray | None = None  # multi_label: per label, tuned on validation; None: DEFAULT_THRESHOLD
 
     @property
     def predicted(self) -> np.ndarray:
+        """Class ids [rows], a 0/1 matrix [rows, labels] (multi_label) or the scores [rows] (regression)."""
+        if self.problem_type == "regression":
+            return self.logits[:, 0]
+        if self.problem_type == "multi_label":
+            cut = DEFAULT_THRESHOLD if self.thresholds is None else self.thresholds
+            return (self.probabilities >= cut).astype(np.int64)
         return self.logits.argmax(axis=1)
 
     @property
     def probabilities(self) -> np.ndarray:
+        """Softmax over classes, or each label's sigmoid (multi_label): what transformers' pipeline returns."""
+        if self.problem_type == "multi_label":
+            return 1 / (1 + np.exp(-self.logits))
         shifted = self.logits - self.logits.max(axis=1, keepdims=True)
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)
@@ -34,7 +51,8 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_size: int, compute: Compute) -> Predictions:
-    """Logits for every row, each rank predicting every world.size-th row, gathered in row order.
+    """Logits for every row, each rank predicting every world.size-th row, gathered in row order; the
+    problem type and any decision thresholds come from the model's config.
 
     Batches are sorted by length (least padding) and results stay on the device until the end, so
     there is one host sync per split rather than one per batch.
@@ -55,9 +73,11 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
     order = np.concatenate([np.arange(len(encoded))[r::world.size] for r in range(world.size)])
     full = torch.empty_like(gathered)
     full[torch.from_numpy(order).to(device)] = gathered
-    labels = torch.from_numpy(encoded.labels).to(device)
-    loss = torch.nn.functional.cross_entropy(full, labels).item()
-    return Predictions(full.cpu().numpy(), loss)
+    problem_type = problem_type_of(model.config.problem_type)
+    loss = row_losses(full, torch.from_numpy(encoded.labels).to(device), problem_type).mean().item()
+    thresholds = getattr(model.config, "label_thresholds", None)
+    return Predictions(full.cpu().numpy(), loss, problem_type,
+                       None if thresholds is None else np.asarray(thresholds, dtype=np.float32))
 
 
 def _average(num_labels: int) -> str:
@@ -81,10 +101,48 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray, num_labels
     }
 
 
+def multi_label_metrics(labels: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict[str, object]:
+    """Micro-F1 is the headline (every row-label decision counts once); macro-F1 weighs rare labels like
+    common ones; subset accuracy is the share of rows whose whole label set is right. Per label:
+    precision, recall, F1 and support (rows that have it)."""
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, average=None, zero_division=0,
+                                                                     labels=list(range(len(names))))
+    micro = precision_recall_fscore_support(labels, predicted, average="micro", zero_division=0)
+    return {
+        "f1_micro": float(micro[2]),
+        "f1_macro": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "precision_micro": float(micro[0]),
+        "recall_micro": float(micro[1]),
+        "subset_accuracy": float(accuracy_score(labels, predicted)),
+        "per_label": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+                      for name, p, r, f, n in zip(names, precision, recall, f1, support)},
+    }
+
+
+def regression_metrics(targets: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Pearson is the headline (scale-free, as STS-B reports it); Spearman ranks; MSE and MAE in the targets' units.
+    A constant prediction has no correlation: Pearson and Spearman are then NaN, as scipy says."""
+    from scipy.stats import pearsonr, spearmanr
+
+    constant = np.ptp(scores) == 0 or np.ptp(targets) == 0
+    return {
+        "pearson": float("nan") if constant else float(pearsonr(targets, scores)[0]),
+        "spearman": float("nan") if constant else float(spearmanr(targets, scores)[0]),
+        "mse": float(mean_squared_error(targets, scores)),
+        "mae": float(mean_absolute_error(targets, scores)),
+    }
+
+
 def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: int) -> dict[str, float]:
-    """The tutorial's per-epoch columns: loss, accuracy, MCC, plus F1."""
-    average = _average(num_labels)
+    """The tutorial's per-epoch columns for the problem type: loss, then its metrics (multi_label at the
+    default threshold: thresholds are tuned once, on the kept weights)."""
     predicted = predictions.predicted
+    if predictions.problem_type == "multi_label":
+        found = multi_label_metrics(labels, predicted, [str(i) for i in range(num_labels)])
+        return {"val_loss": predictions.loss, **{f"val_{k}": found[k] for k in ("f1_micro", "f1_macro", "subset_accuracy")}}
+    if predictions.problem_type == "regression":
+        return {"val_loss": predictions.loss, **{f"val_{k}": v for k, v in regression_metrics(labels, predicted).items()}}
+    average = _average(num_labels)
     return {
         "val_loss": predictions.loss,
         "val_accuracy": float(accuracy_score(labels, predicted)),
@@ -93,15 +151,25 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
     }
 
 
-def objective(select_best: str) -> tuple[str, str]:
-    """(epoch_end field, goal) of the metric that ranks epochs: the select_best metric, else validation MCC.
-    select_best, early stopping and a tuning trial's reported objective all follow it."""
-    return ("val_loss", "MINIMIZE") if select_best == "loss" else ("val_mcc", "MAXIMIZE")
+# Per problem type: the epoch_end field that ranks epochs when select_best names none, and how logs say it.
+HEADLINES = {"single_label": ("val_mcc", "val MCC"), "multi_label": ("val_f1_micro", "val micro-F1"),
+             "regression": ("val_pearson", "val Pearson")}
+MINIMIZED = ("loss", "mse")
+
+
+def objective(select_best: str, problem_type: str = "single_label") -> tuple[str, str]:
+    """(epoch_end field, goal) of the metric that ranks epochs: the select_best metric, else the problem type's
+    headline (val_mcc, val_f1_micro, val_pearson), all maximised. select_best, early stopping and a tuning
+    trial's reported objective all follow it."""
+    if select_best == "none":
+        return HEADLINES[problem_type][0], "MAXIMIZE"
+    return f"val_{select_best}", "MINIMIZE" if select_best in MINIMIZED else "MAXIMIZE"
 
 
 def better(select_best: str, value: float, reference: float, min_delta: float = 0.0) -> bool:
-    """Whether `value` beats `reference` on the objective by more than min_delta."""
-    goal = objective(select_best)[1]
+    """Whether `value` beats `reference` on the objective by more than min_delta (every headline is maximised,
+    so the goal follows from select_best alone)."""
+    goal = "MINIMIZE" if select_best in MINIMIZED else "MAXIMIZE"
     return value > reference + min_delta if goal == "MAXIMIZE" else value < reference - min_delta
 
 
@@ -112,31 +180,105 @@ def validation_metrics(stats: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class EpochStats:
-    """One epoch's row of the tutorial's table: what training_stats.csv, epoch_end and the checkpoint hold."""
+    """One epoch's row of the tutorial's table: what training_stats.csv, epoch_end and the checkpoint hold.
+    A problem type fills its own validation metrics; `row()` leaves out the others, so a single_label row
+    has exactly the tutorial's columns."""
 
     epoch: int
     train_loss: float
     val_loss: float
-    val_accuracy: float
-    val_mcc: float
-    val_f1: float
-    train_seconds: float
-    val_seconds: float
+    val_accuracy: float | None = None  # single_label
+    val_mcc: float | None = None
+    val_f1: float | None = None
+    val_f1_micro: float | None = None  # multi_label
+    val_f1_macro: float | None = None
+    val_subset_accuracy: float | None = None
+    val_pearson: float | None = None  # regression
+    val_spearman: float | None = None
+    val_mse: float | None = None
+    val_mae: float | None = None
+    train_seconds: float = 0.0
+    val_seconds: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def headline(stats: dict[str, Any], problem_type: str) -> str:
+    """The problem type's headline validation metric, as epoch_end's message says it."""
+    name, shown = HEADLINES[problem_type]
+    return f"{shown} {stats[name]:.4f}"
 
 
 def test_metrics(model: torch.nn.Module, test_set: Encoded, pad_token_id: int, batch_size: int,
                  compute: Compute) -> tuple[dict[str, object], Predictions]:
     """Step 4 of the tutorial: the test split's metrics (logged as `test_metrics`) and its predictions."""
     predictions = predict(model, test_set, pad_token_id, batch_size, compute)
-    metrics = classification_metrics(test_set.labels, predictions.predicted, model.config.num_labels)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if predictions.problem_type == "multi_label":
+        metrics = multi_label_metrics(test_set.labels, predictions.predicted, names)
+        message = f"test micro-F1 {metrics['f1_micro']:.4f}, subset accuracy {metrics['subset_accuracy']:.4f}"
+    elif predictions.problem_type == "regression":
+        metrics = regression_metrics(test_set.labels, predictions.predicted)
+        message = f"test Pearson {metrics['pearson']:.4f}, MSE {metrics['mse']:.4f}"
+    else:
+        metrics = classification_metrics(test_set.labels, predictions.predicted, model.config.num_labels)
+        message = f"test MCC {metrics['mcc']:.4f}, accuracy {metrics['accuracy']:.4f}"
     metrics["loss"] = predictions.loss
-    logs.event("test_metrics", f"test MCC {metrics['mcc']:.4f}, accuracy {metrics['accuracy']:.4f}",
-               test_mcc=metrics["mcc"], test_accuracy=metrics["accuracy"], test_f1=metrics["f1"],
-               test_precision=metrics["precision"], test_recall=metrics["recall"], test_loss=predictions.loss,
-               confusion_matrix=metrics["confusion_matrix"])
+    logs.event("test_metrics", message, **test_fields(metrics))
     return metrics, predictions
 
 
+def test_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The test_metrics event's fields: each number as test_<name>, then the confusion matrix or per-label table."""
+    fields = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+    fields.update({k: metrics[k] for k in ("confusion_matrix", "per_label") if k in metrics})
+    return fields
+
+
+TEST_HEADLINES = {"single_label": "mcc", "multi_label": "f1_micro", "regression": "pearson"}
+
+
+def test_headline(metrics: dict[str, Any], problem_type: str) -> dict[str, float | None]:
+    """job_end's test field: test_mcc, test_f1_micro or test_pearson (None without a test split)."""
+    name = TEST_HEADLINES[problem_type]
+    return {f"test_{name}": metrics["test"][name] if "test" in metrics else None}
+
+
+def best_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
+    """The cut on one label's scores (a row has the label when score >= cut) with the highest F1 on these
+    rows; DEFAULT_THRESHOLD when no row has the label (no F1 to maximise). Ties keep the highest cut."""
+    positives = float(truth.sum())
+    if positives == 0:
+        return DEFAULT_THRESHOLD
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], np.cumsum(truth[order])
+    chosen = np.arange(1, len(scores) + 1)
+    # Cutting at a score takes every row with that score: only the last of a run of equal scores is a real cut.
+    real = np.r_[ranked[1:] != ranked[:-1], True]
+    f1 = np.where(real, 2 * hits / (chosen + positives), -1.0)
+    return float(ranked[int(f1.argmax())])
+
+
+def tune_thresholds(model: torch.nn.Module, validation: Encoded, pad_token_id: int, batch_size: int,
+                    compute: Compute) -> dict[str, Any]:
+    """multi_label: per label, the threshold with the best F1 on validation, stored in the config (so it is
+    saved with the model and used by the test metrics and `seqcls predict`); returned for metrics.json.
+    Nothing for the other problem types."""
+    if problem_type_of(model.config.problem_type) != "multi_label":
+        return {}
+    model.config.label_thresholds = None  # tune on the raw scores, not on earlier thresholds
+    scores = predict(model, validation, pad_token_id, batch_size, compute).probabilities
+    thresholds = [best_threshold(validation.labels[:, i], scores[:, i]) for i in range(scores.shape[1])]
+    model.config.label_thresholds = thresholds
+    named = {model.config.id2label[i]: round(t, 6) for i, t in enumerate(thresholds)}
+    logs.event("thresholds_tuned", f"decision thresholds tuned on {len(validation)} validation rows",
+               label_thresholds=named)
+    return {"label_thresholds": named}
+
+
 def probability_columns(predictions: Predictions, labels: list[str]) -> dict[str, np.ndarray]:
-    """`prob_<label>` columns, rounded: test_predictions.csv and `seqcls predict` write the same ones."""
+    """`prob_<label>` columns, rounded (none for regression): test_predictions.csv and `seqcls predict` write the same ones."""
+    if predictions.problem_type == "regression":
+        return {}
     return {f"prob_{label}": predictions.probabilities[:, i].round(6) for i, label in enumerate(labels)}

@@ -54,6 +54,9 @@ def run(where: runtime.Platform) -> Path:
     # Step 4: test. A run the platform stopped (SIGTERM) skips it: the grace period is for saving a model.
     partial = outcome.partial(kept_best=settings.select_best != "none")
     metrics = artifacts.metrics_record(outcome.stats, outcome.best_epoch, splits.label_map.labels, partial)
+    if not partial:  # multi_label: per-label thresholds from validation, saved in config.json, used on test
+        metrics.update(evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings.eval_batch_size,
+                                                compute))
     test = None
     if "test" in encoded and not partial:
         metrics["test"], predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id,
@@ -78,9 +81,10 @@ def run(where: runtime.Platform) -> Path:
     storage.publish_run(where.model_uri, settings.output_uri, where.run_id, [where.model_dir, where.output_data_dir],
                         _publish_options(settings))
     checkpointer.remove()  # published: nothing is left for a later run in the same folder to resume
-    test_mcc = metrics["test"]["mcc"] if "test" in metrics else None
-    logs.event("job_end", f"done in {time.perf_counter() - started:.1f}s" + (f", test MCC {test_mcc:.4f}" if test_mcc is not None else ""),
-               run_id=where.run_id, test_mcc=test_mcc, best_epoch=outcome.best_epoch,
+    tested = evaluate.test_headline(metrics, settings.problem_type)
+    logs.event("job_end", f"done in {time.perf_counter() - started:.1f}s" + "".join(
+        f", {name} {value:.4f}" for name, value in tested.items() if value is not None),
+               run_id=where.run_id, **tested, best_epoch=outcome.best_epoch,
                seconds=round(time.perf_counter() - started, 2), model_dir=str(where.model_dir))
     return where.model_dir
 
@@ -107,6 +111,7 @@ def _start(where: runtime.Platform, resolved: hyperparameters.Resolved, world: d
     if world.is_main:
         logs.subscribe(scalars.TensorBoardScalars(where.tensorboard_dir, settings.epochs))
         if where.tuning_metric_file:
-            logs.subscribe(tuning.ObjectiveReport(where.tuning_metric_file, where.trial_id, settings.select_best))
+            logs.subscribe(tuning.ObjectiveReport(where.tuning_metric_file, where.trial_id, settings.select_best,
+                                                  settings.problem_type))
         storage.preflight_run(where.model_uri, settings.output_uri, where.run_id, _publish_options(settings))
     return compute

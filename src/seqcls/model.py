@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from .data import LabelMap
 from .errors import ModelError, SettingsError
+from .settings import PROBLEM_TYPES
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
@@ -40,7 +41,8 @@ def check_local_folder(path: Path) -> None:
 
 
 def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
-    """The config with our label names; read before any weights so bad settings fail fast."""
+    """The config with our label names and problem type (so transformers' pipeline applies softmax, sigmoid or
+    nothing, as ours does); read before any weights so bad settings fail fast."""
     local = Path(source)
     # A hub id is "name" or "org/name"; an existing or explicit path (a channel, /..., ./...) must be a usable folder
     # rather than fall through to a slow, doomed hub download.
@@ -48,13 +50,16 @@ def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
         check_local_folder(local)
     try:
         config = AutoConfig.from_pretrained(source, num_labels=len(label_map.labels), id2label=label_map.id2label,
-                                            label2id=label_map.label2id, trust_remote_code=False)
+                                            label2id=label_map.label2id, trust_remote_code=False,
+                                            problem_type=PROBLEM_TYPES[label_map.problem_type])
     except (OSError, ValueError) as err:
         if "custom code" in str(err):
             raise ModelError(f"model {source!r} needs its own Python code (auto_map in config.json): seqcls never runs "
                              "code shipped with a model; use a model whose model_type transformers supports") from None
         raise ModelError(f"cannot load model {source!r}: {str(err).splitlines()[0][:300]} "
                          "(offline or network-isolated? mount the model folder as the `model` channel)") from None
+    if hasattr(config, "label_thresholds"):  # a fine-tuned multi_label start: its thresholds are for its labels, not ours
+        del config.label_thresholds
     return config
 
 

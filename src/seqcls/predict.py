@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 import pandas as pd
 from transformers import AutoConfig
 
@@ -23,7 +22,7 @@ from . import settings as hyperparameters
 from .errors import ModelError
 
 # Settings that describe the input and the model, taken from the training run when it recorded them.
-INHERITED = ("max_length", "text_column", "text_pair_column", "eval_batch_size")
+INHERITED = ("max_length", "text_column", "text_pair_column", "eval_batch_size", "label_delimiter")
 
 
 @dataclass(frozen=True)
@@ -69,21 +68,21 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
             raise ModelError(f"cannot read the config of {model_uri}: {str(err).splitlines()[0][:300]}") from None
         tokenizer = model.load_tokenizer(str(folder))
         classifier = model.load_model(str(folder), config, settings.seed)
-    labels = [config.id2label[i] for i in range(config.num_labels)]
+    label_map = data.LabelMap([config.id2label[i] for i in range(config.num_labels)],
+                              hyperparameters.problem_type_of(config.problem_type))
     channel = data.read_channel(input_path, "input", settings, labelled=False, explicit=resolved.explicit)
-    encoded, _ = data.tokenize(tokenizer, channel, np.zeros(len(channel.frame), dtype=np.int64), settings.max_length)
+    encoded, _ = data.tokenize(tokenizer, channel, label_map.blank(len(channel.frame)), settings.max_length)
     device = devices.pick_device(settings)
     compute = devices.Compute(device, devices.pick_precision(settings, device))
     predictions = evaluate.predict(classifier.to(device), encoded, model.pad_token_id(tokenizer), settings.eval_batch_size,
                                    compute)
 
     frame = channel.frame.copy()  # text, [text_pair]
-    frame["predicted"] = [labels[i] for i in predictions.predicted]
-    for column, values in evaluate.probability_columns(predictions, labels).items():
+    for column, values in artifacts.prediction_columns(predictions, label_map, settings.label_delimiter).items():
         frame[column] = values
     _write(output_path, frame)
-    summary = Summary(len(frame), output_path, labels, round(time.perf_counter() - started, 2))
+    summary = Summary(len(frame), output_path, label_map.labels, round(time.perf_counter() - started, 2))
     logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
                model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
-               labels=labels, device=device.type, seconds=summary.seconds)
+               labels=label_map.labels, problem_type=label_map.problem_type, device=device.type, seconds=summary.seconds)
     return summary

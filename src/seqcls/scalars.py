@@ -1,7 +1,8 @@
 """TensorBoard scalars, written from the job's own events so they hold exactly the JSON log's values.
 
 Train loss, learning rate and samples/s at each `train_progress` (x: optimizer step); validation
-loss, accuracy, MCC and F1 at each `epoch_end` (x: epoch); test metrics once (x: the last epoch).
+loss and the problem type's metrics (MCC...; micro-F1...; Pearson...) at each `epoch_end` (x: epoch); test
+metrics once (x: the last epoch).
 """
 
 from __future__ import annotations
@@ -10,10 +11,16 @@ from pathlib import Path
 from typing import Any
 
 TRAIN = {"loss": "train/loss", "lr": "train/learning_rate", "samples_per_s": "train/samples_per_s"}
+# Every problem type's fields; an event carries only its own type's, and absent fields are skipped.
 EPOCH = {"train_loss": "train/epoch_loss", "val_loss": "val/loss", "val_accuracy": "val/accuracy",
-         "val_mcc": "val/mcc", "val_f1": "val/f1"}
+         "val_mcc": "val/mcc", "val_f1": "val/f1",
+         "val_f1_micro": "val/f1_micro", "val_f1_macro": "val/f1_macro", "val_subset_accuracy": "val/subset_accuracy",
+         "val_pearson": "val/pearson", "val_spearman": "val/spearman", "val_mse": "val/mse", "val_mae": "val/mae"}
 TEST = {"test_loss": "test/loss", "test_accuracy": "test/accuracy", "test_mcc": "test/mcc", "test_f1": "test/f1",
-        "test_precision": "test/precision", "test_recall": "test/recall"}
+        "test_precision": "test/precision", "test_recall": "test/recall",
+        "test_f1_micro": "test/f1_micro", "test_f1_macro": "test/f1_macro", "test_subset_accuracy": "test/subset_accuracy",
+        "test_precision_micro": "test/precision_micro", "test_recall_micro": "test/recall_micro",
+        "test_pearson": "test/pearson", "test_spearman": "test/spearman", "test_mse": "test/mse", "test_mae": "test/mae"}
 FLUSH_SECS = 30
 
 

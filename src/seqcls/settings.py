@@ -56,6 +56,20 @@ def _setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: 
                                             "secret": secret})
 
 
+# Our problem types and the names transformers' config.problem_type (and so its pipeline) uses for them.
+PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
+                 "regression": "regression"}
+# select_best choices and the problem type each needs (None: any).
+SELECT_BEST = {"none": None, "mcc": "single_label", "loss": None, "f1_micro": "multi_label", "pearson": "regression",
+               "mse": "regression"}
+
+
+def problem_type_of(config_problem_type: str | None) -> str:
+    """Ours from a config's problem_type; a config saved without one (before it was set) is single_label."""
+    found = {hf: ours for ours, hf in PROBLEM_TYPES.items()}
+    return found.get(config_problem_type or "single_label_classification", "single_label")
+
+
 POSITIVE_INT = Bounds(low=1)
 NON_NEGATIVE = Bounds(low=0)
 FRACTION_OPEN = Bounds(low=0, high=1, low_open=True, high_open=True)
@@ -115,8 +129,14 @@ class Settings:
     distributed_timeout_s: int = _setting(600, "Seconds a collective may wait for a peer before the job fails",
                                           bounds=Bounds(10, 86400), math=False)
     log_every_steps: int = _setting(40, "Emit a train_progress event every N steps", bounds=POSITIVE_INT, math=False)
-    select_best: str = _setting("none", "Keep the best epoch's weights (by validation MCC or loss) instead of the last",
-                                choices=("none", "mcc", "loss"))
+    problem_type: str = _setting("single_label", "single_label: one class per row (softmax); multi_label: a set of "
+                                                 "labels per row (sigmoid, per-label thresholds); regression: one number "
+                                                 "per row (docs/problem-types.md)", choices=tuple(PROBLEM_TYPES))
+    label_delimiter: str = _setting(",", "multi_label: what separates a row's labels in a CSV/TSV cell (JSONL/Parquet "
+                                         "give a list)")
+    select_best: str = _setting("none", "Keep the best epoch's weights instead of the last, by a validation metric of "
+                                        "the problem type (mcc: single_label, f1_micro: multi_label, pearson or mse: "
+                                        "regression) or by loss", choices=tuple(SELECT_BEST))
     max_train_samples: int = _setting(0, "Use a seeded sample of at most N training rows (0: all)", bounds=NON_NEGATIVE)
 
     def as_dict(self) -> dict[str, Any]:
@@ -244,6 +264,8 @@ def validate(s: Settings) -> None:
     _check(s.text_pair_column not in (s.text_column, s.label_column), "text_pair_column", s.text_pair_column,
            "must differ from text_column and label_column")
     _check(s.text_column != s.label_column, "label_column", s.label_column, "must differ from text_column")
+    _check(bool(s.label_delimiter), "label_delimiter", s.label_delimiter, "must not be empty")
+    _check_select_best(s)
     _check(not s.base_model or _is_repo_id(s.base_model), "base_model", s.base_model, "must be a Hub id such as org/name")
     if s.output_uri:
         parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
@@ -251,6 +273,15 @@ def validate(s: Settings) -> None:
            "s3_expected_bucket_owner", s.s3_expected_bucket_owner, "must be a 12-digit AWS account id")
     _check(all(c.isalnum() or c in "-_." for c in s.run_id) and not s.run_id.startswith("."), "run_id", s.run_id,
            "may hold only letters, digits, '-', '_' and '.', and must not start with '.'")
+
+
+def _check_select_best(s: Settings) -> None:
+    """A metric of another problem type is never computed: name the ones this type has."""
+    needs = SELECT_BEST.get(s.select_best)
+    if needs is not None and needs != s.problem_type:
+        usable = [name for name, kind in SELECT_BEST.items() if kind in (None, s.problem_type)]
+        raise SettingsError(f"hyperparameter select_best={s.select_best} needs problem_type={needs}; with "
+                            f"problem_type={s.problem_type} use one of {', '.join(usable)}")
 
 
 @dataclass(frozen=True)

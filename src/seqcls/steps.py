@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .devices import Compute, autocast
+from .losses import row_losses
 from .settings import Settings
 
 WARM_UP_RUNS = 2  # per width: lazy initialisation (optimizer state, cuBLAS workspaces) must precede capture
@@ -76,6 +76,7 @@ class EagerStep:
         self.forward, self.model, self.optimizer = forward, state.model, state.optimizer
         self.scheduler, self.scaler = state.scheduler, state.scaler
         self.device, self.precision, self.max_grad_norm = compute.device, compute.precision, settings.max_grad_norm
+        self.problem_type = settings.problem_type
         # The schedule's own value: after a failed capture or a graph-path checkpoint, the group holds
         # a float32 tensor, which would round the learning rate.
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
@@ -83,8 +84,10 @@ class EagerStep:
 
     def __call__(self, batch: dict[str, np.ndarray], share: float) -> torch.Tensor:
         inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in batch.items()}
+        labels = inputs.pop("labels")
         with autocast(self.device, self.precision):
-            loss = self.forward(**inputs).loss * share
+            logits = self.forward(**inputs).logits
+        loss = (row_losses(logits, labels, self.problem_type) / len(labels)).sum() * share
         self.scaler.scale(loss).backward()
         if self.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
@@ -110,6 +113,7 @@ class GraphSteps:
         device = compute.device
         self.device, self.precision = device, compute.precision
         self.batch_size, self.max_grad_norm = settings.batch_size, settings.max_grad_norm
+        self.problem_type = settings.problem_type
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         for group in self.optimizer.param_groups:  # the schedule fills this tensor; the graphs read it
             group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
@@ -131,8 +135,15 @@ class GraphSteps:
         matrix = torch.zeros((self.batch_size, width), dtype=torch.int64, device=self.device)
         return {"input_ids": matrix, "token_type_ids": torch.zeros_like(matrix),
                 "attention_mask": torch.ones_like(matrix),
-                "labels": torch.zeros(self.batch_size, dtype=torch.int64, device=self.device),
+                "labels": self._static_labels(),
                 "weights": torch.full((self.batch_size,), 1 / self.batch_size, device=self.device)}
+
+    def _static_labels(self) -> torch.Tensor:
+        """The label buffer data.Encoded fills: class ids, multi-hot rows or targets."""
+        if self.problem_type == "multi_label":
+            return torch.zeros((self.batch_size, self.model.config.num_labels), dtype=torch.float32, device=self.device)
+        dtype = torch.float32 if self.problem_type == "regression" else torch.int64
+        return torch.zeros(self.batch_size, dtype=dtype, device=self.device)
 
     def _step(self, width: int) -> None:
         """The captured body: no host syncs, no allocations that outlive it, shapes fixed by `width`."""
@@ -141,7 +152,7 @@ class GraphSteps:
         with autocast(self.device, self.precision, cache_enabled=False):  # autocast's cache breaks capture
             logits = self.model(input_ids=static["input_ids"], token_type_ids=static["token_type_ids"],
                                 attention_mask=static["attention_mask"]).logits
-        losses = F.cross_entropy(logits.float(), static["labels"], reduction="none")
+        losses = row_losses(logits, static["labels"], self.problem_type)
         loss = (losses * static["weights"]).sum()
         loss.backward()
         if self.max_grad_norm > 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -21,7 +21,7 @@ from .data import Encoded, batch_widths, collate, epoch_order, pad_multiple
 from .devices import Compute
 from .distributed import all_reduce_sum, any_rank, shard
 from .errors import Interrupted
-from .evaluate import EpochStats, better, epoch_validation, objective, predict, validation_metrics
+from .evaluate import EpochStats, better, epoch_validation, headline, objective, predict, validation_metrics
 from .settings import Settings
 from .steps import EagerStep, GraphSteps, Step, TrainingState, current_lr, graphs_unavailable, make_optimizer
 
@@ -58,9 +58,9 @@ class Outcome:
                 "weights": weights}
 
 
-def _improved(select_best: str, stats: EpochStats, best: dict[str, float] | None) -> bool:
-    key = objective(select_best)[0]
-    return best is None or better(select_best, asdict(stats)[key], best[key])
+def _improved(settings: Settings, stats: EpochStats, best: dict[str, float] | None) -> bool:
+    key = objective(settings.select_best, settings.problem_type)[0]
+    return best is None or better(settings.select_best, stats.row()[key], best[key])
 
 
 def _progress_bar(total: int, done: int):
@@ -222,18 +222,18 @@ class _Loop:
         val_start = time.perf_counter()
         predictions = predict(model, self.data.validation, self.data.pad_token_id, self.settings.eval_batch_size,
                               self.compute)
-        validation = epoch_validation(self.data.validation.labels, predictions, len(model.config.id2label))
+        validation = epoch_validation(self.data.validation.labels, predictions, model.config.num_labels)
         stats = EpochStats(epoch=epoch, train_loss=epoch_loss.item() / batches, train_seconds=train_seconds,
                            val_seconds=time.perf_counter() - val_start, **validation)
         self.outcome.stats.append(stats)
         logs.event("epoch_end", f"epoch {epoch}/{self.settings.epochs}: train loss {stats.train_loss:.4f}, "
-                                f"val loss {stats.val_loss:.4f}, val MCC {stats.val_mcc:.4f}",
-                   **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(stats).items()})
-        if self.settings.select_best != "none" and _improved(self.settings.select_best, stats, progress.best):
-            progress.best = asdict(stats)
+                                f"val loss {stats.val_loss:.4f}, {headline(stats.row(), self.settings.problem_type)}",
+                   **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.row().items()})
+        if self.settings.select_best != "none" and _improved(self.settings, stats, progress.best):
+            progress.best = stats.row()
             self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
-        progress.stats = [asdict(s) for s in self.outcome.stats]
+        progress.stats = [s.row() for s in self.outcome.stats]
         self._save_checkpoint()
         if any_rank(STOP.requested, world, self.compute.device):
             raise Interrupted(f"interrupted by SIGTERM after epoch {epoch}; checkpoint saved in "

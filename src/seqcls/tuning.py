@@ -24,10 +24,10 @@ KEEP = 100  # the package's _MAX_NUM_METRIC_ENTRIES_TO_PRESERVE
 class ObjectiveReport:
     """A logs.Listener: at each epoch_end, the objective as a hypertune record (global_step = the epoch)."""
 
-    def __init__(self, path: Path, trial_id: str, select_best: str) -> None:
+    def __init__(self, path: Path, trial_id: str, select_best: str, problem_type: str = "single_label") -> None:
         self.path = path
         self.trial = trial_id or "0"  # the package's default when CLOUD_ML_TRIAL_ID is unset
-        self.metric = objective(select_best)[0]
+        self.metric = objective(select_best, problem_type)[0]
         self.records: deque[dict[str, Any]] = deque(maxlen=KEEP)
 
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
