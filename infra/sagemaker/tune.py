@@ -7,7 +7,8 @@
         [--spot --checkpoint-s3-uri s3://...] [--network-isolation --model s3://...] [--dry-run | --wait]
 
 Every option of `infra.sagemaker.submit` describes each trial, checked the same way. The objective is
-`validation:mcc`, maximised: SageMaker reads it from the `epoch_end` log line of every epoch with the
+`validation:mcc` (`validation:f1_micro` with `--hp problem_type=multi_label`, `validation:pearson` with
+`regression`), maximised: SageMaker reads it from the `epoch_end` log line of every epoch with the
 metric definitions in `infra.sagemaker.metrics`, which is also what early stopping (`Auto`) compares.
 The learning rate is searched on a log scale (its effect is multiplicative), epochs and warm-up
 linearly, batch sizes as a list. A hyperparameter left out of `--tune` can be fixed with `--hp`.
@@ -42,6 +43,9 @@ from seqcls import settings
 
 OPERATION = "CreateHyperParameterTuningJob"
 OBJECTIVE_METRIC = "validation:mcc"  # a metric name of infra.sagemaker.metrics (the tests check it)
+# Per --hp problem_type: its headline (seqcls.evaluate.objective with select_best=none), all maximised.
+OBJECTIVE_METRICS = {"single_label": OBJECTIVE_METRIC, "multi_label": "validation:f1_micro",
+                     "regression": "validation:pearson"}
 OBJECTIVE_TYPE = "Maximize"
 TUNING_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}$")  # the API's pattern for the name
 NAME_STAMP = "%y%m%d-%H%M%S"
@@ -189,7 +193,9 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         raise SubmitError(f"--max-parallel-jobs must be between 1 and --max-jobs ({args.max_jobs})")
     config: dict[str, Any] = {
         "Strategy": args.strategy,
-        "HyperParameterTuningJobObjective": {"Type": OBJECTIVE_TYPE, "MetricName": OBJECTIVE_METRIC},
+        "HyperParameterTuningJobObjective": {
+            "Type": OBJECTIVE_TYPE,
+            "MetricName": OBJECTIVE_METRICS[job.hyperparameters.get("problem_type", "single_label")]},
         "ResourceLimits": {"MaxNumberOfTrainingJobs": args.max_jobs, "MaxParallelTrainingJobs": args.max_parallel_jobs},
         "ParameterRanges": ranges,
         "TrainingJobEarlyStoppingType": args.early_stopping,

@@ -202,15 +202,26 @@ def _test_files(out: Path, record: "RunRecord") -> None:
         plot_confusion_matrix(out / "confusion_matrix.png", test["confusion_matrix"], record.label_map.labels)
 
 
-def _decisions(logits: torch.Tensor, problem_type: str) -> torch.Tensor:
-    """What the reload check compares: the class for single_label, the rounded logits otherwise (thresholds and
-    scores depend on every output, and an argmax over one regression output would say nothing)."""
-    return logits.argmax(-1) if problem_type == "single_label" else (logits.float() * 1e4).round() / 1e4
+def _shown(logits: torch.Tensor, problem_type: str) -> list:
+    """What the reload check compares and reports: the class per row for single_label; the outputs otherwise
+    (sigmoid thresholds and regression scores depend on their values, and an argmax over one output says nothing)."""
+    return logits.argmax(-1).tolist() if problem_type == "single_label" else logits.float().round(decimals=4).tolist()
+
+
+def _agree(expected: torch.Tensor, got: torch.Tensor, problem_type: str) -> bool:
+    if problem_type == "single_label":
+        return torch.equal(expected.argmax(-1), got.argmax(-1))
+    return torch.allclose(expected.float(), got.float(), rtol=0, atol=1e-4)
+
+
+def _problem_record(config) -> tuple[object, object]:
+    return config.problem_type, getattr(config, "label_thresholds", None)
 
 
 @torch.no_grad()
 def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Channel) -> int:
-    """Reload the saved folder as a consumer would and check it predicts what the trained model predicts."""
+    """Reload the saved folder as a consumer would and check it predicts what the trained model predicts,
+    with the same problem type and decision thresholds in its config."""
     frame = channel.frame.head(RELOAD_CHECK_ROWS)
     texts = frame[TEXT].tolist()
     pairs = frame[PAIR].tolist() if PAIR in frame else None
@@ -218,19 +229,20 @@ def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Ch
     reloaded = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True,
                                                                   trust_remote_code=False).to(device).eval()
     reloaded_tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    if _problem_record(reloaded.config) != _problem_record(model.config):
+        raise SeqclsError(f"reload check failed: the saved config.json in {model_dir} has (problem_type, label_thresholds) "
+                          f"{_problem_record(reloaded.config)}, the trained model {_problem_record(model.config)}")
     was_training = model.training
     model.eval()
     try:
-        problem_type = problem_type_of(model.config.problem_type)
-        expected = _decisions(model(**tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt")
-                                    .to(device)).logits, problem_type)
-        got = _decisions(reloaded(**reloaded_tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt")
-                                  .to(device)).logits, problem_type)
+        expected = model(**tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt").to(device)).logits
+        got = reloaded(**reloaded_tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt").to(device)).logits
     finally:
         model.train(was_training)
-    if not torch.equal(expected, got):
-        raise SeqclsError(f"reload check failed: the saved model in {model_dir} predicts {got.tolist()} "
-                          f"but the trained model predicts {expected.tolist()} on the same {len(texts)} rows")
+    problem_type = problem_type_of(model.config.problem_type)
+    if not _agree(expected, got, problem_type):
+        raise SeqclsError(f"reload check failed: the saved model in {model_dir} predicts {_shown(got, problem_type)} "
+                          f"but the trained model predicts {_shown(expected, problem_type)} on the same {len(texts)} rows")
     return len(texts)
 
 

@@ -124,7 +124,7 @@ def predict_command(argv: Sequence[str]) -> int:
     parser.add_argument("--model", required=True, help="s3://bucket/prefix/RUN_ID, gs://bucket/prefix/RUN_ID or a folder")
     parser.add_argument("--input", required=True, type=Path, help="a .tsv/.csv/.jsonl/.parquet file or folder (labels not needed)")
     parser.add_argument("--output", type=Path, help="predictions .csv or .jsonl (default: <input stem>.predictions.csv here)")
-    for name in ("text_column", "text_pair_column", "max_length", "eval_batch_size"):
+    for name in ("text_column", "text_pair_column", "max_length", "eval_batch_size", "label_delimiter"):
         parser.add_argument(f"--{name}", help="default: the training run's value (from run_manifest.json)")
     for name in ("device", "precision"):
         parser.add_argument(f"--{name}", help="default: auto")

@@ -107,6 +107,27 @@ def test_objective_regex_reads_the_jobs_own_epoch_end_line(aws_offline: None, ca
         assert not regex.search(test_line)
 
 
+@pytest.mark.parametrize("problem_type, select_best, metric, field, stats", [
+    ("multi_label", "f1_micro", "validation:f1_micro", "val_f1_micro",
+     dict(val_f1_micro=0.623, val_f1_macro=0.41, val_subset_accuracy=0.3)),
+    ("regression", "pearson", "validation:pearson", "val_pearson",
+     dict(val_pearson=-0.0625, val_spearman=0.1, val_mse=1.5, val_mae=0.9)),
+])
+def test_the_objective_follows_the_problem_type(aws_offline: None, capsys: pytest.CaptureFixture[str], problem_type: str,
+                                                select_best: str, metric: str, field: str, stats: dict) -> None:
+    """A multi_label or regression trial is ranked by its own headline, read from its own epoch_end row."""
+    request = _request([*BASE, "--hp", f"problem_type={problem_type}", "--hp", f"select_best={select_best}"])
+    objective = request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
+    assert objective == {"Type": "Maximize", "MetricName": metric}
+    regex = re.compile(_objective_regex(request))
+    logs.setup()
+    capsys.readouterr()
+    row = EpochStats(epoch=1, train_loss=0.4, val_loss=0.5, **stats).row()
+    logs.event("epoch_end", "epoch 1/2", **row)
+    found = regex.search(capsys.readouterr().out)
+    assert found and float(found.group(1)) == stats[field]
+
+
 @pytest.mark.slow
 def test_objective_regex_reads_a_real_runs_epochs(aws_offline: None, job_log_lines: list[str]) -> None:
     regex = re.compile(_objective_regex(_request(BASE)))

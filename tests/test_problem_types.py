@@ -1,0 +1,187 @@
+"""problem_type, unit by unit: the losses and metrics against scikit-learn and scipy, the per-label
+threshold search, the objective per type, the settings checks, and labels read per type and format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, log_loss, mean_absolute_error, mean_squared_error, precision_recall_fscore_support
+
+from seqcls import data, evaluate, settings
+from seqcls.errors import DataError, SettingsError
+from seqcls.losses import row_losses
+
+RNG = np.random.default_rng(7)
+
+
+def test_single_label_row_losses_are_sklearns_log_loss_per_row():
+    logits = torch.from_numpy(RNG.normal(size=(20, 3)).astype(np.float32))
+    labels = torch.from_numpy(RNG.integers(0, 3, size=20))
+    rows = row_losses(logits, labels, "single_label")
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    expected = [log_loss([y], [p], labels=[0, 1, 2]) for y, p in zip(labels.numpy(), probs)]
+    assert rows.dtype == torch.float32 and rows.shape == (20,)
+    np.testing.assert_allclose(rows.numpy(), expected, rtol=1e-5)
+
+
+def test_multi_label_row_losses_are_the_mean_over_labels_of_sklearns_log_loss():
+    logits = RNG.normal(size=(12, 4)).astype(np.float32)
+    hot = (RNG.random((12, 4)) < 0.4).astype(np.float32)
+    rows = row_losses(torch.from_numpy(logits), torch.from_numpy(hot), "multi_label").numpy()
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    expected = [np.mean([log_loss([y], [p], labels=[0, 1]) for y, p in zip(hot[i], probs[i])]) for i in range(12)]
+    assert rows.shape == (12,)
+    np.testing.assert_allclose(rows, expected, rtol=1e-5)
+    # The mean over rows is sklearn's log loss of every (row, label) decision taken together.
+    assert rows.mean() == pytest.approx(log_loss(hot.ravel(), probs.ravel()), rel=1e-5)
+
+
+def test_regression_row_losses_are_squared_errors_whose_mean_is_sklearns_mse():
+    scores = RNG.normal(size=(15, 1)).astype(np.float32)
+    targets = RNG.normal(size=15).astype(np.float32)
+    rows = row_losses(torch.from_numpy(scores), torch.from_numpy(targets), "regression").numpy()
+    assert rows.shape == (15,)
+    assert rows.mean() == pytest.approx(mean_squared_error(targets, scores[:, 0]), rel=1e-5)
+    np.testing.assert_allclose(rows, (scores[:, 0] - targets) ** 2, rtol=1e-6)
+
+
+def test_multi_label_metrics_match_sklearn_on_multi_hot_arrays():
+    truth = (RNG.random((40, 3)) < 0.5).astype(np.int64)
+    predicted = (RNG.random((40, 3)) < 0.5).astype(np.int64)
+    got = evaluate.multi_label_metrics(truth, predicted, ["a", "b", "c"])
+    assert got["f1_micro"] == pytest.approx(f1_score(truth, predicted, average="micro"))
+    assert got["f1_macro"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+    assert got["subset_accuracy"] == pytest.approx(np.mean((truth == predicted).all(axis=1)))
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, average=None)
+    assert [got["per_label"][k]["f1"] for k in "abc"] == pytest.approx(list(f1))
+    assert [got["per_label"][k]["precision"] for k in "abc"] == pytest.approx(list(precision))
+    assert [got["per_label"][k]["recall"] for k in "abc"] == pytest.approx(list(recall))
+    assert [got["per_label"][k]["support"] for k in "abc"] == list(support) == list(truth.sum(axis=0))
+
+
+def test_regression_metrics_match_scipy_and_sklearn():
+    targets = RNG.normal(size=50)
+    scores = targets + RNG.normal(scale=0.5, size=50)
+    got = evaluate.regression_metrics(targets, scores)
+    assert got["pearson"] == pytest.approx(pearsonr(targets, scores)[0])
+    assert got["spearman"] == pytest.approx(spearmanr(targets, scores)[0])
+    assert got["mse"] == pytest.approx(mean_squared_error(targets, scores))
+    assert got["mae"] == pytest.approx(mean_absolute_error(targets, scores))
+    flat = evaluate.regression_metrics(targets, np.full(50, 0.3))
+    assert np.isnan(flat["pearson"]) and np.isnan(flat["spearman"]) and flat["mse"] > 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_each_labels_threshold_has_the_best_f1_any_cut_gives(seed):
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(60) < 0.3).astype(np.int64)
+    scores = np.round(np.clip(truth * 0.2 + rng.random(60) * 0.8, 0, 1), 2)  # rounded: ties must be handled
+    cut = evaluate.best_threshold(truth, scores)
+    best = max(f1_score(truth, scores >= t, zero_division=0) for t in np.unique(scores))
+    assert f1_score(truth, scores >= cut) == pytest.approx(best)
+    assert cut in scores
+
+
+def test_a_label_without_positives_keeps_the_default_threshold():
+    assert evaluate.best_threshold(np.zeros(10), RNG.random(10)) == evaluate.DEFAULT_THRESHOLD == 0.5
+
+
+def test_multi_label_predictions_use_the_saved_thresholds():
+    logits = np.log(np.array([[0.3, 0.7], [0.6, 0.2]]) / (1 - np.array([[0.3, 0.7], [0.6, 0.2]]))).astype(np.float32)
+    default = evaluate.Predictions(logits, 0.0, "multi_label")
+    tuned = evaluate.Predictions(logits, 0.0, "multi_label", np.array([0.25, 0.8], dtype=np.float32))
+    assert default.predicted.tolist() == [[0, 1], [1, 0]]
+    assert tuned.predicted.tolist() == [[1, 0], [1, 0]]
+
+
+@pytest.mark.parametrize("select_best, problem_type, expected", [
+    ("none", "single_label", ("val_mcc", "MAXIMIZE")), ("none", "multi_label", ("val_f1_micro", "MAXIMIZE")),
+    ("none", "regression", ("val_pearson", "MAXIMIZE")), ("f1_micro", "multi_label", ("val_f1_micro", "MAXIMIZE")),
+    ("pearson", "regression", ("val_pearson", "MAXIMIZE")), ("mse", "regression", ("val_mse", "MINIMIZE")),
+    ("loss", "regression", ("val_loss", "MINIMIZE")), ("loss", "multi_label", ("val_loss", "MINIMIZE")),
+])
+def test_the_objective_follows_the_problem_type(select_best, problem_type, expected):
+    assert evaluate.objective(select_best, problem_type) == expected
+    field, goal = expected
+    assert evaluate.better(select_best, 0.5, 0.4) == (goal == "MAXIMIZE")
+
+
+def test_epoch_stats_rows_hold_only_their_problem_types_fields():
+    single = evaluate.EpochStats(epoch=1, train_loss=0.5, val_loss=0.4, val_accuracy=0.8, val_mcc=0.3, val_f1=0.7)
+    assert list(single.row()) == ["epoch", "train_loss", "val_loss", "val_accuracy", "val_mcc", "val_f1",
+                                  "train_seconds", "val_seconds"]
+    regression = evaluate.EpochStats(epoch=1, train_loss=0.5, val_loss=0.4, val_pearson=0.9, val_spearman=0.8,
+                                     val_mse=0.4, val_mae=0.5)
+    assert evaluate.EpochStats(**regression.row()) == regression  # what a checkpoint stores and restores
+    assert "val_mcc" not in regression.row()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"select_best": "mcc", "problem_type": "regression"},
+     "select_best=mcc needs problem_type=single_label; with problem_type=regression use one of none, loss, pearson, mse"),
+    ({"select_best": "f1_micro"}, "select_best=f1_micro needs problem_type=multi_label"),
+    ({"select_best": "pearson", "problem_type": "multi_label"}, "select_best=pearson needs problem_type=regression"),
+    ({"problem_type": "multiclass"}, "problem_type='multiclass' is out of range: must be one of single_label, multi_label"),
+    ({"label_delimiter": ""}, "label_delimiter='' is out of range: must not be empty"),
+])
+def test_settings_refuse_metrics_of_another_problem_type(values, message):
+    with pytest.raises(SettingsError, match=message):
+        settings.resolve([("cli", values)])
+
+
+def _labels(tmp_path: Path, name: str, content: str, **values: str) -> data.Channel:
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    return data.read_channel(path, "train", settings.resolve([("cli", values)]).settings, explicit=set(values))
+
+
+def test_multi_label_cells_read_alike_from_csv_jsonl_and_parquet(tmp_path):
+    rows = [("a cat", ["pet", "small"]), ("a lion", ["big"]), ("a rock", [])]
+    csv_channel = _labels(tmp_path, "t.csv", "text,labels\n" + "".join(f'{t},"{",".join(tags)}"\n' for t, tags in rows),
+                          problem_type="multi_label")
+    jsonl_channel = _labels(tmp_path, "t.jsonl", "".join(json.dumps({"text": t, "labels": tags}) + "\n" for t, tags in rows),
+                            problem_type="multi_label")
+    pd.DataFrame({"text": [t for t, _ in rows], "labels": [tags for _, tags in rows]}).to_parquet(tmp_path / "t.parquet")
+    parquet_channel = data.read_channel(tmp_path / "t.parquet", "train",
+                                        settings.resolve([("cli", {"problem_type": "multi_label"})]).settings, explicit=())
+    expected = [("pet", "small"), ("big",), ()]
+    for channel in (csv_channel, jsonl_channel, parquet_channel):
+        assert channel.frame[data.LABEL].tolist() == expected
+    label_map = data.LabelMap.from_labels(csv_channel.frame[data.LABEL], "multi_label")
+    assert label_map.labels == ["big", "pet", "small"]
+    assert label_map.encode(csv_channel).tolist() == [[0, 1, 1], [1, 0, 0], [0, 0, 0]]
+    assert label_map.encode(csv_channel).dtype == np.float32
+
+
+def test_the_label_delimiter_setting_splits_cells(tmp_path):
+    channel = _labels(tmp_path, "t.csv", "text,labels\nx,a|b\ny,b\n", problem_type="multi_label", label_delimiter="|")
+    assert channel.frame[data.LABEL].tolist() == [("a", "b"), ("b",)]
+
+
+def test_regression_targets_are_float32_as_given(tmp_path):
+    channel = _labels(tmp_path, "t.csv", "text,label\nx,1.25\ny,-3\nz,1e2\n", problem_type="regression")
+    label_map = data.LabelMap.from_labels(channel.frame[data.LABEL], "regression")
+    assert label_map.labels == ["score"]
+    encoded = label_map.encode(channel)
+    assert encoded.dtype == np.float32 and encoded.tolist() == [1.25, -3.0, 100.0]
+
+
+def test_labels_of_the_wrong_kind_name_the_problem_type(tmp_path):
+    with pytest.raises(DataError, match="use problem_type=regression"):
+        _labels(tmp_path, "a.csv", "text,label\nx,0.5\ny,1\n")
+    with pytest.raises(DataError, match=r"row 2 has label 'good'.*problem_type=regression needs a finite number"):
+        _labels(tmp_path, "b.csv", "text,label\nx,0.5\ny,good\n", problem_type="regression")
+
+
+def test_an_unknown_multi_label_tag_in_test_is_named(tmp_path):
+    train = _labels(tmp_path, "train.csv", "text,labels\nx,\"a,b\"\ny,b\n", problem_type="multi_label")
+    test = _labels(tmp_path, "test.csv", "text,labels\nz,\"b,c\"\n", problem_type="multi_label")
+    label_map = data.LabelMap.from_labels(train.frame[data.LABEL], "multi_label")
+    with pytest.raises(DataError, match=r"has label\(s\) 'c' not seen in training"):
+        label_map.check_known(test)

@@ -1,0 +1,171 @@
+"""Each problem type end to end through `seqcls train` and `seqcls predict` on CPU, with MiniLM, on targets
+derived from real CoLA rows (in_domain_train.tsv, 240 rows at a stride for train, 60 other rows for test):
+
+- multi-class (single_label, more than two classes): CoLA's own `source` column (the paper a sentence comes
+  from, e.g. `bc01`, `ks08`) as the label; test rows are the ones whose source occurs in train.
+- multi_label: tags derived from each sentence: `acceptable` (CoLA label 1), `long` (more than 8 words),
+  `question` (ends with '?'), `negation` (contains "not" or "n't"); a row may have none. Train is a CSV
+  `text,labels` with cells like `acceptable,long`; test is JSONL with lists, so both formats are read.
+- regression: the score CoLA label + word count / 10 (e.g. an acceptable 7-word sentence scores 1.7).
+
+For each: the job succeeds, config.json carries transformers' problem_type, metrics.json the type's
+metrics, its picture or table exists, and the saved model loaded by `transformers.pipeline` scores the
+rows as `seqcls predict` does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobtools import json_lines, run_cli
+
+pytestmark = pytest.mark.slow
+
+TRAIN_ROWS, TEST_ROWS = 240, 60
+QUICK = ["--epochs", "1", "--batch_size", "16", "--learning_rate", "1e-4", "--log_every_steps", "5"]
+
+
+def cola(cola_dir: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """Train rows at a stride through in_domain_train.tsv, test rows at the same stride one row later."""
+    rows = [line.rstrip("\n").split("\t") for line in (cola_dir / "in_domain_train.tsv").open(encoding="utf-8")]
+    stride = len(rows) // (TRAIN_ROWS + TEST_ROWS)
+    picked = rows[::stride][:TRAIN_ROWS + TEST_ROWS]
+    return picked[:TRAIN_ROWS], picked[TRAIN_ROWS:]
+
+
+def tags(row: list[str]) -> list[str]:
+    sentence = row[3]
+    words = f" {sentence.lower()} "
+    found = ["acceptable"] if row[1] == "1" else []
+    found += ["long"] if len(sentence.split()) > 8 else []
+    found += ["negation"] if " not " in words or "n't" in words else []
+    found += ["question"] if sentence.rstrip().endswith("?") else []
+    return found
+
+
+def score(row: list[str]) -> float:
+    return int(row[1]) + len(row[3].split()) / 10
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def train_and_predict(folder: Path, minilm: Path, train: Path, test: Path, args: list[str]) -> dict[str, object]:
+    """`seqcls train` into folder/run, then `seqcls predict` (fp32) of the run's model on the test file."""
+    trained = run_cli(["train", "--train", str(train), "--test", str(test), "--model_name_or_path", str(minilm),
+                       "--output_dir", str(folder / "run"), *QUICK, *args], env={"SEQCLS_GIT_COMMIT": "test"})
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    model_dir = folder / "run" / "model"
+    output = folder / "predictions.csv"
+    # fp32 as the pipeline computes (auto precision is bf16 on CPUs that compute it natively).
+    predicted = run_cli(["predict", "--model", str(model_dir), "--input", str(test), "--output", str(output),
+                         "--precision", "fp32"])
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with output.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {"events": json_lines(trained.stdout), "model": model_dir, "out": folder / "run" / "output" / "data",
+            "predictions": rows, "config": json.loads((model_dir / "config.json").read_text()),
+            "metrics": json.loads((model_dir / "metrics.json").read_text())}
+
+
+def pipeline_scores(model_dir: Path, texts: list[str]) -> list[dict[str, float]]:
+    """transformers' own text-classification pipeline on the saved folder: every label's score per text."""
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), top_k=None, device="cpu")
+    return [{entry["label"]: entry["score"] for entry in result} for result in classify(texts)]
+
+
+@pytest.fixture(scope="module")
+def multi_class(tmp_path_factory, cola_dir, minilm_path):
+    folder = tmp_path_factory.mktemp("multi_class")
+    train, test = cola(cola_dir)
+    sources = {row[0] for row in train}
+    train_file = write_csv(folder / "train.csv", ["text", "label"], [[r[3], r[0]] for r in train])
+    test_file = write_csv(folder / "test.csv", ["text", "label"], [[r[3], r[0]] for r in test if r[0] in sources])
+    return train_and_predict(folder, minilm_path, train_file, test_file, [])
+
+
+@pytest.fixture(scope="module")
+def multi_label(tmp_path_factory, cola_dir, minilm_path):
+    folder = tmp_path_factory.mktemp("multi_label")
+    train, test = cola(cola_dir)
+    train_file = write_csv(folder / "train.csv", ["text", "labels"], [[r[3], ",".join(tags(r))] for r in train])
+    test_file = folder / "test.jsonl"
+    test_file.write_text("".join(json.dumps({"text": r[3], "labels": tags(r)}) + "\n" for r in test), encoding="utf-8")
+    return train_and_predict(folder, minilm_path, train_file, test_file,
+                             ["--problem_type", "multi_label", "--select_best", "f1_micro"])
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory, cola_dir, minilm_path):
+    folder = tmp_path_factory.mktemp("regression")
+    train, test = cola(cola_dir)
+    train_file = write_csv(folder / "train.csv", ["text", "label"], [[r[3], score(r)] for r in train])
+    test_file = write_csv(folder / "test.csv", ["text", "label"], [[r[3], score(r)] for r in test])
+    return train_and_predict(folder, minilm_path, train_file, test_file, ["--problem_type", "regression"])
+
+
+def test_multi_class_trains_on_cola_sources_and_pipeline_agrees_with_predict(multi_class):
+    config, metrics = multi_class["config"], multi_class["metrics"]
+    assert config["problem_type"] == "single_label_classification"
+    assert len(config["id2label"]) > 2 and metrics["labels"] == [config["id2label"][str(i)] for i in range(len(metrics["labels"]))]
+    assert metrics["test"]["f1_average"] == "macro"
+    assert len(metrics["test"]["confusion_matrix"]) == len(metrics["labels"])
+    assert {"val_mcc", "val_accuracy", "val_f1", "val_loss"} == set(metrics["validation"])
+    assert (multi_class["out"] / "confusion_matrix.png").stat().st_size > 0
+    rows = multi_class["predictions"]
+    piped = pipeline_scores(multi_class["model"], [r["text"] for r in rows])
+    for row, scores in zip(rows, piped, strict=True):
+        assert max(scores, key=scores.get) == row["predicted"]
+        for label, value in scores.items():
+            assert abs(value - float(row[f"prob_{label}"])) < 1e-5
+
+
+def test_multi_label_trains_saves_thresholds_and_pipeline_gives_predicts_scores(multi_label):
+    config, metrics, events = multi_label["config"], multi_label["metrics"], multi_label["events"]
+    assert config["problem_type"] == "multi_label_classification"
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert labels == sorted(labels) and {"acceptable", "long"} <= set(labels)
+    thresholds = dict(zip(labels, config["label_thresholds"], strict=True))
+    assert metrics["label_thresholds"] == {k: round(v, 6) for k, v in thresholds.items()}
+    assert {"val_loss", "val_f1_micro", "val_f1_macro", "val_subset_accuracy"} == set(metrics["validation"])
+    test = metrics["test"]
+    assert {"f1_micro", "f1_macro", "subset_accuracy", "precision_micro", "recall_micro", "loss"} <= test.keys()
+    assert set(test["per_label"]) == set(labels)
+    assert [e["event"] for e in events if e["event"] in ("epoch_end", "best_epoch_selected")] == ["epoch_end", "best_epoch_selected"]
+    with (multi_label["out"] / "per_label_metrics.csv").open() as handle:
+        table = {r["label"]: r for r in csv.DictReader(handle)}
+    assert set(table) == set(labels) and all(int(table[k]["support"]) == test["per_label"][k]["support"] for k in labels)
+    rows = multi_label["predictions"]
+    piped = pipeline_scores(multi_label["model"], [r["text"] for r in rows])
+    for row, scores in zip(rows, piped, strict=True):
+        assert set(scores) == set(labels)
+        for label, value in scores.items():
+            assert abs(value - float(row[f"prob_{label}"])) < 1e-5
+            if abs(value - thresholds[label]) > 1e-4:  # predict decides by the saved thresholds
+                assert (label in row["predicted"].split(",")) == (value >= thresholds[label]), (label, row)
+
+
+def test_regression_trains_and_pipeline_gives_predicts_scores(regression):
+    config, metrics = regression["config"], regression["metrics"]
+    assert config["problem_type"] == "regression" and config["id2label"] == {"0": "score"}
+    assert {"val_loss", "val_pearson", "val_spearman", "val_mse", "val_mae"} == set(metrics["validation"])
+    assert {"pearson", "spearman", "mse", "mae", "loss"} <= metrics["test"].keys()
+    assert metrics["test"]["mse"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
+    assert (regression["out"] / "predicted_vs_true.png").stat().st_size > 0
+    assert not (regression["out"] / "confusion_matrix.png").exists()
+    rows = regression["predictions"]
+    assert list(rows[0]) == ["text", "predicted"]
+    piped = pipeline_scores(regression["model"], [r["text"] for r in rows])
+    np.testing.assert_allclose([s["score"] for s in piped], [float(r["predicted"]) for r in rows], atol=1e-5)
