@@ -3,6 +3,7 @@ threshold search, the objective per type, the settings checks, and labels read p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -77,11 +78,11 @@ def test_regression_metrics_match_scipy_and_sklearn():
     assert np.isnan(flat["pearson"]) and np.isnan(flat["spearman"]) and flat["mse"] > 0
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(20))
 def test_each_labels_threshold_has_the_best_f1_any_cut_gives(seed):
     rng = np.random.default_rng(seed)
     truth = (rng.random(60) < 0.3).astype(np.int64)
-    scores = np.round(np.clip(truth * 0.2 + rng.random(60) * 0.8, 0, 1), 2)  # rounded: ties must be handled
+    scores = np.round(truth * 0.2 + rng.random(60) * 0.8, 1)  # few distinct scores: ties must be handled
     cut = evaluate.best_threshold(truth, scores)
     best = max(f1_score(truth, scores >= t, zero_division=0) for t in np.unique(scores))
     assert f1_score(truth, scores >= cut) == pytest.approx(best)
@@ -185,3 +186,74 @@ def test_an_unknown_multi_label_tag_in_test_is_named(tmp_path):
     label_map = data.LabelMap.from_labels(train.frame[data.LABEL], "multi_label")
     with pytest.raises(DataError, match=r"has label\(s\) 'c' not seen in training"):
         label_map.check_known(test)
+
+
+def _tiny_bert(num_labels: int, problem_type: str) -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                        num_labels=num_labels, problem_type=settings.PROBLEM_TYPES[problem_type])
+    return BertForSequenceClassification(config).train()
+
+
+def _encoded(problem_type: str, rows: int = 75) -> data.Encoded:
+    from test_steps import synthetic
+
+    encoded = synthetic(rows)
+    rng = np.random.default_rng(3)
+    if problem_type == "multi_label":
+        encoded.labels = (rng.random((rows, 3)) < 0.4).astype(np.float32)
+    else:
+        encoded.labels = rng.normal(size=rows).astype(np.float32)
+    return encoded
+
+
+def _train(path: str, problem_type: str, encoded: data.Encoded) -> tuple[torch.nn.Module, list[float]]:
+    """Two epochs along one path (as tests/test_steps.py's `run`), for a multi_label or regression model."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from seqcls import steps
+    from seqcls.devices import Compute
+    from test_steps import SETTINGS
+
+    run_settings = dataclasses.replace(SETTINGS, problem_type=problem_type)
+    model = _tiny_bert(3 if problem_type == "multi_label" else 1, problem_type)
+    batches = [rows for epoch in (1, 2) for rows in data.epoch_order(encoded.lengths, 32, 42, epoch, False)]
+    optimizer = steps.make_optimizer(model, run_settings, torch.device("cpu"), graphs=path == "graph")
+    scheduler = get_linear_schedule_with_warmup(optimizer, 1, len(batches))
+    state = steps.TrainingState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    compute = Compute(torch.device("cpu"), "fp32")
+    step = (steps.EagerStep(model, state, run_settings, compute) if path == "eager" else
+            steps.GraphSteps(state, run_settings, compute, data.batch_widths(encoded.lengths, batches, 8), capture=False))
+    return model, [float(step(data.collate(encoded, rows, 0, 8), 1.0)) for rows in batches]
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label", "regression"])
+def test_the_graph_step_body_trains_like_the_eager_step_for(problem_type):
+    """The graph path's static label buffer holds multi-hot rows or targets (a short last batch included)."""
+    encoded = _encoded(problem_type)
+    eager, eager_losses = _train("eager", problem_type, encoded)
+    graph, graph_losses = _train("graph", problem_type, encoded)
+    assert len(eager_losses) == 6
+    np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-5)
+    start = _tiny_bert(3 if problem_type == "multi_label" else 1, problem_type)
+    with torch.no_grad():
+        for (name, a), b in zip(eager.named_parameters(), graph.parameters()):
+            np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-6, err_msg=name)
+        assert max(float((a - s).abs().max()) for a, s in zip(eager.parameters(), start.parameters())) > 1e-3
+
+
+@pytest.mark.parametrize("problem_type", ["single_label", "multi_label", "regression"])
+def test_the_mean_row_loss_is_the_loss_transformers_computes_for_the_configs_problem_type(problem_type):
+    """What a consumer fine-tuning the saved model with transformers would optimise is what we optimised."""
+    encoded = _encoded(problem_type, rows=16)
+    if problem_type == "single_label":
+        encoded.labels = np.random.default_rng(4).integers(0, 3, size=16)
+    model = _tiny_bert(1 if problem_type == "regression" else 3, problem_type).eval()
+    batch = {k: torch.from_numpy(v) for k, v in data.collate(encoded, np.arange(16), 0, 1).items()}
+    with torch.no_grad():
+        out = model(**batch)
+        ours = row_losses(out.logits, batch["labels"], problem_type).mean()
+    assert float(ours) == pytest.approx(float(out.loss), rel=1e-6)

@@ -74,8 +74,25 @@ def train_and_predict(folder: Path, minilm: Path, train: Path, test: Path, args:
     with output.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return {"events": json_lines(trained.stdout), "model": model_dir, "out": folder / "run" / "output" / "data",
+            "tensorboard": folder / "run" / "output" / "tensorboard",
             "predictions": rows, "config": json.loads((model_dir / "config.json").read_text()),
             "metrics": json.loads((model_dir / "metrics.json").read_text())}
+
+
+def card_metrics(model_dir: Path) -> dict[str, tuple[float, object]]:
+    """The model card's model-index test metrics, parsed as the Hub parses them: {name: (value, config)}."""
+    from huggingface_hub import ModelCard
+
+    [entry] = ModelCard.load(model_dir / "README.md").data.to_dict()["model-index"]
+    return {m["name"]: (m["type"], m["value"], m.get("config")) for m in entry["results"][0]["metrics"]}
+
+
+def scalar_tags(folder: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"])
 
 
 def pipeline_scores(model_dir: Path, texts: list[str]) -> list[dict[str, float]]:
@@ -147,6 +164,10 @@ def test_multi_label_trains_saves_thresholds_and_pipeline_gives_predicts_scores(
     with (multi_label["out"] / "per_label_metrics.csv").open() as handle:
         table = {r["label"]: r for r in csv.DictReader(handle)}
     assert set(table) == set(labels) and all(int(table[k]["support"]) == test["per_label"][k]["support"] for k in labels)
+    assert card_metrics(multi_label["model"]) == {
+        "micro-F1": ("f1", round(test["f1_micro"], 4), "micro"), "macro-F1": ("f1", round(test["f1_macro"], 4), "macro"),
+        "subset accuracy": ("accuracy", round(test["subset_accuracy"], 4), None)}
+    assert {"val/f1_micro", "val/subset_accuracy", "test/f1_micro", "test/f1_macro"} <= scalar_tags(multi_label["tensorboard"])
     rows = multi_label["predictions"]
     piped = pipeline_scores(multi_label["model"], [r["text"] for r in rows])
     for row, scores in zip(rows, piped, strict=True):
@@ -165,6 +186,11 @@ def test_regression_trains_and_pipeline_gives_predicts_scores(regression):
     assert metrics["test"]["mse"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
     assert (regression["out"] / "predicted_vs_true.png").stat().st_size > 0
     assert not (regression["out"] / "confusion_matrix.png").exists()
+    assert {name: kind for name, (kind, _, _) in card_metrics(regression["model"]).items()} == {
+        "Pearson": "pearsonr", "Spearman": "spearmanr", "MSE": "mse", "MAE": "mae"}
+    assert "A `regression` text regressor" in (regression["model"] / "README.md").read_text()
+    assert {"val/pearson", "val/mse", "test/pearson", "test/mae"} <= scalar_tags(regression["tensorboard"])
+    assert "val/mcc" not in scalar_tags(regression["tensorboard"])
     rows = regression["predictions"]
     assert list(rows[0]) == ["text", "predicted"]
     piped = pipeline_scores(regression["model"], [r["text"] for r in rows])
