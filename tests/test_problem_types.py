@@ -257,3 +257,25 @@ def test_the_mean_row_loss_is_the_loss_transformers_computes_for_the_configs_pro
         out = model(**batch)
         ours = row_losses(out.logits, batch["labels"], problem_type).mean()
     assert float(ours) == pytest.approx(float(out.loss), rel=1e-6)
+
+
+@pytest.mark.parametrize("problem_type, outputs", [("multi_label", 3), ("regression", 1)])
+@pytest.mark.parametrize("batch", [32, 11, 1])
+def test_sharded_row_losses_give_the_global_batch_gradient(problem_type, outputs, batch):
+    """As tests/test_distributed.py checks for cross-entropy: each rank's mean row loss times its share,
+    averaged over ranks as DDP does, has the one-process gradient, for multi-hot rows and targets too."""
+    from seqcls.distributed import World, shard
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, outputs)
+    x = torch.randn(batch, 4)
+    y = (torch.rand(batch, outputs) < 0.5).float() if problem_type == "multi_label" else torch.randn(batch)
+
+    def grad(rows: np.ndarray, share: float) -> torch.Tensor:
+        layer.zero_grad()
+        (row_losses(layer(x[rows]), y[rows], problem_type).mean() * share).backward()
+        return layer.weight.grad.clone()
+
+    whole = grad(np.arange(batch), 1.0)
+    averaged = sum(grad(*shard(np.arange(batch), World(rank, 4))) for rank in range(4)) / 4
+    assert torch.allclose(averaged, whole, atol=1e-6)

@@ -195,3 +195,46 @@ def test_regression_trains_and_pipeline_gives_predicts_scores(regression):
     assert list(rows[0]) == ["text", "predicted"]
     piped = pipeline_scores(regression["model"], [r["text"] for r in rows])
     np.testing.assert_allclose([s["score"] for s in piped], [float(r["predicted"]) for r in rows], atol=1e-5)
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label", "regression"])
+def test_two_gloo_processes_score_the_test_split_as_one_process_does(tmp_path, cola_dir, minilm_path, problem_type):
+    """torch.distributed (2 CPU processes): sharded multi-hot rows or targets train, the gathered test
+    predictions (and, multi_label, the thresholds tuned on gathered validation scores) give the metrics
+    one process computes from the saved model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from seqcls import data, devices, evaluate, settings
+
+    train, test = cola(cola_dir)
+    if problem_type == "multi_label":
+        header, target = ["text", "labels"], lambda r: ",".join(tags(r))
+    else:
+        header, target = ["text", "label"], score
+    train_file = write_csv(tmp_path / "train.csv", header, [[r[3], target(r)] for r in train[:120]])
+    test_file = write_csv(tmp_path / "test.csv", header, [[r[3], target(r)] for r in test[:51]])
+    result = run_cli(["train", "--train", str(train_file), "--test", str(test_file), "--model_name_or_path", str(minilm_path),
+                      "--output_dir", str(tmp_path / "run"), "--problem_type", problem_type, "--precision", "fp32", *QUICK],
+                     env={"SEQCLS_NPROC_PER_NODE": "2", "SEQCLS_GIT_COMMIT": "test", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert next(r for r in json_lines(result.stdout) if r["event"] == "job_start")["world_size"] == 2
+    model_dir = tmp_path / "run" / "model"
+    metrics = json.loads((model_dir / "metrics.json").read_text())["test"]
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    run_settings = settings.resolve([("cli", {"problem_type": problem_type})]).settings
+    channel = data.read_channel(test_file, "test", run_settings, explicit=())
+    label_map = data.LabelMap([model.config.id2label[i] for i in range(model.config.num_labels)], problem_type)
+    encoded, _ = data.tokenize(AutoTokenizer.from_pretrained(model_dir), channel, label_map.encode(channel), 64)
+    one = evaluate.predict(model, encoded, 0, 256, devices.Compute(torch.device("cpu"), "fp32"))
+    assert one.loss == pytest.approx(metrics["loss"], rel=1e-4)
+    if problem_type == "multi_label":
+        again = evaluate.multi_label_metrics(encoded.labels, one.predicted, label_map.labels)
+        assert again["f1_micro"] == pytest.approx(metrics["f1_micro"])
+        for label, values in again["per_label"].items():
+            assert values == pytest.approx(metrics["per_label"][label]), label
+    else:
+        again = evaluate.regression_metrics(encoded.labels, one.predicted)
+        assert again == pytest.approx({k: metrics[k] for k in again}, rel=1e-4)
+
