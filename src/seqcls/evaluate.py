@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,16 +15,20 @@ from .data import Encoded, collate, eval_order, pad_multiple
 from . import logs
 from .devices import Compute, autocast
 from .distributed import gather_rows
+from .settings import Settings
 
 
 @dataclass(frozen=True)
 class Predictions:
     logits: np.ndarray  # float32 [rows, labels], in row order
     loss: float  # mean cross-entropy over all rows
+    threshold: float | None = None  # two labels: predict the second when its probability is at least this
 
     @property
     def predicted(self) -> np.ndarray:
-        return self.logits.argmax(axis=1)
+        if self.threshold is None:
+            return self.logits.argmax(axis=1)
+        return (self.probabilities[:, 1] >= self.threshold).astype(np.int64)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -46,7 +51,8 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
     logits = torch.empty((len(mine), model.config.num_labels), dtype=torch.float32, device=device)
     for positions in eval_order(encoded.lengths[mine], batch_size):
         batch = collate(encoded, mine[positions], pad_token_id, pad_multiple(device.type))
-        inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+        inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()
+                  if k not in ("labels", "weights")}
         with autocast(device, compute.precision):
             out = model(**inputs).logits
         logits[torch.from_numpy(positions).to(device)] = out.float()
@@ -58,6 +64,48 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
     labels = torch.from_numpy(encoded.labels).to(device)
     loss = torch.nn.functional.cross_entropy(full, labels).item()
     return Predictions(full.cpu().numpy(), loss)
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """The decision threshold on `scores` (the second label's probability) with the highest MCC, and that MCC.
+
+    Every distinct score is a candidate (scikit-learn's roc_curve lists them with their confusion counts); the
+    threshold returned lies halfway to the next lower score, so it splits the rows exactly as the candidate
+    does. Among equal MCCs the one nearest 0.5 wins."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, candidates = roc_curve(labels, scores, drop_intermediate=False)
+    positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
+    tp, fp = tpr * positives, fpr * negatives
+    fn, tn = positives - tp, negatives - fp
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    mcc = np.divide(tp * tn - fp * fn, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    lower = np.append(candidates[1:], 0.0)
+    midpoints = np.clip((np.minimum(candidates, 1.0) + lower) / 2, 1e-6, 1 - 1e-6)
+    best = np.flatnonzero(np.isclose(mcc, mcc.max(), rtol=0, atol=1e-12))
+    chosen = best[np.argmin(np.abs(midpoints[best] - 0.5))]
+    return float(midpoints[chosen]), float(mcc[chosen])
+
+
+def resolve_threshold(model: torch.nn.Module, validation: Encoded, pad_token_id: int, settings: Settings,
+                      compute: Compute, tune: bool = True) -> float | None:
+    """decision_threshold for the weights the model ends on: None at 0.5 (the plain argmax), the number given,
+    or for `auto` the validation split's best by MCC (logged beside the MCC at 0.5); `auto` without `tune`
+    (a stopped run, whose grace period is for saving) stays at 0.5."""
+    given = settings.decision_threshold
+    if given != "auto" or not tune:
+        return None if given in (0.5, "auto") else float(given)
+    predictions = predict(model, validation, pad_token_id, settings.eval_batch_size, compute)
+    labels = validation.labels
+    if len(np.unique(labels)) < 2:
+        logs.warning("decision_threshold_kept", "decision_threshold=auto: validation holds one label only; keeping 0.5")
+        return None
+    threshold, mcc = best_threshold(labels, predictions.probabilities[:, 1])
+    at_half = float(matthews_corrcoef(labels, predictions.predicted))
+    logs.event("decision_threshold_chosen", f"decision_threshold=auto: {threshold:.4f} (validation MCC {mcc:.4f}, "
+                                            f"{at_half:.4f} at 0.5)", threshold=round(threshold, 6),
+               val_mcc=round(mcc, 6), val_mcc_at_half=round(at_half, 6))
+    return threshold
 
 
 def _average(num_labels: int) -> str:
@@ -125,9 +173,10 @@ class EpochStats:
 
 
 def test_metrics(model: torch.nn.Module, test_set: Encoded, pad_token_id: int, batch_size: int,
-                 compute: Compute) -> tuple[dict[str, object], Predictions]:
-    """Step 4 of the tutorial: the test split's metrics (logged as `test_metrics`) and its predictions."""
-    predictions = predict(model, test_set, pad_token_id, batch_size, compute)
+                 compute: Compute, threshold: float | None = None) -> tuple[dict[str, object], Predictions]:
+    """Step 4 of the tutorial: the test split's metrics (logged as `test_metrics`) and its predictions, decided
+    by the run's decision threshold."""
+    predictions = dataclasses.replace(predict(model, test_set, pad_token_id, batch_size, compute), threshold=threshold)
     metrics = classification_metrics(test_set.labels, predictions.predicted, model.config.num_labels)
     metrics["loss"] = predictions.loss
     logs.event("test_metrics", f"test MCC {metrics['mcc']:.4f}, accuracy {metrics['accuracy']:.4f}",
