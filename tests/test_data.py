@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from jobtools import cola_lines
 from seqcls import data
-from seqcls.errors import DataError
+from seqcls.errors import DataError, SettingsError
 from seqcls.settings import Settings
 
 ROWS = [("the cat sat.", "good"), ("cat the sat on.", "bad"), ("dogs bark loudly.", "good"), ("bark dogs the.", "bad")]
@@ -199,3 +199,32 @@ def test_split_needs_rows_for_both_sides(tmp_path):
     channel = data.Channel("train", pd.DataFrame({"text": ["only"], "label": ["1"]}), [])
     with pytest.raises(DataError, match="too few to hold out"):
         data.split_train_validation(channel, 0.1, 42)
+
+
+@pytest.mark.parametrize("percentile, limit", [(99.5, 512), (100, 512), (50, 512), (99.5, 24)])
+def test_max_length_auto_is_the_training_percentile_rounded_up_to_8_and_capped(cola_dir, tokenizer, percentile, limit):
+    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    reference = np.array([len(ids) for ids in tokenizer(channel.frame["text"].tolist())["input_ids"]])
+    wanted = int(np.percentile(reference, percentile, method="higher"))
+    settings = Settings(max_length="auto", max_length_percentile=percentile)
+    chosen = data.resolve_max_length(tokenizer, channel, settings, limit)
+    assert chosen == min(-(-wanted // 8) * 8, limit) and chosen % 8 == 0
+    assert (reference > chosen).mean() <= (100 - percentile) / 100 or chosen == limit
+    if percentile == 100:
+        assert chosen == 48  # the longest CoLA sentence is 47 tokens
+    assert data.resolve_max_length(tokenizer, channel, Settings(max_length=40), limit) == 40
+
+
+def test_class_weights_balanced_as_scikit_learn_and_a_given_map_by_label_name(cola_dir):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    label_map = data.LabelMap.from_labels(channel.frame["label"])
+    ids = label_map.encode(channel)
+    balanced = data.label_weights("balanced", label_map, channel)
+    np.testing.assert_allclose(balanced, compute_class_weight("balanced", classes=np.array([0, 1]), y=ids), rtol=1e-6)
+    assert balanced[0] > 1 > balanced[1] and abs(balanced[ids].mean() - 1) < 1e-5  # CoLA is 30/70: the rarer 0 weighs more
+    assert data.label_weights('{"1.0": 2.5}', label_map, channel).tolist() == [1.0, 2.5]  # "1.0" is label "1"
+    assert data.label_weights("none", label_map, channel) is None
+    with pytest.raises(SettingsError, match="'yes'.*train does not have"):
+        data.label_weights('{"yes": 2}', label_map, channel)

@@ -83,14 +83,14 @@ def test_each_labels_threshold_has_the_best_f1_any_cut_gives(seed):
     rng = np.random.default_rng(seed)
     truth = (rng.random(60) < 0.3).astype(np.int64)
     scores = np.round(truth * 0.2 + rng.random(60) * 0.8, 1)  # few distinct scores: ties must be handled
-    cut = evaluate.best_threshold(truth, scores)
+    cut = evaluate.best_f1_threshold(truth, scores)
     best = max(f1_score(truth, scores >= t, zero_division=0) for t in np.unique(scores))
     assert f1_score(truth, scores >= cut) == pytest.approx(best)
     assert cut in scores
 
 
 def test_a_label_without_positives_keeps_the_default_threshold():
-    assert evaluate.best_threshold(np.zeros(10), RNG.random(10)) == evaluate.DEFAULT_THRESHOLD == 0.5
+    assert evaluate.best_f1_threshold(np.zeros(10), RNG.random(10)) == evaluate.DEFAULT_THRESHOLD == 0.5
 
 
 def test_multi_label_predictions_use_the_saved_thresholds():
@@ -130,6 +130,10 @@ def test_epoch_stats_rows_hold_only_their_problem_types_fields():
     ({"select_best": "pearson", "problem_type": "multi_label"}, "select_best=pearson needs problem_type=regression"),
     ({"problem_type": "multiclass"}, "problem_type='multiclass' is out of range: must be one of single_label, multi_label"),
     ({"label_delimiter": ""}, "label_delimiter='' is out of range: must not be empty"),
+    ({"problem_type": "regression", "class_weights": "balanced"},
+     "class_weights='balanced' is out of range: needs problem_type=single_label"),
+    ({"problem_type": "multi_label", "decision_threshold": "auto"},
+     "decision_threshold='auto' is out of range: needs problem_type=single_label"),
 ])
 def test_settings_refuse_metrics_of_another_problem_type(values, message):
     with pytest.raises(SettingsError, match=message):

@@ -155,3 +155,51 @@ def test_a_mismatched_checkpoint_is_refused_unless_ignored(template, tmp_path):
     records = json_lines(fresh_start.stdout)
     assert any(e["event"] == "checkpoint_ignored" for e in records)
     assert not any(e["event"] == "resumed" for e in records)
+
+
+# Early stopping: epoch 1 sets the first best validation loss, and no epoch can beat it by min_delta=1.0 (a
+# mean cross-entropy near 0.6 cannot fall by 1.0), so with patience 1 the run stops after epoch 2 of 4.
+EARLY_STOPPING = HYPERPARAMETERS | {"epochs": "4", "select_best": "loss", "early_stopping_patience": "1",
+                                    "early_stopping_min_delta": "1.0"}
+
+
+@pytest.fixture(scope="module")
+def early_template(tmp_path_factory, cola_dir, minilm_path) -> Path:
+    return make_tree(tmp_path_factory.mktemp("early"), cola_dir, EARLY_STOPPING, train_rows=96, test_rows=64,
+                     model=minilm_path)
+
+
+@pytest.fixture(scope="module")
+def early_reference(early_template, tmp_path_factory) -> tuple[str, dict, list[dict]]:
+    root = tmp_path_factory.mktemp("early-reference") / "ml"
+    shutil.copytree(early_template, root, symlinks=True)
+    result = run_cli(["train"], env=env_for(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return (*outputs(root), json_lines(result.stdout))
+
+
+def test_early_stopping_ends_the_run_at_the_patience_epoch(early_reference):
+    _, metrics, events = early_reference
+    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == [1, 2]
+    stop = next(e for e in events if e["event"] == "early_stopping")
+    losses = {e["epoch"]: e["val_loss"] for e in events if e["event"] == "epoch_end"}
+    best = min(losses, key=losses.get)  # a smaller loss is still kept, though not better by min_delta
+    assert stop["epoch"] == 2 and stop["metric"] == "val_loss" and stop["best_epoch"] == best
+    assert metrics["early_stopped_after_epoch"] == 2 and metrics["best_epoch"] == best and "test" in metrics
+
+
+@pytest.mark.parametrize("label, when", [
+    ("mid second epoch", lambda e: e["event"] == "train_progress" and e["step"] == STEPS_PER_EPOCH + 3),
+    ("right after the stopping decision", lambda e: e["event"] == "early_stopping"),
+])
+def test_early_stopping_sigterm_then_resume_stops_at_the_same_epoch_bitwise(early_template, early_reference, tmp_path,
+                                                                            label, when):
+    root = fresh(early_template, tmp_path)
+    code, _ = interrupt(root, when)
+    assert code == 143, label
+    result = run_cli(["train"], env=env_for(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = json_lines(result.stdout)
+    assert any(e["event"] == "resumed" for e in events)
+    assert not any(e["event"] == "epoch_end" and e["epoch"] > 2 for e in events)
+    assert outputs(root) == early_reference[:2]

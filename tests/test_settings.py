@@ -106,6 +106,23 @@ def test_malformed_hyperparameters_json(tmp_path, content, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.parametrize("written", [
+    {"class_weights": '{"0": 2.5}'},  # SDK v3 / boto3: the plain string, which JSON-decodes to an object
+    {"class_weights": json.dumps('{"0": 2.5}')},  # SDK v2 estimators JSON-encode every value once more
+])
+def test_class_weights_map_from_hyperparameters_json(tmp_path, written):
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    (tmp_path / "input" / "config" / "hyperparameters.json").write_text(json.dumps(written))
+    where = runtime.detect([], {"SEQCLS_OPT_ML": str(tmp_path)})
+    resolved = resolve(where.hyperparameter_layers)
+    assert settings.class_weight_map(resolved.settings.class_weights) == {"0": 2.5}
+
+
+def test_auto_stands_for_a_number_only_where_allowed() -> None:
+    assert resolve([("cli", {"max_length": "AUTO", "decision_threshold": "auto"})]).settings.max_length == "auto"
+    with pytest.raises(SettingsError, match="epochs='auto': expected an integer$"):
+        resolve([("cli", {"epochs": "auto"})])
+
 
 def test_the_docs_table_is_generated_from_the_settings() -> None:
     """docs/hyperparameters.md is `make docs` output: stale when a field, default, range or help changed."""
@@ -122,7 +139,7 @@ def test_help_lists_every_hyperparameter(argv: list[str], capsys: pytest.Capture
     out = capsys.readouterr().out
     for name in settings.FIELDS:
         assert f"--{name} (default: " in out, name
-    assert "--max_length (default: 64; >= 2 and <= 8192)" in out
+    assert "--max_length (default: 64; auto | >= 2 and <= 8192)" in out
     assert "--precision (default: auto; auto | fp32 | bf16 | fp16)" in out
 
 

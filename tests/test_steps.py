@@ -76,7 +76,7 @@ def test_a_short_batch_loss_is_the_mean_over_its_real_rows():
     _, alone = run("graph", "fp32", encoded, settings)
     model = tiny_bert()
     batch = data.collate(encoded, np.arange(11), 0, 8)
-    reference = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).loss
+    reference = model(**{k: torch.from_numpy(v) for k, v in batch.items() if k != "weights"}).loss
     assert alone == pytest.approx([float(reference.detach())], rel=1e-6)
 
 
@@ -232,3 +232,23 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning(tmp_path, mon
     assert fields["reason"] == f"CUDA graph capture failed: {reason}"
     assert outcome.stats[0].train_loss == plain.stats[0].train_loss  # warm-up's gradients were cleared too
     assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), fallen_back.parameters()))
+
+
+def test_class_weighted_steps_agree_and_scale_each_rows_loss():
+    """class_weights travel as per-row weights: both paths weight the same rows the same way (short batch
+    included), and a step's loss is the mean over rows of (label weight x cross-entropy), as Keras weights rows."""
+    encoded = synthetic()
+    class_weights = np.array([0.5, 1.0, 3.0], dtype=np.float32)
+    encoded.weights = class_weights[encoded.labels]
+    eager_model, eager_losses = run("eager", "fp32", encoded)
+    graph_model, graph_losses = run("graph", "fp32", encoded)
+    assert np.allclose(eager_losses, graph_losses, atol=1e-6)
+    for (name, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    unweighted = run("eager", "fp32", synthetic())[1]
+    assert not np.allclose(eager_losses, unweighted, atol=1e-3)  # the weights changed training
+
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 2, 0])
+    rows = torch.from_numpy(class_weights)[labels] / 5
+    per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert torch.allclose(steps.weighted_loss(logits, labels, rows), (per_row * torch.from_numpy(class_weights)[labels]).mean())

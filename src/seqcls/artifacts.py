@@ -259,16 +259,16 @@ class RunRecord:
     check_rows: Channel | None = None  # rows for the reload check
 
 
-def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str],
-                   partial: dict[str, object] | None) -> dict[str, Any]:
+def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str], facts: dict[str, Any]) -> dict[str, Any]:
     """metrics.json before the test split: the kept epoch's validation metrics (no timings, so identical
-    runs give identical files), the labels, and what a stopped run's model holds."""
-    kept = stats[best_epoch - 1].row() if best_epoch else {}
-    record: dict[str, Any] = {"best_epoch": best_epoch,
-                              "validation": validation_metrics(kept),
-                              "labels": labels}
-    if partial:
-        record["partial"] = partial
+    runs give identical files), the labels, and the `facts` that are set: decision_threshold (single_label, two
+    labels: 0.5 when unset), label_thresholds (multi_label), early_stopped_after_epoch, and `partial`, what a
+    stopped run's model holds. `problem_type` only decides whether decision_threshold applies."""
+    kept = next((s.row() for s in stats if s.epoch == best_epoch), {})
+    record: dict[str, Any] = {"best_epoch": best_epoch, "validation": validation_metrics(kept), "labels": labels}
+    if len(labels) == 2 and facts.get("problem_type", "single_label") == "single_label":
+        record["decision_threshold"] = facts.get("decision_threshold") or 0.5
+    record.update({k: v for k, v in facts.items() if v and k not in ("decision_threshold", "problem_type")})
     return record
 
 
@@ -313,13 +313,13 @@ def device_record(device: torch.device, precision: str) -> dict[str, object]:
             "cpu_count": os.cpu_count()}
 
 
-def run_manifest(run: dict[str, object], model_source: str, channels: list[Channel], rows: dict[str, int],
-                 validation_source: str) -> dict[str, object]:
+def run_manifest(run: dict[str, object], model_source: str, channels: list[Channel],
+                 data_facts: dict[str, object]) -> dict[str, object]:
     """run_manifest.json: `run` (id, platform, commit, settings, device, timing, partial) plus the inputs
-    with their digests and the package versions, enough to rerun the job from this file alone."""
+    with their digests, what the data stage settled (rows per split, validation source, the max_length
+    used) and the package versions: enough to rerun the job, or to predict like it, from this file alone."""
     return {**{k: run[k] for k in ("run_id", "platform", "git_commit", "settings")},
             "model_source": model_source, "model_source_files": model_source_files(model_source),
-            "data": {"files": [f for channel in channels for f in channel.files], "rows": rows,
-                     "validation_source": validation_source},
+            "data": {"files": [f for channel in channels for f in channel.files], **data_facts},
             "packages": package_versions(),
             **{k: run[k] for k in ("device", "timing", "partial")}}

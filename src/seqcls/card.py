@@ -129,6 +129,12 @@ def _results_section(stats: list[dict[str, Any]], metrics: dict[str, Any], kind:
     parts = ["## Results", "Validation after each epoch:",
              _table(tuple(columns), [tuple(row[c] for c in columns) for row in stats]),
              f"Weights saved: epoch {metrics['best_epoch']}." if metrics["best_epoch"] else "Weights saved: mid-epoch."]
+    if metrics.get("early_stopped_after_epoch"):
+        parts.append(f"Early stopping ended training after epoch {metrics['early_stopped_after_epoch']}.")
+    if metrics.get("decision_threshold", 0.5) != 0.5:
+        parts.append(f"Decision threshold: the second label is predicted when its probability is at least "
+                     f"{metrics['decision_threshold']:.4f} (`config.json` `decision_threshold`; `seqcls predict` applies "
+                     "it, `transformers.pipeline` takes the argmax).")
     test = metrics.get("test")
     if test:
         parts += ["Test split:", _test_table(test, kind)]

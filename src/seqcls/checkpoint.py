@@ -54,6 +54,7 @@ class Progress:
     stats: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None  # EpochStats of the best epoch, when select_best is on
     best_file: str = ""
+    stale_epochs: int = 0  # epochs in a row without an early_stopping_min_delta improvement on the best
 
 
 class StopSignal:

@@ -19,8 +19,8 @@ import pandas as pd
 
 from . import logs
 from .atomic import visible_files
-from .errors import DataError
-from .settings import Settings
+from .errors import DataError, SettingsError
+from .settings import Settings, class_weight_map
 
 SUPPORTED_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
@@ -32,6 +32,7 @@ TEXT_NAMES = ("text", "sentence")
 PAIR_NAMES = ("sentence1", "sentence2")
 COLUMN_SETTINGS = frozenset({"text_column", "text_pair_column", "label_column"})
 TOKENIZE_CHUNK_ROWS = 20_000
+MAX_AUTO_LENGTH = 8192  # max_length's own upper bound
 # Far beyond any max_length; a longer cell is almost always rows merged by an unclosed quote or a wrong delimiter.
 MAX_TEXT_CHARS = 1_000_000
 
@@ -516,6 +517,7 @@ class Encoded:
     token_type_ids: np.ndarray  # int8, same shape
     offsets: np.ndarray  # int64, len rows + 1
     labels: np.ndarray  # int64 [rows] (single_label), float32 [rows, labels] (multi_label), float32 [rows] (regression)
+    weights: np.ndarray | None = None  # float32 loss weight per row (class_weights); None: all 1
 
     @property
     def lengths(self) -> np.ndarray:
@@ -595,6 +597,35 @@ def tokenize(tokenizer, channel: Channel, labels: np.ndarray, max_length: int) -
     return encoded, TokenStats(longest=longest, truncated=truncated)
 
 
+def token_lengths(tokenizer, channel: Channel) -> np.ndarray:
+    """Every row's untruncated token count (special tokens included)."""
+    encode, frame = _encoder(tokenizer), channel.frame
+    chunks = []
+    for start in range(0, len(frame), TOKENIZE_CHUNK_ROWS):
+        part = frame.iloc[start:start + TOKENIZE_CHUNK_ROWS]
+        ids, _ = encode(part[TEXT].tolist(), part[PAIR].tolist() if PAIR in part else None)
+        chunks.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+    return np.concatenate(chunks)
+
+
+def resolve_max_length(tokenizer, train: Channel, settings: Settings, limit: int | None) -> int:
+    """max_length as given, or for `auto` the training rows' max_length_percentile rounded up to a multiple
+    of 8 (what GPU tensor cores and the CUDA graph widths use), capped at the model's limit; logged."""
+    if settings.max_length != "auto":
+        return int(settings.max_length)
+    lengths = token_lengths(tokenizer, train)
+    wanted = int(np.percentile(lengths, settings.max_length_percentile, method="higher"))
+    ceiling = min(limit or MAX_AUTO_LENGTH, MAX_AUTO_LENGTH)
+    chosen = min(max(_padded_width(wanted, 8), 8), ceiling)
+    logs.event("max_length_chosen", f"max_length=auto: {chosen} tokens ({settings.max_length_percentile:g}th "
+                                    f"percentile of train is {wanted}, longest {int(lengths.max())}"
+                                    + (f", model limit {limit}" if limit else "") + ")",
+               max_length=chosen, percentile=settings.max_length_percentile, percentile_tokens=wanted,
+               longest_tokens=int(lengths.max()), model_limit=limit,
+               train_rows_truncated=int((lengths > chosen).sum()))
+    return chosen
+
+
 def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[np.ndarray]:
     """The batches of one epoch: a pure function of (seed, epoch), so a resumed run sees the same order.
 
@@ -632,7 +663,8 @@ def batch_widths(lengths: np.ndarray, batches: list[np.ndarray], pad_to_multiple
 
 
 def collate(encoded: Encoded, rows: np.ndarray, pad_token_id: int, pad_to_multiple_of: int) -> dict[str, np.ndarray]:
-    """Pad one batch to its own longest row (rounded up), not to max_length."""
+    """Pad one batch to its own longest row (rounded up), not to max_length. `weights` is each row's share of
+    the batch loss: 1/rows, times its label's class weight when there are class weights."""
     starts, ends = encoded.offsets[rows], encoded.offsets[rows + 1]
     width = _padded_width(int((ends - starts).max()), pad_to_multiple_of)
     input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
@@ -643,8 +675,9 @@ def collate(encoded: Encoded, rows: np.ndarray, pad_token_id: int, pad_to_multip
         input_ids[i, :n] = encoded.input_ids[start:end]
         token_type_ids[i, :n] = encoded.token_type_ids[start:end]
         attention_mask[i, :n] = 1
+    weights = encoded.weights[rows] if encoded.weights is not None else np.ones(len(rows), dtype=np.float32)
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-            "labels": encoded.labels[rows]}
+            "labels": encoded.labels[rows], "weights": weights / np.float32(len(rows))}
 
 
 
@@ -655,6 +688,7 @@ class Splits:
     test: Channel | None
     label_map: LabelMap
     validation_source: str  # "channel" or "split"
+    class_weights: np.ndarray | None = None  # float32 per label id, from class_weights; None: unweighted
 
 
 def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collection[str] | None = None) -> Splits:
@@ -682,7 +716,33 @@ def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collect
         if split is not None:
             _check_same_inputs(train, split)
             label_map.check_known(split)
-    return Splits(train, validation, test, label_map, validation_source)
+    _check_binary_only(settings, label_map)
+    return Splits(train, validation, test, label_map, validation_source, label_weights(settings.class_weights, label_map,
+                                                                                      train))
+
+
+def _check_binary_only(settings: Settings, label_map: LabelMap) -> None:
+    if settings.decision_threshold != 0.5 and len(label_map.labels) != 2:
+        raise SettingsError(f"hyperparameter decision_threshold={settings.decision_threshold} needs exactly two labels; "
+                            f"train has {len(label_map.labels)} ({', '.join(map(repr, label_map.labels[:10]))})")
+
+
+def label_weights(setting: str, label_map: LabelMap, train: Channel) -> np.ndarray | None:
+    """class_weights per label id: `balanced` as scikit-learn computes it (n_rows / (n_labels * label_rows), so
+    the mean row weight over train is 1 and the learning rate keeps its meaning), or the given map."""
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        ids = label_map.encode(train)
+        return compute_class_weight("balanced", classes=np.arange(len(label_map.labels)), y=ids).astype(np.float32)
+    given = {_normalise_label(label): weight for label, weight in class_weight_map(setting).items()}
+    unknown = sorted(set(given) - set(label_map.labels))
+    if unknown:
+        raise SettingsError(f"hyperparameter class_weights names label(s) {', '.join(map(repr, unknown))} that train "
+                            f"does not have (labels: {', '.join(map(repr, label_map.labels[:20]))})")
+    return np.array([given.get(label, 1.0) for label in label_map.labels], dtype=np.float32)
 
 
 def _check_label_count(label_map: LabelMap, train: Channel) -> None:
@@ -710,6 +770,8 @@ def encode_splits(tokenizer, splits: Splits, max_length: int) -> dict[str, Encod
         if split is not None:
             labels = splits.label_map.encode(split)
             encoded[split.name], stats[split.name] = tokenize(tokenizer, split, labels, max_length)
+    if splits.class_weights is not None:
+        encoded["train"].weights = splits.class_weights[encoded["train"].labels]
     logs.event("data_ready", f"train {len(encoded['train'])} / validation {len(encoded['validation'])} / "
                              f"test {len(encoded['test']) if 'test' in encoded else 0} rows",
                labels=splits.label_map.labels, problem_type=splits.label_map.problem_type,
@@ -719,5 +781,7 @@ def encode_splits(tokenizer, splits: Splits, max_length: int) -> dict[str, Encod
                rows={name: len(e) for name, e in encoded.items()},
                label_balance={name: label_balance(e.labels, splits.label_map) for name, e in encoded.items()},
                longest_tokens={name: t.longest for name, t in stats.items()},
-               truncated_rows={name: t.truncated for name, t in stats.items()}, max_length=max_length)
+               truncated_rows={name: t.truncated for name, t in stats.items()}, max_length=max_length,
+               class_weights=None if splits.class_weights is None else
+               {label: round(float(w), 6) for label, w in zip(splits.label_map.labels, splits.class_weights)})
     return encoded

@@ -3,6 +3,7 @@ type, the objective that ranks epochs, and multi_label decision thresholds."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from . import logs
 from .devices import Compute, autocast
 from .distributed import gather_rows
 from .losses import row_losses
-from .settings import problem_type_of
+from .settings import Settings, problem_type_of
 
 
 DEFAULT_THRESHOLD = 0.5  # a multi_label row has a label when its sigmoid reaches the label's threshold
@@ -28,6 +29,7 @@ class Predictions:
     loss: float  # mean of losses.row_losses over all rows
     problem_type: str = "single_label"
     thresholds: np.ndarray | None = None  # multi_label: per label, tuned on validation; None: DEFAULT_THRESHOLD
+    threshold: float | None = None  # single_label, two labels: predict the second when its probability is at least this
 
     @property
     def predicted(self) -> np.ndarray:
@@ -37,7 +39,9 @@ class Predictions:
         if self.problem_type == "multi_label":
             cut = DEFAULT_THRESHOLD if self.thresholds is None else self.thresholds
             return (self.probabilities >= cut).astype(np.int64)
-        return self.logits.argmax(axis=1)
+        if self.threshold is None:
+            return self.logits.argmax(axis=1)
+        return (self.probabilities[:, 1] >= self.threshold).astype(np.int64)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -64,7 +68,8 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
     logits = torch.empty((len(mine), model.config.num_labels), dtype=torch.float32, device=device)
     for positions in eval_order(encoded.lengths[mine], batch_size):
         batch = collate(encoded, mine[positions], pad_token_id, pad_multiple(device.type))
-        inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+        inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()
+                  if k not in ("labels", "weights")}
         with autocast(device, compute.precision):
             out = model(**inputs).logits
         logits[torch.from_numpy(positions).to(device)] = out.float()
@@ -78,6 +83,48 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
     thresholds = getattr(model.config, "label_thresholds", None)
     return Predictions(full.cpu().numpy(), loss, problem_type,
                        None if thresholds is None else np.asarray(thresholds, dtype=np.float32))
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """The decision threshold on `scores` (the second label's probability) with the highest MCC, and that MCC.
+
+    Every distinct score is a candidate (scikit-learn's roc_curve lists them with their confusion counts); the
+    threshold returned lies halfway to the next lower score, so it splits the rows exactly as the candidate
+    does. Among equal MCCs the one nearest 0.5 wins."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, candidates = roc_curve(labels, scores, drop_intermediate=False)
+    positives, negatives = int(labels.sum()), int(len(labels) - labels.sum())
+    tp, fp = tpr * positives, fpr * negatives
+    fn, tn = positives - tp, negatives - fp
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    mcc = np.divide(tp * tn - fp * fn, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    lower = np.append(candidates[1:], 0.0)
+    midpoints = np.clip((np.minimum(candidates, 1.0) + lower) / 2, 1e-6, 1 - 1e-6)
+    best = np.flatnonzero(np.isclose(mcc, mcc.max(), rtol=0, atol=1e-12))
+    chosen = best[np.argmin(np.abs(midpoints[best] - 0.5))]
+    return float(midpoints[chosen]), float(mcc[chosen])
+
+
+def resolve_threshold(model: torch.nn.Module, validation: Encoded, pad_token_id: int, settings: Settings,
+                      compute: Compute, tune: bool = True) -> float | None:
+    """decision_threshold for the weights the model ends on: None at 0.5 (the plain argmax), the number given,
+    or for `auto` the validation split's best by MCC (logged beside the MCC at 0.5); `auto` without `tune`
+    (a stopped run, whose grace period is for saving) stays at 0.5."""
+    given = settings.decision_threshold
+    if given != "auto" or not tune:
+        return None if given in (0.5, "auto") else float(given)
+    predictions = predict(model, validation, pad_token_id, settings.eval_batch_size, compute)
+    labels = validation.labels
+    if len(np.unique(labels)) < 2:
+        logs.warning("decision_threshold_kept", "decision_threshold=auto: validation holds one label only; keeping 0.5")
+        return None
+    threshold, mcc = best_threshold(labels, predictions.probabilities[:, 1])
+    at_half = float(matthews_corrcoef(labels, predictions.predicted))
+    logs.event("decision_threshold_chosen", f"decision_threshold=auto: {threshold:.4f} (validation MCC {mcc:.4f}, "
+                                            f"{at_half:.4f} at 0.5)", threshold=round(threshold, 6),
+               val_mcc=round(mcc, 6), val_mcc_at_half=round(at_half, 6))
+    return threshold
 
 
 def _average(num_labels: int) -> str:
@@ -211,9 +258,10 @@ def headline(stats: dict[str, Any], problem_type: str) -> str:
 
 
 def test_metrics(model: torch.nn.Module, test_set: Encoded, pad_token_id: int, batch_size: int,
-                 compute: Compute) -> tuple[dict[str, object], Predictions]:
-    """Step 4 of the tutorial: the test split's metrics (logged as `test_metrics`) and its predictions."""
-    predictions = predict(model, test_set, pad_token_id, batch_size, compute)
+                 compute: Compute, threshold: float | None = None) -> tuple[dict[str, object], Predictions]:
+    """Step 4 of the tutorial: the test split's metrics (logged as `test_metrics`) and its predictions, decided
+    by the run's decision threshold (single_label, two labels) or per-label thresholds (multi_label, from the config)."""
+    predictions = dataclasses.replace(predict(model, test_set, pad_token_id, batch_size, compute), threshold=threshold)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if predictions.problem_type == "multi_label":
         metrics = multi_label_metrics(test_set.labels, predictions.predicted, names)
@@ -245,7 +293,7 @@ def test_headline(metrics: dict[str, Any], problem_type: str) -> dict[str, float
     return {f"test_{name}": metrics["test"][name] if "test" in metrics else None}
 
 
-def best_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
+def best_f1_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
     """The cut on one label's scores (a row has the label when score >= cut) with the highest F1 on these
     rows; DEFAULT_THRESHOLD when no row has the label (no F1 to maximise). Ties keep the highest cut."""
     positives = float(truth.sum())
@@ -260,21 +308,21 @@ def best_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
     return float(ranked[int(f1.argmax())])
 
 
-def tune_thresholds(model: torch.nn.Module, validation: Encoded, pad_token_id: int, batch_size: int,
-                    compute: Compute) -> dict[str, Any]:
+def tune_thresholds(model: torch.nn.Module, validation: Encoded, pad_token_id: int, settings: Settings,
+                    compute: Compute, tune: bool = True) -> dict[str, float] | None:
     """multi_label: per label, the threshold with the best F1 on validation, stored in the config (so it is
-    saved with the model and used by the test metrics and `seqcls predict`); returned for metrics.json.
-    Nothing for the other problem types."""
-    if problem_type_of(model.config.problem_type) != "multi_label":
-        return {}
+    saved with the model and used by the test metrics and `seqcls predict`); returned by label name for
+    metrics.json. None for the other problem types, and without `tune` (a stopped run: 0.5 stays)."""
+    if settings.problem_type != "multi_label" or not tune:
+        return None
     model.config.label_thresholds = None  # tune on the raw scores, not on earlier thresholds
-    scores = predict(model, validation, pad_token_id, batch_size, compute).probabilities
-    thresholds = [best_threshold(validation.labels[:, i], scores[:, i]) for i in range(scores.shape[1])]
+    scores = predict(model, validation, pad_token_id, settings.eval_batch_size, compute).probabilities
+    thresholds = [best_f1_threshold(validation.labels[:, i], scores[:, i]) for i in range(scores.shape[1])]
     model.config.label_thresholds = thresholds
     named = {model.config.id2label[i]: round(t, 6) for i, t in enumerate(thresholds)}
     logs.event("thresholds_tuned", f"decision thresholds tuned on {len(validation)} validation rows",
                label_thresholds=named)
-    return {"label_thresholds": named}
+    return named
 
 
 def probability_columns(predictions: Predictions, labels: list[str]) -> dict[str, np.ndarray]:

@@ -37,9 +37,10 @@ def run(where: runtime.Platform) -> Path:
     splits = data.load_splits(where.channels, settings, resolved.explicit)
     model_source = str(where.channels.get("model") or settings.model_name_or_path)
     config = model.load_config(model_source, splits.label_map)
-    model.check_max_length(config, settings.max_length, model_source)
+    length_limit = model.check_max_length(config, settings.max_length, model_source)
     tokenizer = model.load_tokenizer(model_source)
-    encoded = data.encode_splits(tokenizer, splits, settings.max_length)
+    max_length = data.resolve_max_length(tokenizer, splits.train, settings, length_limit)
+    encoded = data.encode_splits(tokenizer, splits, max_length)
 
     # Step 3: model and training (resuming from a matching checkpoint).
     classifier = model.load_model(model_source, config, settings.seed)
@@ -51,16 +52,19 @@ def run(where: runtime.Platform) -> Path:
     outcome = train.train(classifier, train.TrainData(encoded["train"], encoded["validation"], pad_token_id), settings,
                           compute, checkpointer)
 
-    # Step 4: test. A run the platform stopped (SIGTERM) skips it: the grace period is for saving a model.
+    # Step 4: the decision threshold, then test. A run the platform stopped (SIGTERM) skips tuning and testing:
+    # the grace period is for saving a model.
     partial = outcome.partial(kept_best=settings.select_best != "none")
-    metrics = artifacts.metrics_record(outcome.stats, outcome.best_epoch, splits.label_map.labels, partial)
-    if not partial:  # multi_label: per-label thresholds from validation, saved in config.json, used on test
-        metrics.update(evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings.eval_batch_size,
-                                                compute))
+    threshold = evaluate.resolve_threshold(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
+    classifier.config.decision_threshold = threshold  # saved in config.json, for seqcls predict
+    label_thresholds = evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings, not partial)
+    metrics = artifacts.metrics_record(outcome.stats, outcome.best_epoch, splits.label_map.labels, {
+        "problem_type": settings.problem_type, "decision_threshold": threshold, "label_thresholds": label_thresholds,
+        "early_stopped_after_epoch": outcome.early_stopped_after, "partial": partial})
     test = None
     if "test" in encoded and not partial:
         metrics["test"], predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id,
-                                                             settings.eval_batch_size, compute)
+                                                             settings.eval_batch_size, compute, threshold)
         test = (splits.test, encoded["test"].labels, predictions)
     if not world.is_main:
         return where.model_dir  # rank 0 alone writes and publishes
@@ -71,7 +75,8 @@ def run(where: runtime.Platform) -> Path:
          "device": artifacts.device_record(compute.device, compute.precision), "partial": partial,
          "timing": {"train_seconds": round(outcome.train_seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1)}},
         model_source, [s for s in (splits.train, splits.validation, splits.test) if s],
-        {name: len(e) for name, e in encoded.items()}, splits.validation_source)
+        {"rows": {name: len(e) for name, e in encoded.items()}, "validation_source": splits.validation_source,
+         "max_length": max_length})
     artifacts.save_run(classifier, tokenizer, where.model_dir, where.output_data_dir, artifacts.RunRecord(
         metrics, manifest, outcome.stats, splits.label_map, test, splits.test or splits.validation))
     if partial:  # the platform uploads the model folder as it is; the run still failed, and may resume
@@ -81,12 +86,17 @@ def run(where: runtime.Platform) -> Path:
     storage.publish_run(where.model_uri, settings.output_uri, where.run_id, [where.model_dir, where.output_data_dir],
                         _publish_options(settings))
     checkpointer.remove()  # published: nothing is left for a later run in the same folder to resume
-    tested = evaluate.test_headline(metrics, settings.problem_type)
+    _log_end(where, metrics, started, settings.problem_type)
+    return where.model_dir
+
+
+def _log_end(where: runtime.Platform, metrics: dict, started: float, problem_type: str) -> None:
+    """job_end with the problem type's test headline (test_mcc, test_f1_micro or test_pearson)."""
+    tested = evaluate.test_headline(metrics, problem_type)
     logs.event("job_end", f"done in {time.perf_counter() - started:.1f}s" + "".join(
         f", {name} {value:.4f}" for name, value in tested.items() if value is not None),
-               run_id=where.run_id, **tested, best_epoch=outcome.best_epoch,
+               run_id=where.run_id, **tested, best_epoch=metrics["best_epoch"],
                seconds=round(time.perf_counter() - started, 2), model_dir=str(where.model_dir))
-    return where.model_dir
 
 
 def _publish_options(settings: hyperparameters.Settings) -> storage.Options:

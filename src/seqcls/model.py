@@ -63,11 +63,13 @@ def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
     return config
 
 
-def check_max_length(config: PretrainedConfig, max_length: int, source: str) -> None:
+def check_max_length(config: PretrainedConfig, max_length: int | str, source: str) -> int | None:
+    """The model's position limit (None when its config names none), after checking a given max_length against it."""
     limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and max_length > limit:
+    if limit is not None and max_length != "auto" and max_length > limit:
         raise SettingsError(f"hyperparameter max_length={max_length} is out of range: model {source} "
                             f"supports at most {limit} positions")
+    return limit
 
 
 def load_tokenizer(source: str):

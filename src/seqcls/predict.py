@@ -7,6 +7,7 @@ run's own max_length and column names (from run_manifest.json) unless the comman
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -19,7 +20,7 @@ from transformers import AutoConfig
 
 from . import artifacts, data, devices, evaluate, logs, model, storage
 from . import settings as hyperparameters
-from .errors import ModelError
+from .errors import ModelError, SettingsError
 
 # Settings that describe the input and the model, taken from the training run when it recorded them.
 INHERITED = ("max_length", "text_column", "text_pair_column", "eval_batch_size", "label_delimiter")
@@ -39,9 +40,13 @@ def _training_settings(folder: Path) -> dict[str, object]:
     path = folder / "run_manifest.json"
     if not path.is_file():
         return {}
-    recorded = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
-    return {name: recorded[name]["value"] for name in INHERITED
-            if name in recorded and not (name in data.COLUMN_SETTINGS and recorded[name].get("source") == "default")}
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    recorded = manifest.get("settings", {})
+    inherited = {name: recorded[name]["value"] for name in INHERITED
+                 if name in recorded and not (name in data.COLUMN_SETTINGS and recorded[name].get("source") == "default")}
+    if inherited.get("max_length") == "auto":  # the length the training run worked out
+        inherited["max_length"] = manifest["data"]["max_length"]
+    return inherited
 
 
 def _write(path: Path, frame: pd.DataFrame) -> None:
@@ -62,6 +67,9 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
         model.check_local_folder(folder)
         resolved = hyperparameters.resolve([("run_manifest.json", _training_settings(folder)), ("cli", overrides)])
         settings = resolved.settings
+        if settings.max_length == "auto":
+            raise SettingsError("predict needs max_length as a number (auto is worked out from training data); "
+                                "leave it unset to use the training run's")
         try:
             config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         except (OSError, ValueError) as err:
@@ -74,8 +82,9 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
     encoded, _ = data.tokenize(tokenizer, channel, label_map.blank(len(channel.frame)), settings.max_length)
     device = devices.pick_device(settings)
     compute = devices.Compute(device, devices.pick_precision(settings, device))
-    predictions = evaluate.predict(classifier.to(device), encoded, model.pad_token_id(tokenizer), settings.eval_batch_size,
-                                   compute)
+    predictions = dataclasses.replace(
+        evaluate.predict(classifier.to(device), encoded, model.pad_token_id(tokenizer), settings.eval_batch_size, compute),
+        threshold=getattr(config, "decision_threshold", None))  # the training run's, saved in config.json
 
     frame = channel.frame.copy()  # text, [text_pair]
     for column, values in artifacts.prediction_columns(predictions, label_map, settings.label_delimiter).items():

@@ -49,11 +49,12 @@ class Bounds:
 
 
 def _setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: tuple[str, ...] = (),
-             math: bool = True, secret: bool = False) -> Any:
+             math: bool = True, secret: bool = False, auto: bool = False) -> Any:
     """A hyperparameter: what it does, what values it takes, whether it changes the trained weights
-    (checkpoints from runs that differ only in non-math settings still resume), whether to mask it."""
+    (checkpoints from runs that differ only in non-math settings still resume), whether to mask it, and
+    whether the word `auto` may stand for a number the job works out from the data."""
     return field(default=default, metadata={"help": help, "bounds": bounds, "choices": choices, "math": math,
-                                            "secret": secret})
+                                            "secret": secret, "auto": auto})
 
 
 # Our problem types and the names transformers' config.problem_type (and so its pipeline) uses for them.
@@ -83,8 +84,11 @@ class Settings:
     model_name_or_path: str = _setting(DEFAULT_MODEL, "Hub id or local folder; the `model` channel wins when present")
     base_model: str = _setting("", "Hub id of the pretrained model, for the model card's base_model when training from a "
                                    "folder (the model channel); empty: model_name_or_path when that is a Hub id", math=False)
-    max_length: int = _setting(64, "Truncate tokenized inputs to this many tokens (at most the model's limit)",
-                               bounds=Bounds(2, 8192))
+    max_length: int | str = _setting(64, "Truncate tokenized inputs to this many tokens (at most the model's limit); "
+                                         "auto: the training rows' max_length_percentile, rounded up to a multiple of 8",
+                                     bounds=Bounds(2, 8192), auto=True)
+    max_length_percentile: float = _setting(99.5, "With max_length=auto: the share (in %) of training rows that fit "
+                                                  "untruncated", bounds=Bounds(50, 100))
     batch_size: int = _setting(32, "Training samples per optimizer step", bounds=Bounds(1, 65536))
     eval_batch_size: int = _setting(256, "Samples per validation/test forward pass (no effect on results)",
                                     bounds=Bounds(1, 65536), math=False)
@@ -137,6 +141,16 @@ class Settings:
     select_best: str = _setting("none", "Keep the best epoch's weights instead of the last, by a validation metric of "
                                         "the problem type (mcc: single_label, f1_micro: multi_label, pearson or mse: "
                                         "regression) or by loss", choices=tuple(SELECT_BEST))
+    early_stopping_patience: int = _setting(0, "Stop after this many epochs without a better select_best metric "
+                                               "(0: run every epoch); needs select_best", bounds=Bounds(0, 1000))
+    early_stopping_min_delta: float = _setting(0.0, "How much the select_best metric must improve to count as better",
+                                               bounds=NON_NEGATIVE)
+    class_weights: str = _setting("none", "single_label: loss weight per label: none, balanced (n_rows / (n_labels * "
+                                          "label_rows), from train), or a JSON object {\"label\": weight}; unlisted "
+                                          "labels weigh 1")
+    decision_threshold: float | str = _setting(0.5, "Two labels only: predict the second label when its probability "
+                                                    "is at least this; auto: the one with the best validation MCC",
+                                               bounds=FRACTION_OPEN, auto=True)
     max_train_samples: int = _setting(0, "Use a seeded sample of at most N training rows (0: all)", bounds=NON_NEGATIVE)
 
     def as_dict(self) -> dict[str, Any]:
@@ -161,7 +175,7 @@ def allowed_values(name: str) -> str:
     if meta["choices"]:
         return " | ".join(meta["choices"])
     if meta["bounds"] is not None:
-        return meta["bounds"].text
+        return ("auto | " if meta["auto"] else "") + meta["bounds"].text
     return {"bool": "true | false"}.get(FIELDS[name].type, "text")
 
 
@@ -203,13 +217,17 @@ def parse_value(name: str, raw: Any) -> Any:
     """Parse one raw value (usually a string) into the field's type; error names the hyperparameter."""
     if name not in FIELDS:
         raise unknown_name(name)
-    kind = FIELDS[name].type
+    kind = FIELDS[name].type.removesuffix(" | str")  # "int | str": a number, or `auto` where the setting allows it
+    if isinstance(raw, dict) and name == "class_weights":  # hyperparameters.json may hold the map as an object
+        raw = json.dumps(raw, sort_keys=True)
     if isinstance(raw, bool):
         text = "true" if raw else "false"
     elif isinstance(raw, (str, int, float)):
         text = str(raw).strip()
     else:
         raise SettingsError(f"hyperparameter {name}: expected a string or number, got {type(raw).__name__}")
+    if FIELDS[name].metadata["auto"] and text.lower() == "auto":
+        return "auto"
     try:
         if kind == "bool":
             return _parse_bool(name, text)
@@ -224,7 +242,8 @@ def parse_value(name: str, raw: Any) -> Any:
                 raise ValueError
             return number
     except ValueError:
-        raise SettingsError(f"hyperparameter {name}={raw!r}: expected {'an integer' if kind == 'int' else 'a number'}") from None
+        expected = ("an integer" if kind == "int" else "a number") + (" or auto" if FIELDS[name].metadata["auto"] else "")
+        raise SettingsError(f"hyperparameter {name}={raw!r}: expected {expected}") from None
     return text
 
 
@@ -257,7 +276,7 @@ def validate(s: Settings) -> None:
         value = getattr(s, name)
         if f.metadata["choices"]:
             _check(value in f.metadata["choices"], name, value, f"must be one of {', '.join(f.metadata['choices'])}")
-        elif f.metadata["bounds"] is not None:
+        elif f.metadata["bounds"] is not None and value != "auto":
             _check(f.metadata["bounds"].holds(value), name, value, f"must be {f.metadata['bounds'].text}")
     for name in ("model_name_or_path", "text_column", "label_column"):
         _check(bool(getattr(s, name)), name, getattr(s, name), "must not be empty")
@@ -265,14 +284,44 @@ def validate(s: Settings) -> None:
            "must differ from text_column and label_column")
     _check(s.text_column != s.label_column, "label_column", s.label_column, "must differ from text_column")
     _check(bool(s.label_delimiter), "label_delimiter", s.label_delimiter, "must not be empty")
-    _check_select_best(s)
     _check(not s.base_model or _is_repo_id(s.base_model), "base_model", s.base_model, "must be a Hub id such as org/name")
     if s.output_uri:
         parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
     _check(not s.s3_expected_bucket_owner or (s.s3_expected_bucket_owner.isdigit() and len(s.s3_expected_bucket_owner) == 12),
            "s3_expected_bucket_owner", s.s3_expected_bucket_owner, "must be a 12-digit AWS account id")
+    _validate_training_rules(s)
     _check(all(c.isalnum() or c in "-_." for c in s.run_id) and not s.run_id.startswith("."), "run_id", s.run_id,
            "may hold only letters, digits, '-', '_' and '.', and must not start with '.'")
+
+
+def class_weight_map(value: str) -> dict[str, float] | None:
+    """class_weights as given: None for none/balanced, else the {label: weight} map, checked (positive, finite)."""
+    if value in ("none", "balanced"):
+        return None
+    try:
+        weights = json.loads(value)
+    except ValueError:
+        weights = None
+    if not isinstance(weights, dict) or not weights:
+        raise SettingsError(f"hyperparameter class_weights={value!r}: expected none, balanced or a JSON object of "
+                            "label weights such as {\"0\": 1.0, \"1\": 2.5}")
+    for label, weight in weights.items():
+        number = weight if isinstance(weight, (int, float)) and not isinstance(weight, bool) else float("nan")
+        _check(math.isfinite(number) and number > 0, "class_weights", value,
+               f"the weight of label {label!r} must be a positive number, got {json.dumps(weight)}")
+    return {str(label): float(weight) for label, weight in weights.items()}
+
+
+def _validate_training_rules(s: Settings) -> None:
+    """Settings that only make sense together."""
+    _check(not s.early_stopping_patience or s.select_best != "none", "early_stopping_patience",
+           s.early_stopping_patience, "needs select_best (mcc or loss, or the problem type's metric): it picks the "
+                                      "metric that stops the run and keeps that best epoch's weights")
+    class_weight_map(s.class_weights)
+    _check_select_best(s)
+    for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5)):
+        _check(getattr(s, name) == unset or s.problem_type == "single_label", name, getattr(s, name),
+               f"needs problem_type=single_label (it weighs or decides classes), not {s.problem_type}")
 
 
 def _check_select_best(s: Settings) -> None:
@@ -342,6 +391,8 @@ def load_hyperparameters_json(text: str, path: str) -> dict[str, Any]:
 def check_scalar_values(values: Mapping[str, Any], path: str) -> None:
     """Our hyperparameters are strings or numbers; a list, object or null is a mistake worth naming."""
     for name, value in values.items():
+        if isinstance(value, dict) and name == "class_weights":
+            continue  # the one map-valued setting
         if isinstance(value, (dict, list)) or value is None:
             kind = {dict: "an object", list: "a list"}.get(type(value), "null")
             shown = f"{kind} (value masked)" if is_secret(name) else json.dumps(value)[:80]

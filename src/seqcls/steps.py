@@ -64,6 +64,14 @@ def make_optimizer(model: torch.nn.Module, settings: Settings, device: torch.dev
                              capturable=graphs)
 
 
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                  problem_type: str = "single_label") -> torch.Tensor:
+    """Each row's loss for the problem type (losses.row_losses, fp32) times its weight, summed: the batch mean
+    when every weight is 1/rows, and Keras-style class weighting (each row's loss scaled by its label's weight)
+    when class_weights are set."""
+    return (row_losses(logits, labels, problem_type) * weights).sum()
+
+
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     """The first group's learning rate as a float (a device tensor on the graph path: syncs, so log only)."""
     return float(optimizer.param_groups[0]["lr"])
@@ -84,10 +92,10 @@ class EagerStep:
 
     def __call__(self, batch: dict[str, np.ndarray], share: float) -> torch.Tensor:
         inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in batch.items()}
-        labels = inputs.pop("labels")
+        labels, weights = inputs.pop("labels"), inputs.pop("weights")
         with autocast(self.device, self.precision):
             logits = self.forward(**inputs).logits
-        loss = (row_losses(logits, labels, self.problem_type) / len(labels)).sum() * share
+        loss = weighted_loss(logits, labels, weights, self.problem_type) * share
         self.scaler.scale(loss).backward()
         if self.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
@@ -152,8 +160,7 @@ class GraphSteps:
         with autocast(self.device, self.precision, cache_enabled=False):  # autocast's cache breaks capture
             logits = self.model(input_ids=static["input_ids"], token_type_ids=static["token_type_ids"],
                                 attention_mask=static["attention_mask"]).logits
-        losses = row_losses(logits, static["labels"], self.problem_type)
-        loss = (losses * static["weights"]).sum()
+        loss = weighted_loss(logits, static["labels"], static["weights"], self.problem_type)
         loss.backward()
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
@@ -200,11 +207,10 @@ class GraphSteps:
     def __call__(self, batch: dict[str, np.ndarray], share: float) -> torch.Tensor:
         rows, width = batch["input_ids"].shape
         static = self.inputs[width]
-        weights = np.zeros(self.batch_size, dtype=np.float32)
-        weights[:rows] = 1 / rows
-        for name, array in [*batch.items(), ("weights", weights)]:
+        for name, array in batch.items():
             if len(array) < self.batch_size:  # zero-weight copies of the first row: valid inputs, no gradient
-                array = np.concatenate([array, np.repeat(array[:1], self.batch_size - len(array), axis=0)])
+                filler = np.zeros_like(array[:1]) if name == "weights" else array[:1]
+                array = np.concatenate([array, np.repeat(filler, self.batch_size - len(array), axis=0)])
             source = torch.from_numpy(array)
             static[name].copy_(source.pin_memory() if self.device.type == "cuda" else source, non_blocking=True)
         if self.graphs:

@@ -45,6 +45,7 @@ class Outcome:
     capture_seconds: float = 0.0
     stopped: str = ""  # why training stopped early (SIGTERM); empty when every epoch ran
     stopped_at_step: int = 0
+    early_stopped_after: int = 0  # the last epoch trained when early stopping ended the run
 
     def partial(self, kept_best: bool) -> dict[str, object] | None:
         """What a stopped run's model holds, for metrics.json and the manifest; None when every epoch ran."""
@@ -160,6 +161,9 @@ class _Loop:
         try:
             with STOP.deferred():
                 for epoch in range(self.progress.epoch, self.settings.epochs + 1):
+                    if self._patience_spent():  # checked first: a run resumed after the decision stops too
+                        self.outcome.early_stopped_after = epoch - 1
+                        break
                     self._epoch(epoch)
         except Interrupted as stop:
             self.outcome.stopped, self.outcome.stopped_at_step = str(stop), self.progress.global_step
@@ -229,15 +233,38 @@ class _Loop:
         logs.event("epoch_end", f"epoch {epoch}/{self.settings.epochs}: train loss {stats.train_loss:.4f}, "
                                 f"val loss {stats.val_loss:.4f}, {headline(stats.row(), self.settings.problem_type)}",
                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.row().items()})
-        if self.settings.select_best != "none" and _improved(self.settings, stats, progress.best):
-            progress.best = stats.row()
-            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self._keep_if_best(stats)
         progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
         progress.stats = [s.row() for s in self.outcome.stats]
         self._save_checkpoint()
         if any_rank(STOP.requested, world, self.compute.device):
             raise Interrupted(f"interrupted by SIGTERM after epoch {epoch}; checkpoint saved in "
                               f"{self.checkpointer.directory}: rerun to resume")
+
+    def _patience_spent(self) -> bool:
+        patience = self.settings.early_stopping_patience
+        return bool(patience) and self.progress.stale_epochs >= patience
+
+    def _keep_if_best(self, stats: EpochStats) -> None:
+        """select_best's weights, and early stopping's count of epochs that did not beat the best by min_delta."""
+        s, progress = self.settings, self.progress
+        if s.select_best == "none":
+            return
+        key = objective(s.select_best, s.problem_type)[0]
+        value = stats.row()[key]
+        if progress.best is None or better(s.select_best, value, progress.best[key], s.early_stopping_min_delta):
+            progress.stale_epochs = 0
+        else:
+            progress.stale_epochs += 1
+        if _improved(s, stats, progress.best):
+            progress.best = stats.row()
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.state.model.state_dict().items()}
+        if self._patience_spent() and stats.epoch < s.epochs:
+            logs.event("early_stopping", f"stopping after epoch {stats.epoch}: {key} has not improved by more than "
+                                         f"{s.early_stopping_min_delta:g} for {progress.stale_epochs} epoch(s) "
+                                         f"(best {progress.best[key]:.4f}, epoch {progress.best['epoch']})",
+                       epoch=stats.epoch, metric=key, best=round(progress.best[key], 6), best_epoch=progress.best["epoch"],
+                       patience=s.early_stopping_patience, min_delta=s.early_stopping_min_delta)
 
     def _save_checkpoint(self) -> None:
         self.checkpointer.save(self.state, self.progress, self.best_weights, self.compute.world)
