@@ -57,8 +57,7 @@ def run(where: runtime.Platform) -> Path:
     partial = outcome.partial(kept_best=settings.select_best != "none")
     threshold = evaluate.resolve_threshold(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
     classifier.config.decision_threshold = threshold  # saved in config.json, for seqcls predict
-    label_thresholds = evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings, compute,
-                                                not partial)
+    label_thresholds = evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
     metrics = artifacts.metrics_record(outcome.stats, outcome.best_epoch, splits.label_map.labels, {
         "problem_type": settings.problem_type, "decision_threshold": threshold, "label_thresholds": label_thresholds,
         "early_stopped_after_epoch": outcome.early_stopped_after, "partial": partial})
