@@ -7,8 +7,10 @@
         [--spot --checkpoint-s3-uri s3://...] [--network-isolation --model s3://...] [--dry-run | --wait]
 
 Every option of `infra.sagemaker.submit` describes each trial, checked the same way. The objective is
-`validation:mcc` (`validation:f1_micro` with `--hp problem_type=multi_label`, `validation:pearson` with
-`regression`), maximised: SageMaker reads it from the `epoch_end` log line of every epoch with the
+what the job itself ranks epochs by (seqcls.evaluate.objective, as Vertex's tune.py uses it): the
+`--hp select_best` metric (`loss`: `validation:loss`, minimised), else the problem type's headline,
+maximised: `validation:mcc` (`validation:f1_micro` with `--hp problem_type=multi_label`,
+`validation:pearson` with `regression`). SageMaker reads it from the `epoch_end` log line of every epoch with the
 metric definitions in `infra.sagemaker.metrics`, which is also what early stopping (`Auto`) compares.
 The learning rate is searched on a log scale (its effect is multiplicative), epochs and warm-up
 linearly, batch sizes as a list. A hyperparameter left out of `--tune` can be fixed with `--hp`.
@@ -38,15 +40,10 @@ from typing import Any
 import boto3
 
 from infra.common import SubmitError, job_hyperparameters, run_cli
-from infra.sagemaker import submit
-from seqcls import settings
+from infra.sagemaker import metrics, submit
+from seqcls import settings, tuning
 
 OPERATION = "CreateHyperParameterTuningJob"
-OBJECTIVE_METRIC = "validation:mcc"  # a metric name of infra.sagemaker.metrics (the tests check it)
-# Per --hp problem_type: its headline (seqcls.evaluate.objective with select_best=none), all maximised.
-OBJECTIVE_METRICS = {"single_label": OBJECTIVE_METRIC, "multi_label": "validation:f1_micro",
-                     "regression": "validation:pearson"}
-OBJECTIVE_TYPE = "Maximize"
 TUNING_JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}$")  # the API's pattern for the name
 NAME_STAMP = "%y%m%d-%H%M%S"
 DONE = ("Completed", "Failed", "Stopped")
@@ -185,6 +182,15 @@ def tuning_job_name(base: str) -> str:
     return name
 
 
+def objective(hyperparameters: dict[str, str]) -> dict[str, str]:
+    """What the job ranks its epochs by (seqcls's one objective: the `select_best` metric, else the problem
+    type's headline), as the metric definition that reads that validation field and the goal it has."""
+    problem_type = hyperparameters.get("problem_type", "single_label")
+    field, goal = tuning.objective(hyperparameters.get("select_best", "none"), problem_type)
+    name = next(name for name, event, read in metrics.METRICS_BY_PROBLEM_TYPE[problem_type] if read == field and not event)
+    return {"Type": goal.title(), "MetricName": name}
+
+
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     """The checked CreateHyperParameterTuningJob request; calls no AWS API."""
     job = submit.job_from_args(args)
@@ -193,9 +199,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         raise SubmitError(f"--max-parallel-jobs must be between 1 and --max-jobs ({args.max_jobs})")
     config: dict[str, Any] = {
         "Strategy": args.strategy,
-        "HyperParameterTuningJobObjective": {
-            "Type": OBJECTIVE_TYPE,
-            "MetricName": OBJECTIVE_METRICS[job.hyperparameters.get("problem_type", "single_label")]},
+        "HyperParameterTuningJobObjective": objective(job.hyperparameters),
         "ResourceLimits": {"MaxNumberOfTrainingJobs": args.max_jobs, "MaxParallelTrainingJobs": args.max_parallel_jobs},
         "ParameterRanges": ranges,
         "TrainingJobEarlyStoppingType": args.early_stopping,

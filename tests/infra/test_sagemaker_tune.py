@@ -128,6 +128,22 @@ def test_the_objective_follows_the_problem_type(aws_offline: None, capsys: pytes
     assert found and float(found.group(1)) == stats[field]
 
 
+@pytest.mark.parametrize("hyperparameters, expected", [
+    ([], {"Type": "Maximize", "MetricName": "validation:mcc"}),
+    (["select_best=loss"], {"Type": "Minimize", "MetricName": "validation:loss"}),
+    (["problem_type=regression", "select_best=mse"], {"Type": "Minimize", "MetricName": "validation:mse"}),
+    (["problem_type=regression", "select_best=loss"], {"Type": "Minimize", "MetricName": "validation:loss"}),
+    (["problem_type=multi_label"], {"Type": "Maximize", "MetricName": "validation:f1_micro"}),
+])
+def test_the_objective_is_what_the_job_ranks_epochs_by(aws_offline: None, hyperparameters: list[str],
+                                                       expected: dict[str, str]) -> None:
+    """A trial is ranked by the metric select_best keeps the weights by (minimised for a loss), as the Vertex
+    tuner's objective and the job's early stopping are: seqcls.evaluate.objective decides all three."""
+    request = _request([*BASE, *[arg for pair in hyperparameters for arg in ("--hp", pair)]])
+    assert request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"] == expected
+    _objective_regex(request)  # the objective is one of the trial's own metric definitions
+
+
 @pytest.mark.slow
 def test_objective_regex_reads_a_real_runs_epochs(aws_offline: None, job_log_lines: list[str]) -> None:
     regex = re.compile(_objective_regex(_request(BASE)))
