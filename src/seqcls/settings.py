@@ -199,7 +199,8 @@ def markdown_table() -> str:
     """The hyperparameter table of docs/hyperparameters.md (a test keeps that file equal to this)."""
     rows = ["| name | default | values | changes the weights | meaning |", "| --- | --- | --- | --- | --- |"]
     for name, f in FIELDS.items():
-        rows.append(f"| `{name}` | `{_shown_default(name)}` | {allowed_values(name)} | "
+        values = allowed_values(name).replace("|", "\\|")  # a bare | would end the table cell
+        rows.append(f"| `{name}` | `{_shown_default(name)}` | {values} | "
                     f"{'yes' if f.metadata['math'] else 'no'} | {f.metadata['help']} |")
     return "\n".join(rows) + "\n"
 
