@@ -63,3 +63,12 @@ def test_the_report_listens_to_the_logged_events_and_stops_at_job_end(tmp_path):
     logs.event("job_end", "done")
     logs.event("epoch_end", "a later job's epoch", epoch=1, val_mcc=0.9, val_loss=0.1)
     assert [r["val_mcc"] for r in _lines(path)] == ["0.5"]
+
+
+def test_a_nan_epoch_neither_wins_nor_blocks_a_later_number():
+    """regression's Pearson is NaN when an epoch predicts a constant; select_best and early stopping use `better`."""
+    nan = float("nan")
+    assert evaluate.better("pearson", 0.1, nan) and not evaluate.better("pearson", nan, 0.1)
+    assert not evaluate.better("pearson", nan, nan) and evaluate.better("mse", 2.0, nan)
+    assert evaluate.better("mcc", 0.3, 0.2) and not evaluate.better("mcc", 0.3, 0.2, min_delta=0.1)
+    assert evaluate.better("loss", 0.4, 0.5) and not evaluate.better("loss", 0.5, 0.4)

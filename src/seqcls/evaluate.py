@@ -215,7 +215,10 @@ def objective(select_best: str, problem_type: str = "single_label") -> tuple[str
 
 def better(select_best: str, value: float, reference: float, min_delta: float = 0.0) -> bool:
     """Whether `value` beats `reference` on the objective by more than min_delta (every headline is maximised,
-    so the goal follows from select_best alone)."""
+    so the goal follows from select_best alone). A NaN (Pearson of a constant prediction) beats nothing and
+    is beaten by any number, so one early NaN epoch cannot freeze select_best or early stopping."""
+    if np.isnan(value) or np.isnan(reference):
+        return not np.isnan(value)
     goal = "MINIMIZE" if select_best in MINIMIZED else "MAXIMIZE"
     return value > reference + min_delta if goal == "MAXIMIZE" else value < reference - min_delta
 
