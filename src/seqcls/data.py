@@ -560,22 +560,26 @@ def _encoder(tokenizer):
     return fast
 
 
+def _encoded_chunks(tokenizer, frame: pd.DataFrame):
+    """(texts, pairs or None, input_ids, token_type_ids) per TOKENIZE_CHUNK_ROWS rows, untruncated."""
+    encode = _encoder(tokenizer)
+    for start in range(0, len(frame), TOKENIZE_CHUNK_ROWS):
+        part = frame.iloc[start:start + TOKENIZE_CHUNK_ROWS]
+        texts = part[TEXT].tolist()
+        pairs = part[PAIR].tolist() if PAIR in part else None
+        yield (texts, pairs, *encode(texts, pairs))
+
+
 def tokenize(tokenizer, channel: Channel, labels: np.ndarray, max_length: int) -> tuple[Encoded, TokenStats]:
     """Batched tokenization in chunks; over-long rows are re-encoded with the tokenizer's own truncation.
 
     Encoding without truncation first tells the true longest length (the tutorial prints it to choose
     max_length) and exactly how many rows get cut.
     """
-    frame = channel.frame
-    has_pair = PAIR in frame
-    encode = _encoder(tokenizer)
+    has_pair = PAIR in channel.frame
     id_chunks, type_chunks, length_chunks = [], [], []
     longest = truncated = 0
-    for start in range(0, len(frame), TOKENIZE_CHUNK_ROWS):
-        part = frame.iloc[start:start + TOKENIZE_CHUNK_ROWS]
-        texts = part[TEXT].tolist()
-        pairs = part[PAIR].tolist() if has_pair else None
-        ids, types = encode(texts, pairs)
+    for texts, pairs, ids, types in _encoded_chunks(tokenizer, channel.frame):
         too_long = [i for i, row in enumerate(ids) if len(row) > max_length]
         longest = max(longest, max(map(len, ids)))
         if too_long:
@@ -599,13 +603,8 @@ def tokenize(tokenizer, channel: Channel, labels: np.ndarray, max_length: int) -
 
 def token_lengths(tokenizer, channel: Channel) -> np.ndarray:
     """Every row's untruncated token count (special tokens included)."""
-    encode, frame = _encoder(tokenizer), channel.frame
-    chunks = []
-    for start in range(0, len(frame), TOKENIZE_CHUNK_ROWS):
-        part = frame.iloc[start:start + TOKENIZE_CHUNK_ROWS]
-        ids, _ = encode(part[TEXT].tolist(), part[PAIR].tolist() if PAIR in part else None)
-        chunks.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
-    return np.concatenate(chunks)
+    return np.concatenate([np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+                           for _, _, ids, _ in _encoded_chunks(tokenizer, channel.frame)])
 
 
 def resolve_max_length(tokenizer, train: Channel, settings: Settings, limit: int | None) -> int:

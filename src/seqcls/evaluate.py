@@ -219,7 +219,7 @@ def better(select_best: str, value: float, reference: float, min_delta: float = 
     is beaten by any number, so one early NaN epoch cannot freeze select_best or early stopping."""
     if np.isnan(value) or np.isnan(reference):
         return not np.isnan(value)
-    goal = "MINIMIZE" if select_best in MINIMIZED else "MAXIMIZE"
+    goal = objective(select_best)[1]
     return value > reference + min_delta if goal == "MAXIMIZE" else value < reference - min_delta
 
 
