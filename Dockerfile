@@ -1,5 +1,7 @@
 # seqcls training image: `docker run IMAGE train` (SageMaker), container args `--name=value` (Vertex AI),
 # or `docker run --gpus all -v ...:/opt/ml/... IMAGE` on a workstation. See docs/container.md.
+# The same image serves a trained model: `docker run IMAGE serve` (SageMaker hosting, Vertex with args
+# ["serve"], a workstation with -p 8080:8080). See docs/serving.md.
 #
 # BASE_IMAGE must be glibc Linux. The default ships Python with torch 2.13.0 (CUDA 13.0), which the
 # virtualenv below sees (--system-site-packages) so pip skips the pinned torch; any other base (an
@@ -57,6 +59,9 @@ WORKDIR /opt/ml
 # Last, so a new commit rebuilds only this layer.
 ARG GIT_COMMIT=""
 ENV SEQCLS_GIT_COMMIT=${GIT_COMMIT}
+
+# SageMaker hosting and Vertex AI send health and prediction requests to 8080 unless told otherwise.
+EXPOSE 8080
 
 # Exec form: Python is PID 1 and gets SIGTERM itself (docker stop, SageMaker StopTrainingJob, Vertex cancel).
 ENTRYPOINT ["train"]

@@ -20,7 +20,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	# torch first, pinned: on these machines 2.13.0 resolves to the local CPU wheel (no CUDA download).
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,infra]'
+	$(BIN)/pip install --quiet -e '.[dev,infra,servetest]'
 
 run:
 	@test -f $(COLA_DIR)/in_domain_train.tsv || { echo "CoLA not found in $(COLA_DIR): download https://nyu-mll.github.io/CoLA/cola_public_1.1.zip, unzip, and pass COLA_DIR=.../cola_public/raw"; exit 2; }

@@ -1,4 +1,4 @@
-"""Command line: `seqcls train [--name value ...]` and `seqcls predict --model URI --input FILE`.
+"""Command line: `seqcls train [--name value ...]`, `seqcls predict --model URI --input FILE` and `seqcls serve`.
 
 One top-level handler turns every failure into the failure file, a `job_failed` event and a non-zero
 exit; the traceback goes to stderr only.
@@ -21,6 +21,7 @@ from .errors import Interrupted, SeqclsError, UserError
 FAILURE_REASON_LIMIT = 1024
 USAGE = """usage: seqcls train [--train PATH] [--validation PATH] [--test PATH] [--model PATH] [--output_dir DIR] [--<hyperparameter> VALUE ...]
        seqcls predict --model s3://bucket/prefix/RUN_ID|gs://...|DIR --input FILE [--output FILE]
+       seqcls serve [--model URI|DIR] [--port N]   (SageMaker: /ping, /invocations; Vertex: AIP_* routes; docs/serving.md)
 
 Fine-tune a sequence classifier. Hyperparameters, lowest precedence first: defaults <
 <root>/input/config/hyperparameters.json < SEQCLS_<NAME> environment variables < --name value.
@@ -141,6 +142,27 @@ def predict_command(argv: Sequence[str]) -> int:
         return _failed(err, None)
 
 
+def serve_command(argv: Sequence[str]) -> int:
+    """An HTTP endpoint for a run's model until SIGTERM; a model that cannot be loaded ends it like a failed job."""
+    parser = argparse.ArgumentParser(prog="seqcls serve", description="Serve a seqcls run over HTTP (docs/serving.md).")
+    parser.add_argument("--model", help="s3://..., gs://... or a folder (default: AIP_STORAGE_URI on Vertex, "
+                                        "else /opt/ml/model as SageMaker unpacks it)")
+    parser.add_argument("--port", type=int, help="default: AIP_HTTP_PORT, SAGEMAKER_BIND_TO_PORT or 8080")
+    parser.add_argument("--max_body_bytes", type=int, help="largest request body accepted (default: 6 MiB, SageMaker's limit)")
+    for name in ("device", "precision", "eval_batch_size"):
+        parser.add_argument(f"--{name}", help="default: auto" if name != "eval_batch_size" else "default: the training run's")
+    args = parser.parse_args(list(argv))
+    overrides = {name: getattr(args, name) for name in ("device", "precision", "eval_batch_size")
+                 if getattr(args, name) is not None}
+    from . import serve  # heavy imports only once the arguments are known
+
+    try:
+        where = runtime.serving(args.model, args.port)
+        return serve.run(where, overrides, args.max_body_bytes or serve.MAX_BODY_BYTES)
+    except BaseException as err:  # noqa: BLE001 - same single handler as train
+        return _failed(err, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logs.setup(rank=runtime.process_ranks()[0])
@@ -161,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train_command(rest)
     if command == "predict":
         return predict_command(rest)
+    if command == "serve":
+        return serve_command(rest)
     print(f"seqcls: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 import pandas as pd
+import torch
 from transformers import AutoConfig
 
 from . import artifacts, data, devices, evaluate, logs, model, storage
@@ -49,6 +50,16 @@ def _training_settings(folder: Path) -> dict[str, object]:
     return inherited
 
 
+def _trained_on_pairs(folder: Path) -> bool | None:
+    """Whether the training files had a second text column, as run_manifest.json recorded per file."""
+    path = folder / "run_manifest.json"
+    if not path.is_file():
+        return None
+    files = json.loads(path.read_text(encoding="utf-8")).get("data", {}).get("files", [])
+    columns = [f["columns"] for f in files if f.get("channel") == "train" and isinstance(f.get("columns"), dict)]
+    return any(c.get(data.PAIR) for c in columns) if columns else None
+
+
 def _write(path: Path, frame: pd.DataFrame) -> None:
     """JSON lines for .jsonl/.json, CSV otherwise; written atomically like every other artifact."""
     if path.suffix.lower() in (".jsonl", ".json"):
@@ -58,9 +69,24 @@ def _write(path: Path, frame: pd.DataFrame) -> None:
     artifacts.write_atomic(path, payload.encode())
 
 
-def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[str, str]) -> Summary:
-    """Fetch (and verify) the model, read the input without labels, write one prediction per row."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Loaded:
+    """A run's model loaded once, with everything that makes its answers the training run's own: the CLI labels
+    a file with it and the server (serve.py) answers every request with it."""
+
+    source: str
+    settings: hyperparameters.Settings
+    explicit: frozenset[str]  # settings given (not defaulted): which columns a file is read by
+    tokenizer: object
+    classifier: torch.nn.Module
+    label_map: data.LabelMap
+    threshold: float | None  # single_label, two labels: the training run's decision_threshold (config.json)
+    compute: devices.Compute
+    pairs: bool | None = None  # trained on text pairs (run_manifest.json); None when the folder does not say
+
+
+def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
+    """Fetch (and verify) the model, settle the settings it was trained with, load it onto its device."""
     storage.parse_uri(model_uri, "--model")
     with tempfile.TemporaryDirectory(prefix="seqcls-predict-") as scratch:
         folder = storage.fetch(model_uri, Path(scratch))
@@ -76,22 +102,39 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
             raise ModelError(f"cannot read the config of {model_uri}: {str(err).splitlines()[0][:300]}") from None
         tokenizer = model.load_tokenizer(str(folder))
         classifier = model.load_model(str(folder), config, settings.seed)
+        pairs = _trained_on_pairs(folder)
     label_map = data.LabelMap([config.id2label[i] for i in range(config.num_labels)],
                               hyperparameters.problem_type_of(config.problem_type))
-    channel = data.read_channel(input_path, "input", settings, labelled=False, explicit=resolved.explicit)
-    encoded, _ = data.tokenize(tokenizer, channel, label_map.blank(len(channel.frame)), settings.max_length)
     device = devices.pick_device(settings)
     compute = devices.Compute(device, devices.pick_precision(settings, device))
-    predictions = dataclasses.replace(
-        evaluate.predict(classifier.to(device), encoded, model.pad_token_id(tokenizer), settings.eval_batch_size, compute),
-        threshold=getattr(config, "decision_threshold", None))  # the training run's, saved in config.json
+    return Loaded(model_uri, settings, frozenset(resolved.explicit), tokenizer, classifier.to(device).eval(), label_map,
+                  getattr(config, "decision_threshold", None), compute, pairs)
 
+
+def predict_frame(loaded: Loaded, frame: pd.DataFrame) -> evaluate.Predictions:
+    """The one batch function: rows with `text` (and `text_pair`) tokenized with the training run's max_length
+    (longer rows truncated as training truncated them), scored, with the run's decision thresholds."""
+    channel = data.Channel("input", frame, [])
+    encoded, _ = data.tokenize(loaded.tokenizer, channel, loaded.label_map.blank(len(frame)), loaded.settings.max_length)
+    predictions = evaluate.predict(loaded.classifier, encoded, model.pad_token_id(loaded.tokenizer),
+                                   loaded.settings.eval_batch_size, loaded.compute)
+    return dataclasses.replace(predictions, threshold=loaded.threshold)
+
+
+def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[str, str]) -> Summary:
+    """Load the model, read the input without labels, write one prediction per row."""
+    started = time.perf_counter()
+    loaded = load(model_uri, overrides)
+    channel = data.read_channel(input_path, "input", loaded.settings, labelled=False, explicit=loaded.explicit)
+    predictions = predict_frame(loaded, channel.frame)
+    label_map = loaded.label_map
     frame = channel.frame.copy()  # text, [text_pair]
-    for column, values in artifacts.prediction_columns(predictions, label_map, settings.label_delimiter).items():
+    for column, values in artifacts.prediction_columns(predictions, label_map, loaded.settings.label_delimiter).items():
         frame[column] = values
     _write(output_path, frame)
     summary = Summary(len(frame), output_path, label_map.labels, round(time.perf_counter() - started, 2))
     logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
                model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
-               labels=label_map.labels, problem_type=label_map.problem_type, device=device.type, seconds=summary.seconds)
+               labels=label_map.labels, problem_type=label_map.problem_type, device=loaded.compute.device.type,
+               seconds=summary.seconds)
     return summary

@@ -1,0 +1,220 @@
+"""Serve: `seqcls serve`, the image as a SageMaker or Vertex AI endpoint (or on a workstation).
+
+FastAPI routes on uvicorn (docs/serving.md says why these two). Every request goes through predict.py's one
+loaded model and one batch function, so an endpoint answers exactly as `seqcls predict` does: the training
+run's max_length, decision_threshold, per-label thresholds and label names. The model loads in a thread
+after the server starts listening, so the platforms' probes see "not ready" (503) rather than a refused
+connection; a model that cannot load stops the server with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from . import evaluate, logs
+from .data import PAIR, TEXT
+from .errors import SeqclsError
+from .runtime import Serving
+
+# Vertex refuses online requests over 1.5 MB and SageMaker real-time invocations over 6 MB before they reach the
+# container; this server refuses what neither platform would deliver, so a local client learns the same limit.
+MAX_BODY_BYTES = 6 * 1024 * 1024
+MAX_INSTANCES = 1024
+DRAIN_FACTOR = 4
+JSON_TYPES = ("application/json", "application/jsonlines", "")
+
+
+class BadRequest(Exception):
+    """A request the server refuses, with the HTTP status and the one-line reason the client sees."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class State:
+    """What the routes share: the loaded model once the loader thread has it, or why it failed."""
+
+    loaded: Any = None
+    error: BaseException | None = None  # why the model could not be loaded
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one batch at a time: torch uses every core
+
+
+def parse_instances(body: bytes, pairs: bool | None, max_instances: int = MAX_INSTANCES) -> pd.DataFrame:
+    """`{"instances": [...], "parameters": {}}` (Vertex's shape, also taken on /invocations) into the frame
+    predict.predict_frame reads; each instance is a string or {"text": ..., "text_pair": ...}."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequest(400, f"body is not JSON: {err}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        raise BadRequest(400, 'body must be a JSON object {"instances": [...]} (each a string or {"text": ..., "text_pair": ...})')
+    unknown = sorted(set(payload) - {"instances", "parameters"})
+    if unknown or payload.get("parameters") not in (None, {}):
+        raise BadRequest(400, f"unsupported fields {unknown or ['parameters']}: this model takes no parameters")
+    instances = payload["instances"]
+    if not instances:
+        raise BadRequest(400, "instances is empty: send at least one text")
+    if len(instances) > max_instances:
+        raise BadRequest(413, f"{len(instances)} instances in one request; at most {max_instances}")
+    rows = [_instance(i, item) for i, item in enumerate(instances)]
+    with_pair = {PAIR in row for row in rows}
+    if len(with_pair) > 1:
+        raise BadRequest(400, "some instances have text_pair and some do not")
+    if pairs is not None and with_pair != {pairs}:
+        raise BadRequest(400, "this model was trained on text pairs: give every instance text and text_pair" if pairs
+                         else "this model was trained on single texts: text_pair is not accepted")
+    return pd.DataFrame(rows, columns=[TEXT, PAIR] if with_pair == {True} else [TEXT])
+
+
+def _instance(index: int, item: object) -> dict[str, str]:
+    row = {TEXT: item} if isinstance(item, str) else item
+    if not isinstance(row, dict) or not set(row) <= {TEXT, PAIR} or TEXT not in row:
+        raise BadRequest(400, f'instances[{index}] must be a string or {{"text": ..., "text_pair": ...}}')
+    for key, value in row.items():
+        if not isinstance(value, str) or not value.strip():
+            raise BadRequest(400, f"instances[{index}].{key} must be a non-empty string")
+    return row
+
+
+def prediction_records(predictions, label_map) -> list[dict[str, object]]:
+    """One JSON object per row from the same Predictions `seqcls predict` writes as columns:
+    {"label", "scores"} (single_label), {"labels", "scores"} (multi_label), {"score"} (regression)."""
+    names = label_map.names(predictions.predicted)
+    if label_map.problem_type == "regression":
+        return [{"score": name} for name in names]
+    key = "labels" if label_map.problem_type == "multi_label" else "label"
+    # predict's own prob_<label> columns (float32, rounded to 6 places), each as the decimal its CSV shows:
+    # str() of a float32 is its shortest repr, where float() would add float32's binary tail (0.41016599...).
+    columns = evaluate.probability_columns(predictions, label_map.labels)
+    scores = [{label: float(str(columns[f"prob_{label}"][i])) for label in label_map.labels} for i in range(len(names))]
+    return [{key: name, "scores": row} for name, row in zip(names, scores)]
+
+
+def answer(state: State, body: bytes) -> dict[str, object]:
+    """The predict route's work, run in a worker thread (tokenizing and the forward pass block)."""
+    from . import predict
+
+    loaded = state.loaded
+    frame = parse_instances(body, loaded.pairs)
+    with state.lock:
+        predictions = predict.predict_frame(loaded, frame)
+    return {"predictions": prediction_records(predictions, loaded.label_map)}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or 413 once it passes `limit`. An over-long body is still read (and dropped) up to DRAIN_FACTOR
+    times the limit: a server that answers and closes while the client is still sending resets the connection,
+    and the client never sees the reason."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > DRAIN_FACTOR * limit:
+            break
+    if size > limit:
+        declared = request.headers.get("content-length", "")
+        total = int(declared) if declared.isdigit() else size
+        raise BadRequest(413, f"body of {total} bytes is over the {limit}-byte limit")
+    return b"".join(chunks)
+
+
+def refused(err: BadRequest) -> JSONResponse:
+    logs.warning("request_refused", err.reason, status=err.status)
+    return JSONResponse({"error": err.reason}, status_code=err.status)
+
+
+def create_app(serving: Serving, state: State, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The routes: SageMaker's /ping and /invocations, and Vertex's AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE."""
+    app = FastAPI(title="seqcls", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def health() -> JSONResponse:
+        if state.loaded is None:
+            failed = state.error is not None
+            return JSONResponse({"status": "failed" if failed else "loading",
+                                 **({"reason": " ".join(str(state.error).split())[:1024]} if failed else {})},
+                                status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def invoke(request: Request) -> JSONResponse:
+        if state.loaded is None:
+            return JSONResponse({"error": "the model is not loaded yet"}, status_code=503)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if content_type not in JSON_TYPES:
+                raise BadRequest(415, f"content type {content_type!r} is not supported: send application/json")
+            body = await read_body(request, max_body_bytes)
+            return JSONResponse(await run_in_threadpool(answer, state, body))
+        except BadRequest as err:
+            return refused(err)
+        except SeqclsError as err:
+            return refused(BadRequest(400, str(err)))
+
+    for route in serving.health_routes:
+        app.add_api_route(route, health, methods=["GET"])
+    for route in serving.predict_routes:
+        app.add_api_route(route, invoke, methods=["POST"])
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception) -> JSONResponse:  # the traceback stays in the log
+        logs.event("request_failed", f"internal error: {type(err).__name__}: {err}", level=logging.ERROR,
+                   error_type=type(err).__name__)
+        return JSONResponse({"error": f"internal error: {type(err).__name__}"}, status_code=500)
+
+    return app
+
+
+def load_in_background(serving: Serving, state: State, overrides: dict[str, str], server) -> threading.Thread:
+    """Load the model while the server already answers probes; on failure tell the probes and stop the server."""
+    from . import predict
+
+    def work() -> None:
+        try:
+            state.loaded = predict.load(serving.model_uri, overrides)
+        except BaseException as err:  # noqa: BLE001 - run() re-raises it into the CLI's one handler
+            state.error = err
+            server.should_exit = True
+            return
+        loaded = state.loaded
+        logs.event("serve_ready", f"serving {serving.model_uri} on port {serving.port}", model=serving.model_uri,
+                   port=serving.port, routes=[*serving.health_routes, *serving.predict_routes],
+                   problem_type=loaded.label_map.problem_type, labels=loaded.label_map.labels,
+                   max_length=loaded.settings.max_length, decision_threshold=loaded.threshold,
+                   device=loaded.compute.device.type)
+
+    thread = threading.Thread(target=work, name="seqcls-model-loader", daemon=True)
+    thread.start()
+    return thread
+
+
+def run(serving: Serving, overrides: dict[str, str], max_body_bytes: int = MAX_BODY_BYTES) -> int:
+    """Listen on 0.0.0.0 (both platforms probe the container's address) until SIGTERM; 0 after a clean stop,
+    the loader's error (the CLI turns it into job_failed and an exit code) when the model could not be loaded."""
+    import uvicorn
+
+    state = State()
+    # log_config=None: uvicorn keeps its loggers off stdout's JSON lines; access_log off: one line per request
+    # would drown the events (refusals and failures are logged as events).
+    config = uvicorn.Config(create_app(serving, state, max_body_bytes), host="0.0.0.0", port=serving.port,
+                            log_config=None, access_log=False, timeout_graceful_shutdown=20)
+    server = uvicorn.Server(config)
+    load_in_background(serving, state, overrides, server)
+    logs.event("serve_start", f"listening on 0.0.0.0:{serving.port}, loading {serving.model_uri}",
+               port=serving.port, model=serving.model_uri, platform=serving.platform)
+    asyncio.run(server.serve())
+    if state.error is not None:
+        raise state.error
+    return 0
