@@ -243,7 +243,8 @@ def test_vertex_custom_job_on_the_gcs_mount_puts_a_loadable_model_in_aip_model_d
     model = bucket / "base" / "model"  # AIP_MODEL_DIR itself, no run-id folder: what Vertex model upload reads
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["run_id"] == VERTEX_JOB_ID
-    assert sorted(p.name for p in model.iterdir()) == sorted([f["name"] for f in manifest["files"]] + ["manifest.json"])
+    assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()) == sorted(
+        [f["name"] for f in manifest["files"]] + ["manifest.json"])
     assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json", "run_manifest.json"} <= set(
         p.name for p in model.iterdir())
     assert not (bucket / "base" / "checkpoints" / VERTEX_JOB_ID).exists()  # removed after the publish
