@@ -20,7 +20,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	# torch first, pinned: on these machines 2.13.0 resolves to the local CPU wheel (no CUDA download).
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,infra,servetest]'
+	$(BIN)/pip install --quiet -e '.[dev,infra,servetest,onnx]'
 
 run:
 	@test -f $(COLA_DIR)/in_domain_train.tsv || { echo "CoLA not found in $(COLA_DIR): download https://nyu-mll.github.io/CoLA/cola_public_1.1.zip, unzip, and pass COLA_DIR=.../cola_public/raw"; exit 2; }
@@ -31,14 +31,26 @@ run:
 	  --epochs $(EPOCHS) --learning_rate $(LEARNING_RATE) --warmup_ratio $(WARMUP_RATIO) \
 	  --output_dir $(RUN_DIR)
 
-test:
+test: $(HF_VENV)/.ready
 	COLA_DIR=$(abspath $(COLA_DIR)) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# AWS's Hugging Face inference image in a venv of its own, for the tests of code/inference.py (docs/serving-hf.md):
+# its handler (sagemaker-huggingface-inference-toolkit 2.6.0, the last on PyPI, and multi-model-server, whose Python
+# modules it imports) on the transformers of AWS's newest 4.x image, 2.6.0-transformers4.51.3-{cpu,gpu}-py312.
+# torch is our 2.13.0 (the CPU wheel here), not the image's 2.6.0: the hook's answers depend on transformers.
+HF_VENV := .venv-hf-inference
+HF_TRANSFORMERS ?= 4.51.3
+$(HF_VENV)/.ready:
+	$(PYTHON) -m venv $(HF_VENV)
+	$(HF_VENV)/bin/python -m pip install --quiet torch==2.13.0 transformers==$(HF_TRANSFORMERS) \
+	  sagemaker-huggingface-inference-toolkit==2.6.0 multi-model-server==1.1.11
+	touch $@
 
 lint:
 	$(BIN)/ruff check src tests bench infra
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(HF_VENV) runs .pytest_cache
 
 # --- Container image (docs/container.md) ---
 # docker.io's client does BuildKit (needed for the optional CA secret) without the buildx plugin.
@@ -72,7 +84,7 @@ lock: $(BIN)/python
 	$(BIN)/pip install --quiet uv
 	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip compile --quiet --no-config \
 	  --index-url https://pypi.org/simple --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	  --custom-compile-command 'make lock' -o container/requirements.txt pyproject.toml container/requirements.in
+	  --custom-compile-command 'make lock' --extra onnx -o container/requirements.txt pyproject.toml container/requirements.in
 
 # Known-vulnerability check of the lock with pip-audit, from its own venv (its dependencies stay out of ours).
 # --strict: a package that cannot be audited (advisory API unreachable, as behind our proxy) fails the

@@ -88,8 +88,10 @@ def json_events(stdout: str) -> list[dict]:
 
 
 def test_sagemaker_run_writes_artifacts(tmp_path: Path, model_dir: Path) -> None:
+    # export_onnx: the image has the exporter and onnxruntime (the lock's onnx extra) and checks model.onnx.
     root = sagemaker_tree(tmp_path / "opt_ml", {"epochs": "1", "batch_size": "32", "learning_rate": "2e-5",
-                                                "max_length": "64", "seed": "42", "log_every_steps": "5"})
+                                                "max_length": "64", "seed": "42", "log_every_steps": "5",
+                                                "export_onnx": "true", "label_names": '["unacceptable", "acceptable"]'})
     done = run_job(root, model_dir, ["train"])
     assert done.returncode == 0, done.stderr[-3000:]
     events = [e["event"] for e in json_events(done.stdout)]
@@ -98,10 +100,11 @@ def test_sagemaker_run_writes_artifacts(tmp_path: Path, model_dir: Path) -> None
     assert not (root / "output" / "failure").exists()
 
     model = root / "model"
-    for name in ("model.safetensors", "config.json", "metrics.json", "run_manifest.json", "tokenizer.json"):
+    for name in ("model.safetensors", "config.json", "metrics.json", "run_manifest.json", "tokenizer.json",
+                 "model.onnx", "code/inference.py"):
         assert (model / name).stat().st_size > 0, name
     config = json.loads((model / "config.json").read_text())
-    assert sorted(config["id2label"].values()) == ["0", "1"]
+    assert config["id2label"] == {"0": "unacceptable", "1": "acceptable"} and config["decision_threshold"] == 0.5
     metrics = json.loads((model / "metrics.json").read_text())
     assert -1.0 <= metrics["test"]["mcc"] <= 1.0
     manifest = json.loads((model / "run_manifest.json").read_text())
@@ -243,7 +246,8 @@ def test_vertex_custom_job_on_the_gcs_mount_puts_a_loadable_model_in_aip_model_d
     model = bucket / "base" / "model"  # AIP_MODEL_DIR itself, no run-id folder: what Vertex model upload reads
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["run_id"] == VERTEX_JOB_ID
-    assert sorted(p.name for p in model.iterdir()) == sorted([f["name"] for f in manifest["files"]] + ["manifest.json"])
+    assert sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()) == sorted(
+        [f["name"] for f in manifest["files"]] + ["manifest.json"])
     assert {"config.json", "model.safetensors", "tokenizer.json", "metrics.json", "run_manifest.json"} <= set(
         p.name for p in model.iterdir())
     assert not (bucket / "base" / "checkpoints" / VERTEX_JOB_ID).exists()  # removed after the publish

@@ -80,3 +80,12 @@ def test_imports_form_no_cycle() -> None:
 ])
 def test_helpers_live_where_their_users_can_reach_them(module: str, must_not_import: str) -> None:
     assert must_not_import not in imports_of(MODULES[module])
+
+
+def test_the_hf_inference_hook_is_self_contained() -> None:
+    """code/inference.py runs in AWS's Hugging Face image, which has torch and transformers but no seqcls."""
+    tree = MODULES["hf_inference"]
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    relative = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
+    assert not relative and imported <= {"__future__", "json", "os", "torch", "transformers"}, (relative, imported)

@@ -83,15 +83,15 @@ def test_job_publishes_every_artifact_with_a_manifest_matching_the_bytes(s3, job
     published = events_named(events, "artifacts_published")
     assert len(published) == 1 and published[0]["uri"] == f"s3://{BUCKET}/cola/job-1"
     assert [e["event"] for e in events].index("artifacts_published") < [e["event"] for e in events].index("job_end")
-    local = {p.name: p.read_bytes() for d in (root / "run" / "model", root / "run" / "output" / "data")
-             for p in d.iterdir() if p.is_file()}
+    local = {p.relative_to(d).as_posix(): p.read_bytes() for d in (root / "run" / "model", root / "run" / "output" / "data")
+             for p in d.rglob("*") if p.is_file()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json", "run_manifest.json",
-            "training_stats.csv", "test_predictions.csv", "loss_curve.png", "README.md"} <= set(local)
+            "training_stats.csv", "test_predictions.csv", "loss_curve.png", "README.md", "code/inference.py"} <= set(local)
     assert published[0]["files"] == len(local) and published[0]["bytes"] == sum(map(len, local.values()))
 
     client = s3.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="cola/job-1/")["Contents"]]
-    downloaded = {k.rsplit("/", 1)[1]: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
+    downloaded = {k.removeprefix("cola/job-1/"): client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
     manifest = json.loads(downloaded.pop("manifest.json"))
     assert downloaded == local
     assert {f["name"]: (f["size"], f["sha256"]) for f in manifest["files"]} == \
@@ -161,4 +161,5 @@ def test_vertex_replaces_the_last_run_in_aip_model_dir(inputs, tmp_path, monkeyp
     assert events_named(events, "artifacts_published")[0]["uri"] == str(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["run_id"] == "vertex-42"
-    assert sorted(p.name for p in model_dir.iterdir()) == sorted([f["name"] for f in manifest["files"]] + ["manifest.json"])
+    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()) == sorted(
+        [f["name"] for f in manifest["files"]] + ["manifest.json"])

@@ -143,12 +143,47 @@ def test_help_lists_every_hyperparameter(argv: list[str], capsys: pytest.Capture
     assert "--precision (default: auto; auto | fp32 | bf16 | fp16)" in out
 
 
+@pytest.mark.parametrize("written", [
+    {"label_names": ["unacceptable", "acceptable"]},  # a JSON list in hyperparameters.json
+    {"label_names": '["unacceptable", "acceptable"]'},  # SDK v3 / boto3: the plain string
+    {"label_names": json.dumps('["unacceptable", "acceptable"]')},  # SDK v2: JSON-encoded once more
+])
+def test_label_names_from_hyperparameters_json(tmp_path, written):
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    (tmp_path / "input" / "config" / "hyperparameters.json").write_text(json.dumps(written))
+    resolved = resolve(runtime.detect([], {"SEQCLS_OPT_ML": str(tmp_path)}).hyperparameter_layers)
+    assert settings.label_name_map(resolved.settings.label_names) == ["unacceptable", "acceptable"]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("[]", "expected a JSON list of names"), ('{"0": ""}', "non-empty string"), ('["a", 1]', "got 1"),
+    ('{"0": "x", "1": " x "}', "repeated: 'x'"), ('"acceptable"', "expected a JSON list"),
+])
+def test_bad_label_names_fail_before_data(raw, message):
+    with pytest.raises(SettingsError, match=message):
+        resolve([("cli", {"label_names": raw})])
+
+
+def test_label_names_as_a_map_keep_the_labels():
+    assert settings.label_name_map('{"1": "acceptable", "0": " unacceptable"}') == {"1": "acceptable", "0": "unacceptable"}
+
+
+def test_export_onnx_needs_its_modules(monkeypatch):
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxscript" else found(name))
+    with pytest.raises(SettingsError, match=r"export_onnx=True.*needs onnxscript: pip install 'seqcls\[onnx\]'"):
+        resolve([("cli", {"export_onnx": "true"})])
+    assert resolve([("cli", {"export_onnx": "false"})]).settings.export_onnx is False
+
+
 def test_only_settings_marked_math_make_a_checkpoint_unresumable() -> None:
     """The fingerprint ignores exactly these: changing this set changes which checkpoints resume."""
     assert settings.OPERATIONAL == {
         "eval_batch_size", "device", "cuda_graphs", "output_uri", "run_id", "publish_latest", "s3_sse_kms_id",
         "s3_expected_bucket_owner", "checkpoint_every_steps", "checkpoint_dir", "ignore_checkpoint",
-        "distributed_timeout_s", "log_every_steps", "base_model"}
+        "distributed_timeout_s", "log_every_steps", "base_model", "label_names", "export_onnx"}
 
 
 @pytest.mark.parametrize("name, raw, message", [

@@ -100,7 +100,8 @@ def test_two_scheduled_runs_both_train_from_scratch_and_publish_into_aip_model_d
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["run_id"] == "1002"
     # Exactly this run's files, flat in AIP_MODEL_DIR: the last run's test predictions are gone, no run-id folders.
-    assert sorted(p.name for p in model_dir.iterdir()) == sorted([f["name"] for f in manifest["files"]] + ["manifest.json"])
+    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()) == sorted(
+        [f["name"] for f in manifest["files"]] + ["manifest.json"])
     for item in manifest["files"]:
         assert sha256(model_dir / item["name"]) == item["sha256"]
     assert sha256(model_dir / "model.safetensors") != first_weights

@@ -7,15 +7,18 @@ so a crash never leaves a half-written artifact, or half a set, where the platfo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import platform as host_platform
 import shutil
+import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
+from importlib import metadata, resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,8 @@ from .settings import problem_type_of
 from .evaluate import EpochStats, Predictions, probability_columns, validation_metrics
 
 RELOAD_CHECK_ROWS = 8
+ONNX_FILE = "model.onnx"
+ONNX_ATOL = 1e-4  # most any logit of model.onnx (onnxruntime, CPU) may differ from PyTorch's on the check rows
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -62,7 +67,10 @@ def staged(final_dir: Path) -> Iterator[Path]:
     try:
         yield staging
         for item in sorted(staging.iterdir()):
-            os.chmod(item, 0o666 & ~current_umask())  # artifacts are for other users too
+            for path in [item, *item.rglob("*")]:  # artifacts are for other users too (a folder: its files)
+                os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
+            if item.is_dir() and (final_dir / item.name).is_dir():
+                shutil.rmtree(final_dir / item.name)  # an earlier run's code/: a folder cannot replace a full one
             os.replace(item, final_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -79,6 +87,18 @@ def save_model(model: torch.nn.Module, tokenizer, folder: Path) -> list[str]:
         raise
     tokenizer.save_pretrained(folder)
     return sorted(p.name for p in folder.iterdir())
+
+
+INFERENCE_HOOK = "code/inference.py"  # where sagemaker-huggingface-inference-toolkit looks for a custom hook
+
+
+def write_inference_hook(folder: Path) -> str:
+    """code/inference.py (seqcls/hf_inference.py, verbatim): AWS's Hugging Face inference image then applies the
+    run's thresholds, problem type and label names instead of its pipeline's argmax (docs/serving-hf.md)."""
+    hook = folder / INFERENCE_HOOK
+    hook.parent.mkdir(exist_ok=True)
+    write_atomic(hook, resources.files("seqcls").joinpath("hf_inference.py").read_bytes())
+    return INFERENCE_HOOK
 
 
 def model_source_files(source: str) -> list[dict[str, object]]:
@@ -218,6 +238,42 @@ def _problem_record(config) -> tuple[object, object]:
     return config.problem_type, getattr(config, "label_thresholds", None)
 
 
+def export_onnx(model: torch.nn.Module, tokenizer, folder: Path) -> str:
+    """model.onnx beside the safetensors, from torch's own exporter (torch.onnx.export, dynamo: the one torch
+    keeps developing), with batch and sequence as dynamic axes; the reload check then compares it with PyTorch."""
+    inputs = dict(tokenizer(["an export example", "a longer example sentence for the export"], padding=True,
+                            return_tensors="pt").to(next(model.parameters()).device))
+    batch, sequence = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
+    was_training = model.training
+    model.eval()
+    try:
+        # The exporter prints progress (stdout is for JSON lines only) and warns about its own internals.
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (), str(folder / ONNX_FILE), kwargs=inputs, input_names=list(inputs),
+                              output_names=["logits"], dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
+                              dynamo=True, external_data=False, verbose=False)
+    except Exception as err:  # noqa: BLE001 - any exporter failure becomes one clear line; nothing is saved
+        raise SeqclsError(f"export_onnx: torch.onnx.export could not export this {model.config.model_type} model: "
+                          f"{str(err).splitlines()[0][:300] if str(err) else type(err).__name__}") from err
+    finally:
+        model.train(was_training)
+    return ONNX_FILE
+
+
+def check_onnx(path: Path, inputs: dict[str, torch.Tensor], expected: torch.Tensor) -> None:
+    """model.onnx run by onnxruntime on the reload check's rows gives PyTorch's logits within ONNX_ATOL."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: inputs[i.name].cpu().numpy() for i in session.get_inputs()}
+    got = torch.from_numpy(session.run(["logits"], feed)[0])
+    worst = float((got - expected.float().cpu()).abs().max())
+    if not worst <= ONNX_ATOL:
+        raise SeqclsError(f"reload check failed: {path.name} (onnxruntime) differs from the PyTorch logits by up to "
+                          f"{worst:.3g} on {len(expected)} held-out rows (tolerance {ONNX_ATOL:g}); nothing was saved")
+
+
 @torch.no_grad()
 def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Channel) -> int:
     """Reload the saved folder as a consumer would and check it predicts what the trained model predicts,
@@ -235,7 +291,8 @@ def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Ch
     was_training = model.training
     model.eval()
     try:
-        expected = model(**tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt").to(device)).logits
+        inputs = tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt").to(device)
+        expected = model(**inputs).logits
         got = reloaded(**reloaded_tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt").to(device)).logits
     finally:
         model.train(was_training)
@@ -243,6 +300,8 @@ def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Ch
     if not _agree(expected, got, problem_type):
         raise SeqclsError(f"reload check failed: the saved model in {model_dir} predicts {_shown(got, problem_type)} "
                           f"but the trained model predicts {_shown(expected, problem_type)} on the same {len(texts)} rows")
+    if (model_dir / ONNX_FILE).exists():
+        check_onnx(model_dir / ONNX_FILE, dict(inputs), expected)
     return len(texts)
 
 
@@ -257,6 +316,7 @@ class RunRecord:
     label_map: LabelMap
     test: tuple[Channel, np.ndarray, Predictions] | None = None  # rows, label ids, predictions
     check_rows: Channel | None = None  # rows for the reload check
+    export_onnx: bool = False  # also model.onnx, checked like the safetensors
 
 
 def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str], facts: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +337,9 @@ def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir
     place only after the reload check: a failure here (disk full...) leaves no partial set. Returns the
     model folder's file names."""
     with staged(model_dir) as staged_model, staged(output_data_dir) as out:
-        saved = save_model(model, tokenizer, staged_model)
+        saved = save_model(model, tokenizer, staged_model) + [write_inference_hook(staged_model)]
+        if record.export_onnx:
+            saved.append(export_onnx(model, tokenizer, staged_model))
         write_json(staged_model / "metrics.json", record.metrics)
         write_training_stats(out / "training_stats.csv", record.stats)
         plot_loss_curve(out / "loss_curve.png", record.stats)

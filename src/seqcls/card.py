@@ -156,9 +156,14 @@ def _limits(manifest: dict[str, Any], base: str) -> str:
     return warning + "\n\n".join([
         "## Intended use and limits",
         f"{USE[kind]} of text like the training data's, with {base}: load it with "
-        "`transformers.pipeline(\"text-classification\", model=...)` or `seqcls predict`. It knows only the labels "
-        "above, and scores only as well as the metrics here say on data like the validation and test files; other "
-        "domains, languages or inputs longer than `max_length` tokens (truncated) are untested. It inherits the "
+        "`seqcls predict`, or on AWS's Hugging Face inference image, whose toolkit runs this folder's "
+        "`code/inference.py` (the run's decision thresholds, problem type and labels; seqcls docs/serving-hf.md). "
+        "`transformers.pipeline(\"text-classification\", model=...)` loads it too but takes the argmax, ignoring "
+        "the thresholds in config.json. "
+        + ("`model.onnx` (batch and sequence axes dynamic) gives the PyTorch logits within 1e-4 in onnxruntime; "
+           "apply the thresholds as above. " if manifest["settings"].get("export_onnx", {}).get("value") else "")
+        + "It knows only the labels above, and scores only as well as the metrics here say on data like the "
+        "validation and test files; other domains, languages or inputs longer than `max_length` tokens (truncated) are untested. It inherits the "
         "base model's biases and limits. Not for decisions about people without a review of its errors.",
     ])
 

@@ -20,7 +20,7 @@ import pandas as pd
 from . import logs
 from .atomic import visible_files
 from .errors import DataError, SettingsError
-from .settings import Settings, class_weight_map
+from .settings import Settings, class_weight_map, label_name_map
 
 SUPPORTED_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 COLA_COLUMNS = ["source", "label", "original_label", "sentence"]
@@ -716,8 +716,45 @@ def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collect
             _check_same_inputs(train, split)
             label_map.check_known(split)
     _check_binary_only(settings, label_map)
-    return Splits(train, validation, test, label_map, validation_source, label_weights(settings.class_weights, label_map,
-                                                                                      train))
+    splits = Splits(train, validation, test, label_map, validation_source,
+                    label_weights(settings.class_weights, label_map, train))
+    return named_labels(splits, settings.label_names)
+
+
+def named_labels(splits: Splits, setting: str) -> Splits:
+    """label_names applied: every split's labels and the label map renamed, ids kept (the sorted labels' order,
+    so decision_threshold still means the second label). class_weights were matched to the labels as found."""
+    given = label_name_map(setting)
+    if given is None:
+        return splits
+    labels = splits.label_map.labels
+    if isinstance(given, list):
+        if len(given) != len(labels):
+            raise DataError(f"hyperparameter label_names has {len(given)} name(s) but train has {len(labels)} label(s) "
+                            f"({', '.join(map(repr, labels[:20]))}): give one name per label, in this order")
+        renamed = dict(zip(labels, given))
+    else:
+        renamed = {_normalise_label(label): name for label, name in given.items()}
+        unknown, unnamed = sorted(set(renamed) - set(labels)), [label for label in labels if label not in renamed]
+        if unknown or unnamed:
+            raise DataError("hyperparameter label_names must name every label train has, and only those: "
+                            + "; ".join(part for part in (
+                                f"not in train: {', '.join(map(repr, unknown))}" if unknown else "",
+                                f"unnamed: {', '.join(map(repr, unnamed[:20]))}" if unnamed else "") if part)
+                            + f" (labels: {', '.join(map(repr, labels[:20]))})")
+    multi = splits.label_map.problem_type == "multi_label"
+
+    def rename(channel: Channel | None) -> Channel | None:
+        if channel is None:
+            return None
+        values = channel.frame[LABEL]
+        frame = channel.frame.assign(**{LABEL: values.map(lambda tags: [renamed[t] for t in tags]) if multi
+                                        else values.map(renamed)})
+        return dataclasses.replace(channel, frame=frame)
+
+    return dataclasses.replace(splits, train=rename(splits.train), validation=rename(splits.validation),
+                               test=rename(splits.test),
+                               label_map=LabelMap([renamed[label] for label in labels], splits.label_map.problem_type))
 
 
 def _check_binary_only(settings: Settings, label_map: LabelMap) -> None:

@@ -108,17 +108,20 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float
 
 def resolve_threshold(model: torch.nn.Module, validation: Encoded, pad_token_id: int, settings: Settings,
                       compute: Compute, tune: bool = True) -> float | None:
-    """decision_threshold for the weights the model ends on: None at 0.5 (the plain argmax), the number given,
-    or for `auto` the validation split's best by MCC (logged beside the MCC at 0.5); `auto` without `tune`
-    (a stopped run, whose grace period is for saving) stays at 0.5."""
+    """decision_threshold for the weights the model ends on, as config.json and metrics.json both record it:
+    for a two-label single_label model 0.5 (the default), the number given, or for `auto` the validation split's
+    best by MCC (logged beside the MCC at 0.5); `auto` without `tune` (a stopped run, whose grace period is for
+    saving) stays at 0.5. None for every other model (no second label to decide)."""
+    binary = problem_type_of(model.config.problem_type) == "single_label" and model.config.num_labels == 2
+    default = DEFAULT_THRESHOLD if binary else None
     given = settings.decision_threshold
     if given != "auto" or not tune:
-        return None if given in (0.5, "auto") else float(given)
+        return default if given in (0.5, "auto") else float(given)
     predictions = predict(model, validation, pad_token_id, settings.eval_batch_size, compute)
     labels = validation.labels
     if len(np.unique(labels)) < 2:
         logs.warning("decision_threshold_kept", "decision_threshold=auto: validation holds one label only; keeping 0.5")
-        return None
+        return default
     threshold, mcc = best_threshold(labels, predictions.probabilities[:, 1])
     at_half = float(matthews_corrcoef(labels, predictions.predicted))
     logs.event("decision_threshold_chosen", f"decision_threshold=auto: {threshold:.4f} (validation MCC {mcc:.4f}, "

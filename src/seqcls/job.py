@@ -52,11 +52,11 @@ def run(where: runtime.Platform) -> Path:
     outcome = train.train(classifier, train.TrainData(encoded["train"], encoded["validation"], pad_token_id), settings,
                           compute, checkpointer)
 
-    # Step 4: the decision threshold, then test. A run the platform stopped (SIGTERM) skips tuning and testing:
-    # the grace period is for saving a model.
+    # Step 4: the decision threshold (into config.json with max_length: seqcls predict and code/inference.py read
+    # them), then test. A run the platform stopped (SIGTERM) skips tuning and testing: the grace period is for saving.
     partial = outcome.partial(kept_best=settings.select_best != "none")
     threshold = evaluate.resolve_threshold(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
-    classifier.config.decision_threshold = threshold  # saved in config.json, for seqcls predict
+    classifier.config.decision_threshold, classifier.config.inference_max_length = threshold, max_length
     label_thresholds = evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
     metrics = artifacts.metrics_record(outcome.stats, outcome.best_epoch, splits.label_map.labels, {
         "problem_type": settings.problem_type, "decision_threshold": threshold, "label_thresholds": label_thresholds,
@@ -78,7 +78,7 @@ def run(where: runtime.Platform) -> Path:
         {"rows": {name: len(e) for name, e in encoded.items()}, "validation_source": splits.validation_source,
          "max_length": max_length})
     artifacts.save_run(classifier, tokenizer, where.model_dir, where.output_data_dir, artifacts.RunRecord(
-        metrics, manifest, outcome.stats, splits.label_map, test, splits.test or splits.validation))
+        metrics, manifest, outcome.stats, splits.label_map, test, splits.test or splits.validation, settings.export_onnx))
     if partial:  # the platform uploads the model folder as it is; the run still failed, and may resume
         raise Interrupted(f"{outcome.stopped}; a partial model ({partial['weights']}) was saved to {where.model_dir}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from .uris import parse_uri
 from .errors import SettingsError
 
 DEFAULT_MODEL = "bert-base-uncased"
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # export_onnx: torch's exporter and the check's runtime
 SECRET_MARKERS = ("key", "secret", "token", "password", "credential")
 
 
@@ -153,12 +155,18 @@ class Settings:
                                                     "is at least this; auto: the one with the best validation MCC",
                                                bounds=FRACTION_OPEN, auto=True)
     max_train_samples: int = _setting(0, "Use a seeded sample of at most N training rows (0: all)", bounds=NON_NEGATIVE)
+    label_names: str = _setting("", "Readable class or tag names for config.json's id2label: a JSON list in label id order "
+                                    "(the labels sorted) or a JSON object {\"label\": \"name\"} naming every label; "
+                                    "empty: the labels as found. Not for regression", math=False)
+    export_onnx: bool = _setting(False, "Also save model.onnx (dynamic batch and sequence axes), checked against the "
+                                        "PyTorch logits on held-out rows before anything is published", math=False)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Settings)}
+STRUCTURED = {"class_weights": (dict,), "label_names": (dict, list)}  # settings given as JSON, an object or a list
 OPERATIONAL = frozenset(name for name, f in FIELDS.items() if not f.metadata["math"])
 
 
@@ -220,8 +228,8 @@ def parse_value(name: str, raw: Any) -> Any:
     if name not in FIELDS:
         raise unknown_name(name)
     kind = FIELDS[name].type.removesuffix(" | str")  # "int | str": a number, or `auto` where the setting allows it
-    if isinstance(raw, dict) and name == "class_weights":  # hyperparameters.json may hold the map as an object
-        raw = json.dumps(raw, sort_keys=True)
+    if isinstance(raw, (dict, list)) and name in STRUCTURED:  # hyperparameters.json may hold the map as an object
+        raw = json.dumps(raw, sort_keys=name == "class_weights")
     if isinstance(raw, bool):
         text = "true" if raw else "false"
     elif isinstance(raw, (str, int, float)):
@@ -314,12 +322,41 @@ def class_weight_map(value: str) -> dict[str, float] | None:
     return {str(label): float(weight) for label, weight in weights.items()}
 
 
+def label_name_map(value: str) -> list[str] | dict[str, str] | None:
+    """label_names as given: None when empty, else the list (id order) or the {label: name} map, checked here
+    (names non-empty and distinct); whether they fit the labels found is data's check, once train is read."""
+    if not value:
+        return None
+    try:
+        names = json.loads(value)
+    except ValueError:
+        names = None
+    given = list(names.values()) if isinstance(names, dict) else names
+    if not isinstance(given, list) or not given:
+        raise SettingsError(f"hyperparameter label_names={value!r}: expected a JSON list of names in label id order, "
+                            "such as [\"unacceptable\", \"acceptable\"], or a JSON object such as "
+                            "{\"0\": \"unacceptable\", \"1\": \"acceptable\"}")
+    for name in given:
+        _check(isinstance(name, str) and bool(name.strip()), "label_names", value,
+               f"every name must be a non-empty string, got {json.dumps(name)}")
+    stripped = [name.strip() for name in given]
+    repeated = sorted({name for name in stripped if stripped.count(name) > 1})
+    _check(not repeated, "label_names", value, f"names must be distinct; repeated: {', '.join(map(repr, repeated))}")
+    return dict(zip(map(str, names), stripped)) if isinstance(names, dict) else stripped
+
+
 def _validate_training_rules(s: Settings) -> None:
     """Settings that only make sense together."""
     _check(not s.early_stopping_patience or s.select_best != "none", "early_stopping_patience",
            s.early_stopping_patience, "needs select_best (mcc or loss, or the problem type's metric): it picks the "
                                       "metric that stops the run and keeps that best epoch's weights")
     class_weight_map(s.class_weights)
+    missing = [name for name in ONNX_MODULES if s.export_onnx and importlib.util.find_spec(name) is None]
+    _check(not missing, "export_onnx", s.export_onnx, f"needs {', '.join(missing)}: pip install 'seqcls[onnx]' "
+                                                      "(the image has them)")
+    label_name_map(s.label_names)
+    _check(not s.label_names or s.problem_type != "regression", "label_names", s.label_names,
+           "names classes or tags; a regression model has one output, a score")
     _check_select_best(s)
     for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5)):
         _check(getattr(s, name) == unset or s.problem_type == "single_label", name, getattr(s, name),
@@ -393,8 +430,8 @@ def load_hyperparameters_json(text: str, path: str) -> dict[str, Any]:
 def check_scalar_values(values: Mapping[str, Any], path: str) -> None:
     """Our hyperparameters are strings or numbers; a list, object or null is a mistake worth naming."""
     for name, value in values.items():
-        if isinstance(value, dict) and name == "class_weights":
-            continue  # the one map-valued setting
+        if isinstance(value, STRUCTURED.get(name, ())):
+            continue  # a setting given as JSON (an object or list in hyperparameters.json)
         if isinstance(value, (dict, list)) or value is None:
             kind = {dict: "an object", list: "a list"}.get(type(value), "null")
             shown = f"{kind} (value masked)" if is_secret(name) else json.dumps(value)[:80]
