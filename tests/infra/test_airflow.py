@@ -1,0 +1,127 @@
+"""The Airflow DAGs (infra/airflow/dags/) under the real Airflow 3 and providers, in the venv `make airflow-venv` builds.
+
+The DAGs run in that venv's interpreter (tests/airflow_driver.py); this process renders their configs
+with the project's own submitters and judges what came back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra.airflow import render
+from infra.sagemaker import submit
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGS = ROOT / "infra" / "airflow" / "dags"
+EXAMPLES = ROOT / "infra" / "airflow" / "examples"
+AIRFLOW_PYTHON = ROOT / ".venv" / "airflow" / "bin" / "python"
+DRIVER = ROOT / "tests" / "airflow_driver.py"
+DAG_IDS = ["seqcls_docker_retrain", "seqcls_sagemaker_retrain", "seqcls_vertex_retrain"]
+
+
+def _example_commands() -> dict[str, list[str]]:
+    """The argv of each `infra.airflow.render` command `make schedule-examples` runs, by renderer."""
+    out = subprocess.run(["make", "-n", "--no-print-directory", "schedule-examples"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    argvs = [shlex.split(line.split(" > ")[0])[3:] for line in out.splitlines() if "-m infra.airflow.render " in line]
+    return {argv[0]: argv for argv in argvs}
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh AIRFLOW_HOME with its metadata DB made by `airflow db migrate`, which dag.test() writes runs to."""
+    assert AIRFLOW_PYTHON.exists(), "no Airflow venv: run `make airflow-venv` (make install does)"
+    home = tmp_path_factory.mktemp("airflow-home")
+    done = subprocess.run([str(AIRFLOW_PYTHON.parent / "airflow"), "db", "migrate"], env=_env(home, home / "dags"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return home
+
+
+def _env(home: Path, dags: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
+    # dag.test() syncs the configured DAG bundle (dags_folder) to the DB before it runs
+    # (task-sdk/src/airflow/sdk/definitions/dag.py, DAG.test), so the folder under test is that bundle.
+    return env | {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+                  "AIRFLOW__CORE__LOAD_EXAMPLES": "False"} | extra
+
+
+def _drive(home: Path, dags: Path, command: str, *args: str, **env: str) -> dict:
+    done = subprocess.run([str(AIRFLOW_PYTHON), str(DRIVER), command, str(dags), *args], env=_env(home, dags, **env),
+                          capture_output=True, text=True, timeout=600, cwd=home)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _dag_folder(tmp_path: Path, configs: dict[str, dict]) -> Path:
+    """The DAG files as a deployment copies them, each beside its rendered `<name>.json`."""
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    for dag in DAGS.glob("*.py"):
+        shutil.copy(dag, folder)
+    for name, config in configs.items():
+        (folder / f"{name}.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def _examples() -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in EXAMPLES.glob("*.json")}
+
+
+def test_committed_examples_match_the_renderer(aws_offline: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """The examples are what `infra.airflow.render` prints today (rerun `make schedule-examples` after a change)."""
+    commands = _example_commands()
+    assert sorted(commands) == ["docker", "sagemaker", "vertex"]
+    for name, argv in commands.items():
+        assert render.main(argv) == 0
+        assert json.loads(capsys.readouterr().out) == _examples()[f"seqcls_{name}"], name
+
+
+def test_every_dag_imports_without_errors(airflow_home: Path, tmp_path: Path) -> None:
+    bag = _drive(airflow_home, _dag_folder(tmp_path, _examples()), "dagbag")
+    assert bag == {"import_errors": {}, "dag_ids": DAG_IDS}
+
+
+def test_a_dag_without_its_config_says_how_to_render_it(airflow_home: Path, tmp_path: Path) -> None:
+    configs = _examples()
+    del configs["seqcls_vertex"]
+    bag = _drive(airflow_home, _dag_folder(tmp_path, configs), "dagbag")
+    assert bag["dag_ids"] == ["seqcls_docker_retrain", "seqcls_sagemaker_retrain"]
+    (error,) = bag["import_errors"].values()
+    assert "seqcls_vertex.json is missing" in error and "python -m infra.airflow.render vertex" in error
+
+
+def test_sagemaker_dag_sends_the_dry_run_request(aws_offline: None, airflow_home: Path, tmp_path: Path) -> None:
+    """dag.test() under moto: the operator's CreateTrainingJob is `submit --dry-run`'s, named per DAG run.
+
+    The provider's SageMakerHook makes its CloudWatch Logs hook without the operator's region_name
+    (providers/amazon/.../hooks/sagemaker.py, SageMakerHook.__init__: `AwsLogsHook(aws_conn_id=...)`), so
+    the worker needs a default region (the connection's, or AWS_DEFAULT_REGION as MWAA sets it).
+    """
+    argv = _example_commands()["sagemaker"][1:]
+    config = render.sagemaker_config(argv)
+    config["check_interval_s"] = 1  # seconds between polls; moto completes the job at once
+    dry_run = submit.dry_run(submit.job_from_args(submit._parser().parse_args(argv)))
+    channels = [c["DataSource"]["S3DataSource"]["S3Uri"] for c in dry_run["InputDataConfig"]]
+    folder = _dag_folder(tmp_path, {"seqcls_sagemaker": config})
+    result = _drive(airflow_home, folder, "sagemaker", json.dumps(channels),
+                    AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=config["region"])
+    (sent,) = result["sent"]
+    name = sent["TrainingJobName"]
+    assert re.fullmatch(r"seqcls-\d{8}-\d{6}", name), name
+    expected = dict(dry_run, TrainingJobName=name)
+    # Each run checkpoints under its own prefix, as the Step Functions schedule does, so no run resumes last week's.
+    expected["CheckpointConfig"] = dict(dry_run["CheckpointConfig"], S3Uri=dry_run["CheckpointConfig"]["S3Uri"] + "/" + name)
+    assert sent == expected
+    assert result["states"]["train"] == "success"
+    # moto reports a canned FinalMetricDataList without the gate's metric: the branch fails loudly, no guess.
+    assert result["states"]["promotion_gate"] == "failed"
+    assert result["states"]["promoted"] == result["states"]["kept"] == "upstream_failed"
