@@ -18,6 +18,7 @@ import pytest
 
 from infra.airflow import render
 from infra.sagemaker import submit
+from jobtools import cola_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "infra" / "airflow" / "dags"
@@ -125,3 +126,27 @@ def test_sagemaker_dag_sends_the_dry_run_request(aws_offline: None, airflow_home
     # moto reports a canned FinalMetricDataList without the gate's metric: the branch fails loudly, no guess.
     assert result["states"]["promotion_gate"] == "failed"
     assert result["states"]["promoted"] == result["states"]["kept"] == "upstream_failed"
+
+
+@pytest.mark.image
+@pytest.mark.skipif(not os.environ.get("SEQCLS_IMAGE"), reason="SEQCLS_IMAGE is not set: `make image-test` builds the image")
+def test_docker_dag_trains_publishes_and_takes_the_promoted_branch(airflow_home: Path, tmp_path: Path, cola_dir: Path,
+                                                                  minilm_path: Path) -> None:
+    """dag.test() of the Docker DAG against the built image: the job trains on CoLA rows, publishes to a host
+    folder, and the first gated run there is promoted, so `promoted` runs and `kept` is skipped."""
+    (tmp_path / "test").mkdir()
+    (tmp_path / "train.tsv").write_text("".join(cola_lines(cola_dir, "in_domain_train.tsv", 0, 160)))
+    (tmp_path / "test" / "test.tsv").write_text("".join(cola_lines(cola_dir, "out_of_domain_dev.tsv", 0, 64)))
+    published, runs = tmp_path / "published", tmp_path / "runs"
+    config = render.docker_config(
+        ["--image", os.environ["SEQCLS_IMAGE"], "--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test"),
+         "--model", str(minilm_path), "--output-dir", str(runs), "--gpus", "none",
+         "--hp", "epochs=1", "--hp", "promote_if=test_mcc", "--hp", f"output_uri={published}"])
+    result = _drive(airflow_home, _dag_folder(tmp_path, {"seqcls_docker": config}), "run", "seqcls_docker_retrain")
+    assert result["states"] == {"prepare": "success", "train": "success", "promotion_gate": "success",
+                                "promoted": "success", "kept": "skipped"}
+    (run_dir,) = runs.iterdir()
+    record = json.loads((run_dir / "output" / "data" / "promotion.json").read_text())
+    latest = json.loads((published / "latest.json").read_text())
+    assert record["promoted"] is True and (published / latest["run_id"] / "manifest.json").is_file()
+    assert (run_dir / "model" / "model.safetensors").is_file()

@@ -46,6 +46,13 @@ def run_mounts(run_dir: str) -> list[Mount]:
     return [Mount(target=f"/opt/ml/{name}", source=f"{run_dir}/{name}", type="bind") for name in RUN_FOLDERS]
 
 
+def publish_folder(hyperparameters: dict[str, str]) -> str | None:
+    """An output_uri that is a host folder (not s3:// or gs://) is mounted at the same path, so runs publish
+    there and the gate finds the previous run's latest.json."""
+    uri = hyperparameters.get("output_uri", "")
+    return uri if uri.startswith("/") else None
+
+
 def device_requests(gpus: str) -> list[DeviceRequest] | None:
     """`docker run --gpus all|N` as the Docker API takes it; none runs on CPU."""
     if gpus == "none":
@@ -69,19 +76,21 @@ with DAG(
     tags=["seqcls", "docker"],
 ) as dag:
     run_dir = f"{config['output_dir'].rstrip('/')}/{RUN_KEY}"
+    published = publish_folder(config["hyperparameters"])
 
     @task(task_id="prepare")
     def prepare(folder: str) -> str:
         """Docker refuses a bind mount whose host folder is missing; a rerun of the same run reuses it."""
-        for name in RUN_FOLDERS:
-            Path(folder, name).mkdir(parents=True, exist_ok=True)
+        for path in [*(Path(folder, name) for name in RUN_FOLDERS), *([Path(published)] if published else [])]:
+            path.mkdir(parents=True, exist_ok=True)
         return folder
 
     train = DockerOperator(
         task_id="train",
         image=config["image"],
         command=["train", *(f"--{name}={value}" for name, value in config["hyperparameters"].items())],
-        mounts=channel_mounts(config["channels"]) + run_mounts(run_dir),
+        mounts=channel_mounts(config["channels"]) + run_mounts(run_dir)
+        + ([Mount(target=published, source=published, type="bind")] if published else []),
         device_requests=device_requests(config["gpus"]),
         user=f"{os.getuid()}:{os.getgid()}",
         environment={"HOME": "/tmp"},
