@@ -112,6 +112,9 @@ EXAMPLE_VERTEX := --project example-project --region us-central1 \
   --service-account seqcls-training@example-project.iam.gserviceaccount.com
 # The pipelines branch on the promotion gate, which needs the metric and where latest.json lives.
 EXAMPLE_GATE := --hp promote_if=test_mcc --hp output_uri=gs://example-seqcls-artifacts/published
+# A gated job publishes (and reads latest.json) itself, so it cannot run network-isolated.
+EXAMPLE_SM_PIPELINE := $(filter-out --network-isolation,$(EXAMPLE_SAGEMAKER)) \
+  --hp promote_if=test_mcc --hp output_uri=s3://example-seqcls-artifacts/published
 EXAMPLE_DOCKER := --image seqcls:latest --train /srv/seqcls/cola/in_domain_train.tsv \
   --test /srv/seqcls/cola/out_of_domain_dev.tsv --output-dir /srv/seqcls/runs --gpus all --hp epochs=4
 
@@ -135,6 +138,7 @@ schedule-examples:
 	$(BIN)/python -m infra.airflow.render vertex $(EXAMPLE_VERTEX) > infra/airflow/examples/seqcls_vertex.json
 	$(BIN)/python -m infra.airflow.render docker $(EXAMPLE_DOCKER) > infra/airflow/examples/seqcls_docker.json
 	$(BIN)/python -m infra.vertex.pipeline $(EXAMPLE_VERTEX) $(EXAMPLE_GATE) --output infra/vertex/retrain-pipeline.example.yaml
+	$(BIN)/python -m infra.sagemaker.pipeline $(EXAMPLE_SM_PIPELINE) --dry-run > infra/sagemaker/retrain-pipeline.example.json
 
 # Generated docs: the hyperparameter table from the settings' field metadata (a test checks it is current).
 .PHONY: docs
