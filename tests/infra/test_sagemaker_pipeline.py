@@ -22,7 +22,6 @@ import pytest
 
 from infra.common import SubmitError
 from infra.sagemaker import pipeline, submit
-from jobtools import cola_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("SEQCLS_IMAGE", "")
