@@ -22,6 +22,7 @@ import pytest
 
 from infra.common import SubmitError
 from infra.sagemaker import pipeline, submit
+from jobtools import cola_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("SEQCLS_IMAGE", "")
@@ -68,3 +69,45 @@ def test_committed_example_is_the_dry_run(aws_offline: None, capsys: pytest.Capt
     assert pipeline.main(_example_argv()) == 0
     assert json.loads(capsys.readouterr().out) == json.loads((ROOT / "infra" / "sagemaker" / "retrain-pipeline.example.json")
                                                              .read_text(encoding="utf-8"))
+
+
+@pytest.mark.image
+@pytest.mark.skipif(not IMAGE, reason="SEQCLS_IMAGE is not set: `make image-test` builds the image and runs these")
+def test_pipeline_runs_in_local_pipeline_mode(tmp_path: Path, cola_dir: Path, minilm_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Train -> PromotionGate -> Promoted on the built image: the first gated run is promoted, so the condition holds."""
+    import boto3
+    from sagemaker.core.workflow.pipeline_context import LocalPipelineSession as StepArgumentsSession
+
+    from storage_servers import s3_with_bucket
+
+    with s3_with_bucket(tmp_path / "weed", "seqcls-local", "seqcls-local-secret", "seqcls") as s3:
+        for key, value in {**s3.env(), "SAGEMAKER_VALIDATE_ROLE": "false"}.items():
+            monkeypatch.setenv(key, value)
+        client = s3.client()
+        client.put_object(Bucket="seqcls", Key="data/train/train.tsv",
+                          Body="".join(cola_lines(cola_dir, "in_domain_train.tsv", 0, 160)).encode())
+        client.put_object(Bucket="seqcls", Key="data/test/test.tsv",
+                          Body="".join(cola_lines(cola_dir, "out_of_domain_dev.tsv", 0, 64)).encode())
+        for path in (p for p in minilm_path.rglob("*") if p.is_file()):
+            client.upload_file(str(path), "seqcls", f"data/model/{path.relative_to(minilm_path)}")
+        job = submit.job_from_args(pipeline._parser().parse_args([
+            "--image", IMAGE, "--role", ROLE, "--region", "us-east-1", "--train", "s3://seqcls/data/train/",
+            "--test", "s3://seqcls/data/test/", "--model", "s3://seqcls/data/model/", "--output-path", "s3://seqcls/jobs",
+            "--instance-type", "local", "--hp", "epochs=1", "--hp", "promote_if=test_mcc",
+            # A folder in the container: local mode's compose network cannot reach the loopback S3 server.
+            "--hp", "output_uri=/tmp/published", "--dry-run"]))
+        session = {"boto_session": boto3.Session(region_name="us-east-1"), "s3_endpoint_url": s3.endpoint}
+        built = pipeline.build(job, StepArgumentsSession(**session), gate_instance_type="local")
+        from sagemaker.mlops.local import LocalPipelineSession
+
+        runner = LocalPipelineSession(**session)
+        runner.create_pipeline(built, "seqcls local pipeline test")
+        execution = runner.start_pipeline_execution(PipelineName=built.name)
+        steps = {step["StepName"]: step for step in execution.list_steps()["PipelineExecutionSteps"]}
+        assert execution.describe()["PipelineExecutionStatus"] == "Succeeded", steps
+        assert steps["Promoted"]["Metadata"]["Condition"]["Outcome"] is True
+        # The PropertyFile the condition read is the job's own promotion record, uploaded by the gate step.
+        job_name = steps["Train"]["Metadata"]["TrainingJob"]["Arn"]
+        record = json.loads(client.get_object(Bucket="seqcls", Key=f"jobs/{job_name}/promotion/promotion.json")["Body"].read())
+        assert record["promoted_flag"] == 1 and record["metric"] == "test_mcc" and record["current_run_id"] is None
