@@ -293,3 +293,22 @@ def test_a_worse_rerun_keeps_latest_and_a_better_one_moves_it(backend, job_input
     assert (tmp_path / "kfp" / "week-3" / "outcome").read_bytes() == b"promoted"
     served, rows = predict(tmp_path, uri, job_inputs, env, monkeypatch, capsys)
     assert served == "week-3" and rows == job_prediction_rows(better.root)
+
+
+@pytest.mark.slow
+def test_on_vertex_the_gate_moves_output_uri_latest_and_aip_model_dir_gets_the_same_record(job_inputs, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """AIP_MODEL_DIR is this job's own model folder (Vertex model upload reads it), replaced every run; the gate
+    decides <output_uri>/latest.json, and publishes there first so AIP_MODEL_DIR's metrics.json carries the
+    decision that stood (a pipeline can branch on it, or on promotion_file)."""
+    model_dir, uri = tmp_path / "aip-model", str(tmp_path / "models")
+    vertex = {"AIP_MODEL_DIR": str(model_dir), "CLOUD_ML_JOB_ID": "vertex-1"}
+    first, event = train(tmp_path, job_inputs, uri, "vertex-1", vertex, monkeypatch, capsys)
+    vertex["CLOUD_ML_JOB_ID"] = "vertex-2"
+    second, kept = train(tmp_path, job_inputs, uri, "vertex-2", vertex, monkeypatch, capsys, "--learning_rate", "0.9")
+    assert event["promoted"] and not kept["promoted"] and pointer(uri)["run_id"] == "vertex-1"
+    published = [e["uri"] for e in second.events if e.get("event") == "artifacts_published"]
+    assert published == [str(Path(uri) / "vertex-2"), str(model_dir)]
+    record = published_record(uri, "vertex-2")
+    assert json.loads((model_dir / "metrics.json").read_text())["promotion"] == record
+    assert json.loads((model_dir / "manifest.json").read_text())["run_id"] == "vertex-2"

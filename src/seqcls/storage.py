@@ -311,8 +311,8 @@ class _S3(_Store):
         return got["Body"].read(), got["ETag"]
 
     def put_if(self, name: str, data: bytes, version: str | None) -> bool:
-        """PutObject with If-Match on the ETag read, or If-None-Match: * (S3 conditional writes; SeaweedFS re-checks
-        them under its per-object write lock for single-part PUTs: weed/s3api/s3api_object_handlers_put.go)."""
+        """PutObject with If-Match on the ETag read, or If-None-Match: * (S3 conditional writes). SeaweedFS 4.48 re-checks
+        them under a per-object write lock for single-part PUTs (withObjectWriteLock, weed/s3api); ours is one."""
         from botocore.exceptions import ClientError
 
         condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
