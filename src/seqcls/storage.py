@@ -311,8 +311,8 @@ class _S3(_Store):
         return got["Body"].read(), got["ETag"]
 
     def put_if(self, name: str, data: bytes, version: str | None) -> bool:
-        """PutObject with If-Match on the ETag read, or If-None-Match: * (S3 conditional writes; SeaweedFS re-checks
-        them under its per-object write lock for single-part PUTs: weed/s3api/s3api_object_handlers_put.go)."""
+        """PutObject with If-Match on the ETag read, or If-None-Match: * (S3 conditional writes). SeaweedFS 4.48 re-checks
+        them under a per-object write lock for single-part PUTs (withObjectWriteLock, weed/s3api); ours is one."""
         from botocore.exceptions import ClientError
 
         condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
@@ -416,14 +416,18 @@ class _GCS(_Store):
             return None
 
     def read_versioned(self, name: str) -> tuple[bytes | None, str | None]:
-        from google.api_core.exceptions import NotFound
+        """The object's metadata, then its bytes at that generation (ifGenerationMatch): bytes and version agree."""
+        from google.api_core.exceptions import NotFound, PreconditionFailed
 
-        blob = self._blob(name)
-        try:
-            data = blob.download_as_bytes()  # the response's x-goog-generation sets blob.generation
-        except NotFound:
-            return None, None
-        return data, str(blob.generation)
+        for _ in range(POINTER_RACES):
+            blob = self.bucket.get_blob(self._blob(name).name)
+            if blob is None:
+                return None, None
+            try:
+                return blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation)
+            except (NotFound, PreconditionFailed):
+                continue  # replaced or deleted between the two requests: read again
+        raise StorageError(f"{self.target.join(name)} kept changing while being read")
 
     def put_if(self, name: str, data: bytes, version: str | None) -> bool:
         """ifGenerationMatch on the generation read, 0 when absent (GCS request preconditions)."""
