@@ -1,6 +1,6 @@
 """Run inside the Airflow test venv (`make airflow-venv`), driven by tests/infra/test_airflow.py.
 
-    airflow_driver.py dagbag DAGS_FOLDER                 -> {"import_errors": {...}, "dag_ids": [...]}
+    airflow_driver.py dagbag DAGS_FOLDER...              -> {"bags": [{"import_errors": {...}, "dag_ids": [...]}, ...]}
     airflow_driver.py sagemaker DAGS_FOLDER CHANNELS_JSON -> dag.test() under moto; the CreateTrainingJob sent
     airflow_driver.py run DAGS_FOLDER DAG_ID              -> dag.test() against the real services it names
 
@@ -28,9 +28,11 @@ def _states(run) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 
 
-def dagbag(folder: str) -> dict:
-    bag = _dagbag(folder)
-    return {"import_errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dag_ids)}
+def dagbag(*folders: str) -> dict:
+    """Each folder's DagBag (one process for all: importing Airflow and its providers takes most of the time)."""
+    bags = [_dagbag(folder) for folder in folders]
+    return {"bags": [{"import_errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()},
+                      "dag_ids": sorted(bag.dag_ids)} for bag in bags]}
 
 
 def sagemaker(folder: str, channels_json: str) -> dict:

@@ -65,7 +65,7 @@ def _drive(home: Path, dags: Path, command: str, *args: str, **env: str) -> dict
 def _dag_folder(tmp_path: Path, configs: dict[str, dict]) -> Path:
     """The DAG files as a deployment copies them, each beside its rendered `<name>.json`."""
     folder = tmp_path / "dags"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for dag in DAGS.glob("*.py"):
         shutil.copy(dag, folder)
     for name, config in configs.items():
@@ -86,17 +86,15 @@ def test_committed_examples_match_the_renderer(aws_offline: None, capsys: pytest
         assert json.loads(capsys.readouterr().out) == _examples()[f"seqcls_{name}"], name
 
 
-def test_every_dag_imports_without_errors(airflow_home: Path, tmp_path: Path) -> None:
-    bag = _drive(airflow_home, _dag_folder(tmp_path, _examples()), "dagbag")
-    assert bag == {"import_errors": {}, "dag_ids": DAG_IDS}
-
-
-def test_a_dag_without_its_config_says_how_to_render_it(airflow_home: Path, tmp_path: Path) -> None:
-    configs = _examples()
-    del configs["seqcls_vertex"]
-    bag = _drive(airflow_home, _dag_folder(tmp_path, configs), "dagbag")
-    assert bag["dag_ids"] == ["seqcls_docker_retrain", "seqcls_sagemaker_retrain"]
-    (error,) = bag["import_errors"].values()
+def test_every_dag_imports_without_errors_and_a_missing_config_says_how_to_render_it(airflow_home: Path,
+                                                                                      tmp_path: Path) -> None:
+    partial = _examples()
+    del partial["seqcls_vertex"]
+    complete, missing = _drive(airflow_home, _dag_folder(tmp_path / "complete", _examples()), "dagbag",
+                               str(_dag_folder(tmp_path / "partial", partial)))["bags"]
+    assert complete == {"import_errors": {}, "dag_ids": DAG_IDS}
+    assert missing["dag_ids"] == ["seqcls_docker_retrain", "seqcls_sagemaker_retrain"]
+    (error,) = missing["import_errors"].values()
     assert "seqcls_vertex.json is missing" in error and "python -m infra.airflow.render vertex" in error
 
 
