@@ -2,6 +2,7 @@
 
     airflow_driver.py dagbag DAGS_FOLDER...              -> {"bags": [{"import_errors": {...}, "dag_ids": [...]}, ...]}
     airflow_driver.py sagemaker DAGS_FOLDER CHANNELS_JSON -> dag.test() under moto; the CreateTrainingJob sent
+    airflow_driver.py gate DAGS_FOLDER DESCRIPTIONS_JSON  -> the SageMaker DAG's branch for each DescribeTrainingJob
     airflow_driver.py run DAGS_FOLDER DAG_ID              -> dag.test() against the real services it names
 
 Prints one JSON object as its last stdout line. Airflow and its providers are not in the project's
@@ -63,6 +64,22 @@ def sagemaker(folder: str, channels_json: str) -> dict:
     return {"sent": sent, "states": _states(run)}
 
 
+def gate(folder: str, descriptions_json: str) -> dict:
+    """The SageMaker DAG's branch decision for each DescribeTrainingJob response given (its own gate_outcome)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seqcls_sagemaker", Path(folder, "seqcls_sagemaker.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    outcomes = []
+    for description in json.loads(descriptions_json):
+        try:
+            outcomes.append(module.gate_outcome(description))
+        except ValueError as err:
+            outcomes.append(f"error: {err}")
+    return {"outcomes": outcomes}
+
+
 def run(folder: str, dag_id: str) -> dict:
     bag = _dagbag(folder)
     if dag_id not in bag.dags:
@@ -72,5 +89,5 @@ def run(folder: str, dag_id: str) -> dict:
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
-    result = {"dagbag": dagbag, "sagemaker": sagemaker, "run": run}[command](*rest)
+    result = {"dagbag": dagbag, "sagemaker": sagemaker, "gate": gate, "run": run}[command](*rest)
     print(json.dumps(result, default=str))

@@ -126,6 +126,27 @@ def test_sagemaker_dag_sends_the_dry_run_request(aws_offline: None, airflow_home
     assert result["states"]["promoted"] == result["states"]["kept"] == "upstream_failed"
 
 
+@pytest.mark.slow
+def test_sagemaker_dag_branches_on_the_metric_sagemaker_reads_from_the_jobs_log(job_log_lines: list[str],
+                                                                              airflow_home: Path, tmp_path: Path) -> None:
+    """FinalMetricDataList as the service fills it: the request's promotion:promoted regex applied to the
+    `promotion` line of a real gated run (promoted: its first run), and to that line with the flag at 0."""
+    regex = re.compile(next(d["Regex"] for d in _examples()["seqcls_sagemaker"]["request"]["AlgorithmSpecification"]
+                            ["MetricDefinitions"] if d["Name"] == "promotion:promoted"))
+    (line,) = [line for line in job_log_lines if json.loads(line)["event"] == "promotion"]
+    kept_line = json.dumps({**json.loads(line), "promoted": False, "promoted_flag": 0})
+
+    def described(*lines: str) -> dict:
+        values = [float(m.group(1)) for text in lines if (m := regex.search(text))]
+        return {"TrainingJobName": "seqcls-x", "FinalMetricDataList": [
+            {"MetricName": "promotion:promoted", "Value": values[-1]}] if values else []}
+
+    result = _drive(airflow_home, _dag_folder(tmp_path, _examples()), "gate",
+                    json.dumps([described(line), described(kept_line), described(job_log_lines[0])]))
+    assert result["outcomes"][:2] == ["promoted", "kept"]
+    assert result["outcomes"][2].startswith("error: training job seqcls-x reported no promotion:promoted metric")
+
+
 @pytest.mark.image
 @pytest.mark.skipif(not os.environ.get("SEQCLS_IMAGE"), reason="SEQCLS_IMAGE is not set: `make image-test` builds the image")
 def test_docker_dag_trains_publishes_and_takes_the_promoted_branch(airflow_home: Path, tmp_path: Path, cola_dir: Path,
