@@ -312,3 +312,13 @@ def test_on_vertex_the_gate_moves_output_uri_latest_and_aip_model_dir_gets_the_s
     record = published_record(uri, "vertex-2")
     assert json.loads((model_dir / "metrics.json").read_text())["promotion"] == record
     assert json.loads((model_dir / "manifest.json").read_text())["run_id"] == "vertex-2"
+
+
+def test_a_run_id_latest_json_already_names_is_refused_before_training(backend, tmp_path):
+    """A gated publish that died between moving latest.json and writing its manifest: its run id stays taken,
+    so a retry cannot replace files the pointer's list vouches for."""
+    uri, _ = backend
+    storage.open_store(uri).put("latest.json", json.dumps({"run_id": "week-9", "files": []}).encode(), new=False)
+    with pytest.raises(storage.StorageError, match="latest.json already points at it: run 'week-9' was published before"):
+        storage.preflight(uri, "week-9", storage.Options())
+    storage.preflight(uri, "week-10", storage.Options())

@@ -183,7 +183,7 @@ class _Store(ABC):
 
     @abstractmethod
     def read_versioned(self, name: str) -> tuple[bytes | None, str | None]:
-        """The object's bytes and the version a conditional write must match, from one request; (None, None) when absent."""
+        """The object's bytes and the version a conditional write must match, in agreement; (None, None) when absent."""
 
     @abstractmethod
     def put_if(self, name: str, data: bytes, version: str | None) -> bool:
@@ -547,14 +547,15 @@ def _check_free(store: _Store, run_id: str) -> None:
     """The run id must not hold a manifest yet, nor be where latest.json points (a gated publish stopped between
     moving latest.json and writing its manifest); also the first request, so bad credentials fail here."""
     try:
-        taken = store.exists(f"{run_id}/{MANIFEST}") or _read_pointer(store)[0].run_id == run_id
+        taken = (f"{store.target.join(run_id, MANIFEST)} already exists" if store.exists(f"{run_id}/{MANIFEST}") else
+                 f"{store.target.join(LATEST)} already points at it" if _read_pointer(store)[0].run_id == run_id else "")
     except SeqclsError:
         raise
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
         raise StorageError(f"cannot check {store.target.join(run_id)} for an earlier publish: {store.reason(err)}") from err
     if taken:
-        raise StorageError(f"{store.target.join(run_id, MANIFEST)} already exists: run {run_id!r} was published "
-                           "before and is never overwritten; set a new run_id (or output_uri)")
+        raise StorageError(f"{taken}: run {run_id!r} was published before and is never overwritten; "
+                           "set a new run_id (or output_uri)")
 
 
 def preflight(output_uri: str, run_id: str, options: Options) -> None:
