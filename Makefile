@@ -20,7 +20,20 @@ $(BIN)/python:
 install: $(BIN)/python
 	# torch first, pinned: on these machines 2.13.0 resolves to the local CPU wheel (no CUDA download).
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,infra,servetest,onnx]'
+	$(BIN)/pip install --quiet -e '.[dev,infra,servetest,onnx,pipelines]'
+	$(MAKE) airflow-venv
+
+# Airflow 3 and its providers for tests/infra/test_airflow.py, in a venv of their own: Airflow's pins
+# conflict with ours. The tests run the DAGs with this interpreter (infra/airflow/README: what to deploy).
+AIRFLOW_VENV := $(VENV)/airflow
+.PHONY: airflow-venv
+airflow-venv: $(AIRFLOW_VENV)/bin/airflow
+$(AIRFLOW_VENV)/bin/airflow: infra/airflow/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet uv
+	rm -rf $(AIRFLOW_VENV)
+	$(BIN)/uv venv --quiet --python $(PYTHON) $(AIRFLOW_VENV)
+	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip install --quiet --no-config \
+	  --index-url https://pypi.org/simple --python $(AIRFLOW_VENV)/bin/python -r infra/airflow/requirements.txt 'moto[sagemaker]==5.2.5'
 
 run:
 	@test -f $(COLA_DIR)/in_domain_train.tsv || { echo "CoLA not found in $(COLA_DIR): download https://nyu-mll.github.io/CoLA/cola_public_1.1.zip, unzip, and pass COLA_DIR=.../cola_public/raw"; exit 2; }
@@ -109,6 +122,13 @@ EXAMPLE_VERTEX := --project example-project --region us-central1 \
   --train gs://example-seqcls-data/cola/in_domain_train.tsv --test gs://example-seqcls-data/cola/out_of_domain_dev.tsv \
   --base-output-dir gs://example-seqcls-artifacts/scheduled --spot --hp epochs=4 \
   --service-account seqcls-training@example-project.iam.gserviceaccount.com
+# The pipelines branch on the promotion gate, which needs the metric and where latest.json lives.
+EXAMPLE_GATE := --hp promote_if=test_mcc --hp output_uri=gs://example-seqcls-artifacts/published
+# A gated job publishes (and reads latest.json) itself, so it cannot run network-isolated.
+EXAMPLE_SM_PIPELINE := $(filter-out --network-isolation,$(EXAMPLE_SAGEMAKER)) \
+  --hp promote_if=test_mcc --hp output_uri=s3://example-seqcls-artifacts/published
+EXAMPLE_DOCKER := --image seqcls:latest --train /srv/seqcls/cola/in_domain_train.tsv \
+  --test /srv/seqcls/cola/out_of_domain_dev.tsv --output-dir /srv/seqcls/runs --gpus all --hp epochs=4
 
 .PHONY: push-ecr push-gar run-local-gpu schedule-examples
 
@@ -126,6 +146,11 @@ run-local-gpu:
 schedule-examples:
 	$(BIN)/python -m infra.schedule.aws.render $(EXAMPLE_SAGEMAKER) > infra/schedule/aws/retrain.example.asl.json
 	$(BIN)/python -m infra.vertex.submit $(EXAMPLE_VERTEX) --dry-run > infra/schedule/vertex/retrain.example.json
+	$(BIN)/python -m infra.airflow.render sagemaker $(EXAMPLE_SAGEMAKER) > infra/airflow/examples/seqcls_sagemaker.json
+	$(BIN)/python -m infra.airflow.render vertex $(EXAMPLE_VERTEX) > infra/airflow/examples/seqcls_vertex.json
+	$(BIN)/python -m infra.airflow.render docker $(EXAMPLE_DOCKER) > infra/airflow/examples/seqcls_docker.json
+	$(BIN)/python -m infra.vertex.pipeline $(EXAMPLE_VERTEX) $(EXAMPLE_GATE) --output infra/vertex/retrain-pipeline.example.yaml
+	$(BIN)/python -m infra.sagemaker.pipeline $(EXAMPLE_SM_PIPELINE) --dry-run > infra/sagemaker/retrain-pipeline.example.json
 
 # Generated docs: the hyperparameter table from the settings' field metadata (a test checks it is current).
 .PHONY: docs

@@ -29,9 +29,13 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("test:accuracy", "test_metrics", "test_accuracy"),
     ("test:f1", "test_metrics", "test_f1"),
     ("test:loss", "test_metrics", "test_loss"),
+    ("promotion:promoted", "promotion", "promoted_flag"),
 )
 
-
+# The promotion gate's outcome (1: latest.json moved to this run, 0: kept), logged once by a gated run
+# (promote_if set); DescribeTrainingJob's FinalMetricDataList carries it, so Airflow and the SageMaker
+# console can show which way the gate went.
+_PROMOTION = METRICS[-1:]
 _LOSSES = METRICS[:5] + (("test:loss", "test_metrics", "test_loss"),)  # train:*, validation:loss, test:loss
 # The metrics each problem_type's job logs (epoch_end's fields follow the problem type).
 METRICS_BY_PROBLEM_TYPE: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -43,7 +47,7 @@ METRICS_BY_PROBLEM_TYPE: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("test:f1_micro", "test_metrics", "test_f1_micro"),
         ("test:f1_macro", "test_metrics", "test_f1_macro"),
         ("test:subset_accuracy", "test_metrics", "test_subset_accuracy"),
-    ),
+    ) + _PROMOTION,
     "regression": _LOSSES + (
         ("validation:pearson", "", "val_pearson"),
         ("validation:spearman", "", "val_spearman"),
@@ -53,7 +57,7 @@ METRICS_BY_PROBLEM_TYPE: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("test:spearman", "test_metrics", "test_spearman"),
         ("test:mse", "test_metrics", "test_mse"),
         ("test:mae", "test_metrics", "test_mae"),
-    ),
+    ) + _PROMOTION,
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import artifacts, atomic, checkpoint, data, devices, distributed, evaluate, logs, model, scalars, storage, train
-from . import runtime, tuning
+from . import promotion, runtime, tuning
 from . import settings as hyperparameters
 from .errors import Interrupted
 
@@ -82,9 +82,9 @@ def run(where: runtime.Platform) -> Path:
     if partial:  # the platform uploads the model folder as it is; the run still failed, and may resume
         raise Interrupted(f"{outcome.stopped}; a partial model ({partial['weights']}) was saved to {where.model_dir}")
 
-    # Step 6: publish a plain, directly loadable copy; manifest.json last, so consumers never see half a model.
+    # Step 6: publish a loadable copy, manifest last (never half a model); promote_if gates latest.json (promotion.py).
     storage.publish_run(where.model_uri, settings.output_uri, where.run_id, [where.model_dir, where.output_data_dir],
-                        _publish_options(settings))
+                        _publish_options(settings), promotion.gate(settings, where.model_dir, where.output_data_dir))
     checkpointer.remove()  # published: nothing is left for a later run in the same folder to resume
     _log_end(where, metrics, started, settings.problem_type)
     return where.model_dir
@@ -109,6 +109,7 @@ def _start(where: runtime.Platform, resolved: hyperparameters.Resolved, world: d
     settings = resolved.settings
     if world.is_main and settings.checkpoint_dir:
         atomic.check_writable([where.checkpoint_dir])
+    promotion.check_channels(settings, where.channels)
     compute, no_gpu = devices.choose(settings, world, runtime.declared_gpu(where.root))  # a given GPU must work
     distributed.init(world, compute.device, settings.distributed_timeout_s)
     logs.event("job_start", f"seqcls run {where.run_id} on {where.name} ({compute.device.type}, {compute.precision}, "

@@ -73,6 +73,24 @@ def problem_type_of(config_problem_type: str | None) -> str:
     return found.get(config_problem_type or "single_label_classification", "single_label")
 
 
+# promote_if names a metric as <split>_<metric>: what metrics.json records per problem type ("test": {name: ...};
+# "validation": {"val_<name>": ...}, the kept epoch's). Lower is better for PROMOTION_MINIMIZED, higher for the rest.
+PROMOTION_METRICS = {
+    "single_label": {"test": ("mcc", "accuracy", "f1", "precision", "recall", "loss"),
+                     "validation": ("mcc", "accuracy", "f1", "loss")},
+    "multi_label": {"test": ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "subset_accuracy", "loss"),
+                    "validation": ("f1_micro", "f1_macro", "subset_accuracy", "loss")},
+    "regression": {"test": ("pearson", "spearman", "mse", "mae", "loss"),
+                   "validation": ("pearson", "spearman", "mse", "mae", "loss")},
+}
+PROMOTION_MINIMIZED = ("loss", "mse", "mae")
+
+
+def promotion_metrics(problem_type: str) -> list[str]:
+    """The promote_if names a problem type's runs record: test_mcc, validation_loss, ..."""
+    return [f"{split}_{name}" for split, names in PROMOTION_METRICS[problem_type].items() for name in names]
+
+
 POSITIVE_INT = Bounds(low=1)
 NON_NEGATIVE = Bounds(low=0)
 FRACTION_OPEN = Bounds(low=0, high=1, low_open=True, high_open=True)
@@ -123,6 +141,14 @@ class Settings:
     run_id: str = _setting("", "Name of the published run folder; empty: the platform's job name or a timestamp",
                            math=False)
     publish_latest: bool = _setting(True, "After the manifest, point <output_uri>/latest.json at this run", math=False)
+    promote_if: str = _setting("none", "Gate <output_uri>/latest.json: move it to this run only when this run's "
+                                       "<split>_<metric> (test_mcc, validation_loss, ...: the problem type's, "
+                                       "docs/publishing.md) is at least the current latest run's; none: every run "
+                                       "moves it", math=False)
+    promote_tolerance: float = _setting(0.0, "With promote_if: promote a run at most this much worse than the current "
+                                             "latest run (0: at least as good)", bounds=NON_NEGATIVE, math=False)
+    promotion_file: str = _setting("", "With promote_if: also write the outcome, promoted or kept (no newline), to this "
+                                       "file (a KFP OutputPath); empty: none", math=False)
     s3_sse_kms_id: str = _setting("", "KMS key id or ARN for SSE-KMS on S3 uploads (an identifier, logged); empty: "
                                       "the bucket's default encryption", math=False)
     s3_expected_bucket_owner: str = _setting("", "12-digit AWS account that must own the bucket; empty: not checked",
@@ -358,6 +384,7 @@ def _validate_training_rules(s: Settings) -> None:
     _check(not s.label_names or s.problem_type != "regression", "label_names", s.label_names,
            "names classes or tags; a regression model has one output, a score")
     _check_select_best(s)
+    _check_promotion(s)
     for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5)):
         _check(getattr(s, name) == unset or s.problem_type == "single_label", name, getattr(s, name),
                f"needs problem_type=single_label (it weighs or decides classes), not {s.problem_type}")
@@ -370,6 +397,22 @@ def _check_select_best(s: Settings) -> None:
         usable = [name for name, kind in SELECT_BEST.items() if kind in (None, s.problem_type)]
         raise SettingsError(f"hyperparameter select_best={s.select_best} needs problem_type={needs}; with "
                             f"problem_type={s.problem_type} use one of {', '.join(usable)}")
+
+
+def _check_promotion(s: Settings) -> None:
+    """The gate moves <output_uri>/latest.json by a metric this problem type's runs record."""
+    if s.promote_if == "none":
+        _check(not s.promotion_file, "promotion_file", s.promotion_file,
+               "needs promote_if: without a gate every run moves latest.json")
+        return
+    usable = promotion_metrics(s.problem_type)
+    _check(s.promote_if in usable, "promote_if", s.promote_if,
+           f"must be none or a metric of problem_type={s.problem_type}: {', '.join(usable)}")
+    _check(bool(s.output_uri), "promote_if", s.promote_if,
+           "needs output_uri: the gate decides where <output_uri>/latest.json points (on Vertex, AIP_MODEL_DIR "
+           "always receives the run just trained; docs/publishing.md)")
+    _check(s.publish_latest, "promote_if", s.promote_if,
+           "needs publish_latest=true: the gate decides whether latest.json moves")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ Credentials come from the default chains (AWS: env, profile, role; GCP: ADC) and
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Protocol, Sequence
 
 from .atomic import replacing, visible_files
 from .uris import Target, parse_uri
@@ -36,6 +37,7 @@ S3_MULTIPART_THRESHOLD = 32 * 1024 * 1024
 S3_PART_BYTES = 16 * 1024 * 1024
 S3_CONCURRENCY = 8
 S3_MAX_ATTEMPTS = 8  # total attempts per request, standard mode (capped exponential backoff); AWS_MAX_ATTEMPTS overrides
+POINTER_RACES = 20  # a gated publish re-reads latest.json and re-decides at most this often before giving up
 GCS_CHUNK_BYTES = 16 * 1024 * 1024  # a multiple of 256 KiB; setting it makes every upload resumable
 BLOCK = 1024 * 1024
 _CREDENTIAL_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -68,6 +70,30 @@ class Published:
     bytes: int
     seconds: float
     checks: list[str]  # how the server's copies were verified ("sha256", "md5", "crc32c+md5", ...)
+
+
+@dataclass(frozen=True)
+class Current:
+    """The run latest.json points at, as a gate sees it: its id (None: no latest.json) and its published files."""
+
+    run_id: str | None
+    read: Callable[[str], bytes | None]  # a file of that run folder by name; None when it is not there
+
+
+class Gate(Protocol):
+    """Decides, per attempt, whether latest.json moves to this run (promotion.Gate)."""
+
+    def decide(self, current: Current) -> bool:
+        """Decide against `current` and record the decision in the local files about to be (re)uploaded."""
+
+    def commit(self) -> None:
+        """The last decision stood: this run's manifest is written and latest.json moved (or was left)."""
+
+
+@dataclass(frozen=True)
+class _Pointer:
+    run_id: str | None  # None: no latest.json
+    version: str | None  # what a conditional write must match: ETag, generation, sha256 (local)
 
 
 def _digest(path: Path) -> tuple[int, str, str]:
@@ -154,6 +180,15 @@ class _Store(ABC):
     @abstractmethod
     def read(self, name: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
+
+    @abstractmethod
+    def read_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        """The object's bytes and the version a conditional write must match, in agreement; (None, None) when absent."""
+
+    @abstractmethod
+    def put_if(self, name: str, data: bytes, version: str | None) -> bool:
+        """Write a small object only if it is still at `version` (None: only if it does not exist); False when
+        another writer changed it meanwhile. Exactly one of several racing writers of one version succeeds."""
 
     @abstractmethod
     def download(self, name: str, dest: Path) -> None:
@@ -264,6 +299,35 @@ class _S3(_Store):
                 return None
             raise
 
+    def read_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        from botocore.exceptions import ClientError
+
+        try:
+            got = self.client.get_object(Bucket=self.target.bucket, Key=self._key(name), **self.owner)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None, None
+            raise
+        return got["Body"].read(), got["ETag"]
+
+    def put_if(self, name: str, data: bytes, version: str | None) -> bool:
+        """PutObject with If-Match on the ETag read, or If-None-Match: * (S3 conditional writes). SeaweedFS 4.48 re-checks
+        them under a per-object write lock for single-part PUTs (withObjectWriteLock, weed/s3api); ours is one."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.target.bucket, Key=self._key(name), Body=data,
+                                   ContentType="application/json", **self.put_args, **condition)
+            return True
+        except ClientError as err:
+            # 412: the ETag moved (or the object appeared); 409: a concurrent conditional write is in flight;
+            # 404: If-Match on an object deleted meanwhile (AWS; SeaweedFS answers 412).
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                                             "409", "NoSuchKey", "404"):
+                return self.read(name) == data  # our own write whose answer was lost and was retried
+            raise
+
     def download(self, name: str, dest: Path) -> None:
         self.client.download_file(self.target.bucket, self._key(name), str(dest), ExtraArgs=dict(self.owner),
                                   Config=self.transfer)
@@ -351,6 +415,32 @@ class _GCS(_Store):
         except NotFound:
             return None
 
+    def read_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        """The object's metadata, then its bytes at that generation (ifGenerationMatch): bytes and version agree."""
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        for _ in range(POINTER_RACES):
+            blob = self.bucket.get_blob(self._blob(name).name)
+            if blob is None:
+                return None, None
+            try:
+                return blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation)
+            except (NotFound, PreconditionFailed):
+                continue  # replaced or deleted between the two requests: read again
+        raise StorageError(f"{self.target.join(name)} kept changing while being read")
+
+    def put_if(self, name: str, data: bytes, version: str | None) -> bool:
+        """ifGenerationMatch on the generation read, 0 when absent (GCS request preconditions)."""
+        from google.api_core.exceptions import PreconditionFailed
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        try:
+            self._blob(name).upload_from_string(data, content_type="application/json", retry=DEFAULT_RETRY,
+                                                if_generation_match=int(version) if version else 0)
+            return True
+        except PreconditionFailed:
+            return self.read(name) == data  # our own write whose answer was lost and was retried
+
     def download(self, name: str, dest: Path) -> None:
         self._blob(name).download_to_filename(str(dest))  # md5-checked by the client
 
@@ -410,6 +500,23 @@ class _Local(_Store):
         path = self.root / name
         return path.read_bytes() if path.is_file() else None
 
+    def read_versioned(self, name: str) -> tuple[bytes | None, str | None]:
+        data = self.read(name)  # files are only ever renamed into place: a read sees one whole version
+        return data, None if data is None else hashlib.sha256(data).hexdigest()
+
+    def put_if(self, name: str, data: bytes, version: str | None) -> bool:
+        """Compare and rename under an exclusive flock on a hidden lock file beside the object: writers on this
+        host (or on a file system whose flock is shared, such as local disks) are serialised; a FUSE-mounted
+        bucket (/gcs) shares no lock between machines, so gate such runs with gs:// instead."""
+        dest = self.root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.parent / f".{dest.name}.lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+            if self.read_versioned(name)[1] != version:
+                return False
+            self._write(dest, io.BytesIO(data))
+            return True
+
     def download(self, name: str, dest: Path) -> None:
         shutil.copyfile(self.root / name, dest)
 
@@ -437,16 +544,18 @@ def open_store(uri: str, options: Options = Options()) -> _Store:
 
 
 def _check_free(store: _Store, run_id: str) -> None:
-    """The run id must not hold a manifest yet; also the first request, so bad credentials fail here."""
+    """The run id must not hold a manifest yet, nor be where latest.json points (a gated publish stopped between
+    moving latest.json and writing its manifest); also the first request, so bad credentials fail here."""
     try:
-        taken = store.exists(f"{run_id}/{MANIFEST}")
+        taken = (f"{store.target.join(run_id, MANIFEST)} already exists" if store.exists(f"{run_id}/{MANIFEST}") else
+                 f"{store.target.join(LATEST)} already points at it" if _read_pointer(store)[0].run_id == run_id else "")
     except SeqclsError:
         raise
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
         raise StorageError(f"cannot check {store.target.join(run_id)} for an earlier publish: {store.reason(err)}") from err
     if taken:
-        raise StorageError(f"{store.target.join(run_id, MANIFEST)} already exists: run {run_id!r} was published "
-                           "before and is never overwritten; set a new run_id (or output_uri)")
+        raise StorageError(f"{taken}: run {run_id!r} was published before and is never overwritten; "
+                           "set a new run_id (or output_uri)")
 
 
 def preflight(output_uri: str, run_id: str, options: Options) -> None:
@@ -472,23 +581,26 @@ def _manifest(run_id: str, entries: Iterable[FileEntry]) -> bytes:
                         "total_bytes": sum(f["size"] for f in files), "files": files}, indent=2) + "\n").encode()
 
 
-def publish(output_uri: str, run_id: str, folders: Sequence[Path], options: Options = Options()) -> Published:
+def publish(output_uri: str, run_id: str, folders: Sequence[Path], options: Options = Options(),
+            gate: Gate | None = None) -> Published:
     """Upload every file of `folders` to <output_uri>/<run_id>/, verify them, then write manifest.json.
 
     Raises StorageError (with the run URI and the step that failed) and writes no manifest when any
-    upload or check fails. `latest.json` beside the run folders is updated only after the manifest.
+    upload or check fails. Without a gate, `latest.json` beside the run folders is updated after the manifest;
+    with one, only as the gate decides (`_publish_gated`).
     """
     started = time.perf_counter()
     store = open_store(output_uri, options)
     run_uri = store.target.join(run_id)
     entries = collect(folders)
     _check_free(store, run_id)
-    checks = _upload_checked(store, run_id, entries, lambda: store.put(f"{run_id}/{MANIFEST}", _manifest(run_id, entries), new=True))
-    if options.latest:
-        pointer = {"run_id": run_id, "uri": run_uri, "manifest": store.target.join(run_id, MANIFEST),
-                   "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if gate is not None:
+        entries, checks = _publish_gated(store, run_id, folders, gate)
+    else:
+        checks = _upload_checked(store, run_id, entries, lambda: store.put(f"{run_id}/{MANIFEST}", _manifest(run_id, entries), new=True))
+    if options.latest and gate is None:
         try:
-            store.put(LATEST, (json.dumps(pointer, indent=2) + "\n").encode(), new=False)
+            store.put(LATEST, _pointer(store, run_id, entries), new=False)
         except SeqclsError:
             raise
         except Exception as err:  # noqa: BLE001
@@ -496,6 +608,65 @@ def publish(output_uri: str, run_id: str, folders: Sequence[Path], options: Opti
                                f"{store.target.join(LATEST)} failed: {store.reason(err)}") from err
     return Published(run_uri, len(entries), sum(e.size for e in entries), round(time.perf_counter() - started, 3),
                      sorted(set(checks)))
+
+
+def _pointer(store: _Store, run_id: str, entries: Sequence[FileEntry]) -> bytes:
+    """latest.json: the run and its files with their digests, so a consumer can verify the run from the pointer
+    alone (a gated publish moves the pointer just before the run's own manifest is written)."""
+    manifest = json.loads(_manifest(run_id, entries))
+    pointer = {"run_id": run_id, "uri": store.target.join(run_id), "manifest": store.target.join(run_id, MANIFEST),
+               "published_at": manifest["created_at"], "total_bytes": manifest["total_bytes"], "files": manifest["files"]}
+    return (json.dumps(pointer, indent=2) + "\n").encode()
+
+
+def _read_pointer(store: _Store) -> tuple[_Pointer, dict | None]:
+    """latest.json with its version; a file there that is not a seqcls pointer is an error, never overwritten."""
+    raw, version = store.read_versioned(LATEST)
+    if raw is None:
+        return _Pointer(None, None), None
+    try:
+        body = json.loads(raw)
+        run_id = body["run_id"]
+    except (ValueError, KeyError, TypeError):
+        raise StorageError(f"{store.target.join(LATEST)} is not a seqcls latest.json (no run_id); move it away or "
+                           "publish elsewhere") from None
+    if not isinstance(run_id, str) or not run_id or "/" in run_id or run_id.startswith("."):
+        raise StorageError(f"{store.target.join(LATEST)} names an unsafe run id {run_id!r}")
+    return _Pointer(run_id, version), body
+
+
+def _publish_gated(store: _Store, run_id: str, folders: Sequence[Path], gate: Gate) -> tuple[list[FileEntry], list[str]]:
+    """Decide, upload, move the pointer, seal: read latest.json (with its version), let the gate decide and record
+    the decision in this run's files, upload and verify what changed, and when promoted move latest.json with a
+    conditional write. A lost race (another run moved it meanwhile) re-reads and re-decides, so the loser never
+    overwrites a better winner. The manifest, written last, seals the decision that stood: what metrics.json
+    says always matches where latest.json went."""
+    uploaded: dict[str, str] = {}
+    checks: list[str] = []
+    step = f"reading {LATEST}"
+    try:
+        for _ in range(POINTER_RACES):
+            pointer, _ = _read_pointer(store)
+            step = f"reading run {pointer.run_id}'s files"
+            promote = gate.decide(Current(pointer.run_id, lambda name, current=pointer.run_id: store.read(f"{current}/{name}")))
+            entries = collect(folders)
+            changed = [e for e in entries if uploaded.get(e.name) != e.sha256]
+            checks += _upload_checked(store, run_id, changed, lambda: None)
+            uploaded.update({e.name: e.sha256 for e in changed})
+            step = f"moving {LATEST} (conditional write)"
+            if promote and not store.put_if(LATEST, _pointer(store, run_id, entries), pointer.version):
+                step = f"reading {LATEST}"
+                continue  # another run moved latest.json after we read it: decide again against that one
+            _upload_checked(store, run_id, [], lambda: store.put(f"{run_id}/{MANIFEST}", _manifest(run_id, entries), new=True))
+            gate.commit()
+            return entries, checks
+    except SeqclsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
+        raise StorageError(f"publishing to {store.target.join(run_id)} failed while {step}: {store.reason(err)}; "
+                           f"this run wrote no {MANIFEST}") from err
+    raise StorageError(f"publishing to {store.target.join(run_id)}: {LATEST} kept moving ({POINTER_RACES} conditional "
+                       f"writes lost to other runs); this run wrote no {MANIFEST}")
 
 
 def replace(folder_uri: str, run_id: str, folders: Sequence[Path], options: Options = Options()) -> Published:
@@ -580,12 +751,16 @@ def fetch(uri: str, scratch: Path) -> Path:
     """A published run as a local folder whose files match its manifest.
 
     Remote runs download into `scratch`; a local folder with a manifest is verified in place; a local
-    folder without one (a plain save_pretrained folder) is returned as is.
+    folder without one (a plain save_pretrained folder) is returned as is. A prefix holding latest.json
+    (an output_uri) means the run it points at, verified against the pointer's file list.
     """
     store = open_store(uri)
     source = store.target.join()
     try:
         raw = store.read(MANIFEST)
+        if raw is None and (pointer := _followed(store)) is not None:
+            store, raw = pointer
+            source = store.target.join()
         if store.target.scheme == "file":
             if raw is None:
                 return Path(store.target.prefix)
@@ -608,6 +783,21 @@ def fetch(uri: str, scratch: Path) -> Path:
         raise StorageError(f"cannot fetch {source}: {store.reason(err)}") from err
 
 
+def _followed(store: _Store) -> tuple[_Store, bytes] | None:
+    """The run latest.json points at, and the manifest to check it by: its own, else the pointer's file list (a
+    gated publish moves the pointer just before writing the run's manifest). None when there is no latest.json."""
+    pointer, body = _read_pointer(store)
+    if pointer.run_id is None:
+        return None
+    run = open_store(store.target.join(pointer.run_id))
+    raw = run.read(MANIFEST)
+    if raw is None and isinstance(body.get("files"), list):
+        raw = json.dumps({"format": MANIFEST_FORMAT, "run_id": pointer.run_id, "files": body["files"]}).encode()
+    logs.event("latest_followed", f"{store.target.join(LATEST)} points at run {pointer.run_id}",
+               latest=store.target.join(LATEST), run_id=pointer.run_id, uri=run.target.join())
+    return run, raw
+
+
 def preflight_run(model_uri: str, output_uri: str, run_id: str, options: Options) -> None:
     """Before training: the platform's model folder (Vertex AIP_MODEL_DIR) and output_uri can be written."""
     if model_uri:
@@ -616,12 +806,15 @@ def preflight_run(model_uri: str, output_uri: str, run_id: str, options: Options
         preflight(output_uri, run_id, options)
 
 
-def publish_run(model_uri: str, output_uri: str, run_id: str, folders: Sequence[Path], options: Options) -> None:
+def publish_run(model_uri: str, output_uri: str, run_id: str, folders: Sequence[Path], options: Options,
+                gate: Gate | None = None) -> None:
     """After saving: the platform's model folder first (replaced, so a retry after a later failure redoes it
-    safely), then <output_uri>/<run_id>/; each logged as `artifacts_published`."""
-    done = ([replace(model_uri, run_id, folders, options)] if model_uri else []) + \
-           ([publish(output_uri, run_id, folders, options)] if output_uri else [])
-    for published in done:
+    safely), then <output_uri>/<run_id>/; each logged as `artifacts_published`. With a gate, output_uri goes
+    first, so the model folder (Vertex AIP_MODEL_DIR) receives the files with the gate's final decision in them."""
+    to_model = [lambda: replace(model_uri, run_id, folders, options)] if model_uri else []
+    to_output = [lambda: publish(output_uri, run_id, folders, options, gate)] if output_uri else []
+    for step in (to_output + to_model if gate is not None else to_model + to_output):
+        published = step()
         logs.event("artifacts_published", f"published {published.files} files ({published.bytes} bytes) to "
                                           f"{published.uri} in {published.seconds:.1f}s",
                    uri=published.uri, files=published.files, bytes=published.bytes, seconds=published.seconds,

@@ -13,7 +13,7 @@ from jobtools import run_cli
 
 @pytest.fixture(scope="session")
 def job_log_lines(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path, minilm_path: Path) -> list[str]:
-    """stdout of a real `seqcls train` (200 CoLA rows, MiniLM, 2 epochs keeping the best): the lines CloudWatch would get."""
+    """stdout of a real gated `seqcls train` (200 CoLA rows, MiniLM, 2 epochs keeping the best): the lines CloudWatch would get."""
     work = tmp_path_factory.mktemp("seqcls-run")
     # A short test file keeps the run quick; the test_metrics event is what matters here.
     test_rows = (cola_dir / "out_of_domain_dev.tsv").read_text(encoding="utf-8").splitlines()[:64]
@@ -21,7 +21,9 @@ def job_log_lines(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path, mini
     done = run_cli(
         ["train", "--train", str(cola_dir / "in_domain_train.tsv"), "--test", str(work / "test.tsv"),
          "--model_name_or_path", str(minilm_path), "--output_dir", str(work / "opt_ml"),
-         "--epochs", "2", "--select_best", "mcc", "--max_train_samples", "200", "--log_every_steps", "2", "--device", "cpu"])
+         "--epochs", "2", "--select_best", "mcc", "--max_train_samples", "200", "--log_every_steps", "2", "--device", "cpu",
+         # gated, so the run logs the promotion event the promotion:promoted metric reads
+         "--promote_if", "test_mcc", "--output_uri", str(work / "published")])
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert all(isinstance(json.loads(line), dict) for line in lines)  # stdout is JSON lines only

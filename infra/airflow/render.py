@@ -1,0 +1,86 @@
+"""Render the JSON config an Airflow DAG in infra/airflow/dags/ reads from beside itself.
+
+    python -m infra.airflow.render sagemaker <the options of infra.sagemaker.submit> > DAGS/seqcls_sagemaker.json
+    python -m infra.airflow.render vertex <the options of infra.vertex.submit> > DAGS/seqcls_vertex.json
+    python -m infra.airflow.render docker --image IMAGE --train PATH [--test PATH] [--model DIR] \
+        --output-dir DIR [--gpus all|none|N] [--hp NAME=VALUE ...] > DAGS/seqcls_docker.json
+
+The SageMaker config holds the CreateTrainingJob request `infra.sagemaker.submit --dry-run` prints and
+the Vertex config the CustomJob `infra.vertex.submit --dry-run` prints, so a DAG-run job, a scheduled
+one and a hand-submitted one cannot drift apart. The DAG files import only Airflow and its providers
+(nothing from seqcls), so they load on MWAA or Cloud Composer as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infra.common import SubmitError, job_hyperparameters, parse_pairs, run_cli
+from seqcls.runtime import CHANNELS
+
+
+def sagemaker_config(argv: Sequence[str]) -> dict[str, Any]:
+    from infra.sagemaker import submit
+
+    args = submit._parser().parse_args(argv)
+    if args.dry_run or args.wait:
+        raise SubmitError("--dry-run and --wait do not apply to a DAG's config")
+    job = submit.job_from_args(args)
+    # The DAG names each job after its run (SageMaker job names are unique), as the Step Functions schedule does.
+    request = {k: v for k, v in submit.dry_run(job).items() if k != "TrainingJobName"}
+    return {"region": job.region, "base_job_name": job.base_job_name, "check_interval_s": 60, "request": request}
+
+
+def vertex_config(argv: Sequence[str]) -> dict[str, Any]:
+    from infra.vertex import submit
+
+    args = submit._parser().parse_args(argv)
+    if args.dry_run or args.wait:
+        raise SubmitError("--dry-run and --wait do not apply to a DAG's config")
+    job = submit.job_from_args(args)
+    return {"project": job.project, "region": job.region, "custom_job": json.loads(submit.spec_json(job))}
+
+
+def _docker_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m infra.airflow.render docker")
+    p.add_argument("--image", required=True, help="the training image on the GPU box (docker images)")
+    for channel in CHANNELS:
+        p.add_argument(f"--{channel}", metavar="PATH", help=f"file or folder on the Docker host: the {channel} channel")
+    p.add_argument("--output-dir", required=True, metavar="DIR",
+                   help="folder on the Docker host; each DAG run writes <DIR>/<run id>/{model,output,checkpoints}")
+    p.add_argument("--gpus", default="all", help="all, none (CPU), or a number of GPUs")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="a seqcls hyperparameter (repeat)")
+    return p
+
+
+def docker_config(argv: Sequence[str]) -> dict[str, Any]:
+    args = _docker_parser().parse_args(argv)
+    channels = {c: getattr(args, c) for c in CHANNELS if getattr(args, c)}
+    if "train" not in channels:
+        raise SubmitError("--train is required: the job has no training data otherwise")
+    for option, path in [*((f"--{c}", p) for c, p in channels.items()), ("--output-dir", args.output_dir)]:
+        if not Path(path).is_absolute():
+            raise SubmitError(f"{option} {path!r}: give an absolute path on the Docker host (docker mounts need one)")
+    if args.gpus not in ("all", "none") and not (args.gpus.isdigit() and int(args.gpus) > 0):
+        raise SubmitError(f"--gpus {args.gpus!r}: expected all, none or a positive number")
+    return {"image": args.image, "channels": channels, "output_dir": args.output_dir, "gpus": args.gpus,
+            "hyperparameters": job_hyperparameters(parse_pairs(args.hp, "--hp"))}
+
+
+RENDERERS = {"sagemaker": sagemaker_config, "vertex": vertex_config, "docker": docker_config}
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] not in RENDERERS:
+        raise SubmitError(f"usage: python -m infra.airflow.render {{{','.join(RENDERERS)}}} <options> (--help for each)")
+    print(json.dumps(RENDERERS[argv[0]](argv[1:]), indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,93 @@
+"""Run inside the Airflow test venv (`make airflow-venv`), driven by tests/infra/test_airflow.py.
+
+    airflow_driver.py dagbag DAGS_FOLDER...              -> {"bags": [{"import_errors": {...}, "dag_ids": [...]}, ...]}
+    airflow_driver.py sagemaker DAGS_FOLDER CHANNELS_JSON -> dag.test() under moto; the CreateTrainingJob sent
+    airflow_driver.py gate DAGS_FOLDER DESCRIPTIONS_JSON  -> the SageMaker DAG's branch for each DescribeTrainingJob
+    airflow_driver.py run DAGS_FOLDER DAG_ID              -> dag.test() against the real services it names
+
+Prints one JSON object as its last stdout line. Airflow and its providers are not in the project's
+venv (their constraints pin versions our deps do not accept), hence a separate interpreter.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+
+def _dagbag(folder: str):
+    # Airflow 3.3 moved DagBag to airflow.dag_processing.dagbag and dropped include_examples: the example
+    # DAGs are a bundle of their own now (airflow-core/src/airflow/dag_processing/dagbag.py, DagBag.__init__).
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(folder)
+
+
+def _states(run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def dagbag(*folders: str) -> dict:
+    """Each folder's DagBag (one process for all: importing Airflow and its providers takes most of the time)."""
+    bags = [_dagbag(folder) for folder in folders]
+    return {"bags": [{"import_errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()},
+                      "dag_ids": sorted(bag.dag_ids)} for bag in bags]}
+
+
+def sagemaker(folder: str, channels_json: str) -> dict:
+    """dag.test() with moto standing in for S3, SageMaker and CloudWatch Logs; records CreateTrainingJob's params.
+
+    The recorder is a botocore handler in BUILTIN_HANDLERS, the same hook moto registers its own
+    stubber through (moto/core/models.py), so it sees the parameters every new client sends, after
+    everything Airflow's operator did to the config (its integer parsing, job naming).
+    """
+    import boto3
+    import botocore.handlers
+    from moto import mock_aws
+
+    sent: list[dict] = []
+    botocore.handlers.BUILTIN_HANDLERS.append(
+        ("before-parameter-build.sagemaker.CreateTrainingJob", lambda params, **_: sent.append(copy.deepcopy(params))))
+    with mock_aws():
+        region = json.loads(Path(folder, "seqcls_sagemaker.json").read_text())["region"]
+        s3 = boto3.client("s3", region_name=region)
+        # The operator checks that every input channel's S3 prefix exists (SageMakerHook.check_training_config).
+        for uri in json.loads(channels_json):
+            bucket, _, key = uri.removeprefix("s3://").partition("/")
+            if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+                s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+            s3.put_object(Bucket=bucket, Key=key + "part-0.tsv", Body=b"x")
+        dag = _dagbag(folder).dags["seqcls_sagemaker_retrain"]
+        run = dag.test()
+    return {"sent": sent, "states": _states(run)}
+
+
+def gate(folder: str, descriptions_json: str) -> dict:
+    """The SageMaker DAG's branch decision for each DescribeTrainingJob response given (its own gate_outcome)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seqcls_sagemaker", Path(folder, "seqcls_sagemaker.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    outcomes = []
+    for description in json.loads(descriptions_json):
+        try:
+            outcomes.append(module.gate_outcome(description))
+        except ValueError as err:
+            outcomes.append(f"error: {err}")
+    return {"outcomes": outcomes}
+
+
+def run(folder: str, dag_id: str) -> dict:
+    bag = _dagbag(folder)
+    if dag_id not in bag.dags:
+        return {"import_errors": {k: str(v)[-2000:] for k, v in bag.import_errors.items()}, "states": {}}
+    return {"states": _states(bag.dags[dag_id].test())}
+
+
+if __name__ == "__main__":
+    command, *rest = sys.argv[1:]
+    result = {"dagbag": dagbag, "sagemaker": sagemaker, "gate": gate, "run": run}[command](*rest)
+    print(json.dumps(result, default=str))

@@ -1,0 +1,171 @@
+"""The Airflow DAGs (infra/airflow/dags/) under the real Airflow 3 and providers, in the venv `make airflow-venv` builds.
+
+The DAGs run in that venv's interpreter (tests/airflow_driver.py); this process renders their configs
+with the project's own submitters and judges what came back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra.airflow import render
+from infra.sagemaker import submit
+from jobtools import cola_lines
+
+ROOT = Path(__file__).resolve().parents[2]
+DAGS = ROOT / "infra" / "airflow" / "dags"
+EXAMPLES = ROOT / "infra" / "airflow" / "examples"
+AIRFLOW_PYTHON = ROOT / ".venv" / "airflow" / "bin" / "python"
+DRIVER = ROOT / "tests" / "airflow_driver.py"
+DAG_IDS = ["seqcls_docker_retrain", "seqcls_sagemaker_retrain", "seqcls_vertex_retrain"]
+
+
+def _example_commands() -> dict[str, list[str]]:
+    """The argv of each `infra.airflow.render` command `make schedule-examples` runs, by renderer."""
+    out = subprocess.run(["make", "-n", "--no-print-directory", "schedule-examples"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    argvs = [shlex.split(line.split(" > ")[0])[3:] for line in out.splitlines() if "-m infra.airflow.render " in line]
+    return {argv[0]: argv for argv in argvs}
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh AIRFLOW_HOME with its metadata DB made by `airflow db migrate`, which dag.test() writes runs to."""
+    assert AIRFLOW_PYTHON.exists(), "no Airflow venv: run `make airflow-venv` (make install does)"
+    home = tmp_path_factory.mktemp("airflow-home")
+    done = subprocess.run([str(AIRFLOW_PYTHON.parent / "airflow"), "db", "migrate"], env=_env(home, home / "dags"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return home
+
+
+def _env(home: Path, dags: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
+    # dag.test() syncs the configured DAG bundle (dags_folder) to the DB before it runs
+    # (task-sdk/src/airflow/sdk/definitions/dag.py, DAG.test), so the folder under test is that bundle.
+    return env | {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+                  "AIRFLOW__CORE__LOAD_EXAMPLES": "False"} | extra
+
+
+def _drive(home: Path, dags: Path, command: str, *args: str, **env: str) -> dict:
+    done = subprocess.run([str(AIRFLOW_PYTHON), str(DRIVER), command, str(dags), *args], env=_env(home, dags, **env),
+                          capture_output=True, text=True, timeout=600, cwd=home)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _dag_folder(tmp_path: Path, configs: dict[str, dict]) -> Path:
+    """The DAG files as a deployment copies them, each beside its rendered `<name>.json`."""
+    folder = tmp_path / "dags"
+    folder.mkdir(parents=True)
+    for dag in DAGS.glob("*.py"):
+        shutil.copy(dag, folder)
+    for name, config in configs.items():
+        (folder / f"{name}.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def _examples() -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in EXAMPLES.glob("*.json")}
+
+
+def test_committed_examples_match_the_renderer(aws_offline: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """The examples are what `infra.airflow.render` prints today (rerun `make schedule-examples` after a change)."""
+    commands = _example_commands()
+    assert sorted(commands) == ["docker", "sagemaker", "vertex"]
+    for name, argv in commands.items():
+        assert render.main(argv) == 0
+        assert json.loads(capsys.readouterr().out) == _examples()[f"seqcls_{name}"], name
+
+
+def test_every_dag_imports_without_errors_and_a_missing_config_says_how_to_render_it(airflow_home: Path,
+                                                                                      tmp_path: Path) -> None:
+    partial = _examples()
+    del partial["seqcls_vertex"]
+    complete, missing = _drive(airflow_home, _dag_folder(tmp_path / "complete", _examples()), "dagbag",
+                               str(_dag_folder(tmp_path / "partial", partial)))["bags"]
+    assert complete == {"import_errors": {}, "dag_ids": DAG_IDS}
+    assert missing["dag_ids"] == ["seqcls_docker_retrain", "seqcls_sagemaker_retrain"]
+    (error,) = missing["import_errors"].values()
+    assert "seqcls_vertex.json is missing" in error and "python -m infra.airflow.render vertex" in error
+
+
+def test_sagemaker_dag_sends_the_dry_run_request(aws_offline: None, airflow_home: Path, tmp_path: Path) -> None:
+    """dag.test() under moto: the operator's CreateTrainingJob is `submit --dry-run`'s, named per DAG run.
+
+    The provider's SageMakerHook makes its CloudWatch Logs hook without the operator's region_name
+    (providers/amazon/.../hooks/sagemaker.py, SageMakerHook.__init__: `AwsLogsHook(aws_conn_id=...)`), so
+    the worker needs a default region (the connection's, or AWS_DEFAULT_REGION as MWAA sets it).
+    """
+    argv = _example_commands()["sagemaker"][1:]
+    config = render.sagemaker_config(argv)
+    config["check_interval_s"] = 1  # seconds between polls; moto completes the job at once
+    dry_run = submit.dry_run(submit.job_from_args(submit._parser().parse_args(argv)))
+    channels = [c["DataSource"]["S3DataSource"]["S3Uri"] for c in dry_run["InputDataConfig"]]
+    folder = _dag_folder(tmp_path, {"seqcls_sagemaker": config})
+    result = _drive(airflow_home, folder, "sagemaker", json.dumps(channels),
+                    AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=config["region"])
+    (sent,) = result["sent"]
+    name = sent["TrainingJobName"]
+    assert re.fullmatch(r"seqcls-\d{8}-\d{6}", name), name
+    expected = dict(dry_run, TrainingJobName=name)
+    # Each run checkpoints under its own prefix, as the Step Functions schedule does, so no run resumes last week's.
+    expected["CheckpointConfig"] = dict(dry_run["CheckpointConfig"], S3Uri=dry_run["CheckpointConfig"]["S3Uri"] + "/" + name)
+    assert sent == expected
+    assert result["states"]["train"] == "success"
+    # moto reports a canned FinalMetricDataList without the gate's metric: the branch fails loudly, no guess.
+    assert result["states"]["promotion_gate"] == "failed"
+    assert result["states"]["promoted"] == result["states"]["kept"] == "upstream_failed"
+
+
+@pytest.mark.slow
+def test_sagemaker_dag_branches_on_the_metric_sagemaker_reads_from_the_jobs_log(job_log_lines: list[str],
+                                                                              airflow_home: Path, tmp_path: Path) -> None:
+    """FinalMetricDataList as the service fills it: the request's promotion:promoted regex applied to the
+    `promotion` line of a real gated run (promoted: its first run), and to that line with the flag at 0."""
+    regex = re.compile(next(d["Regex"] for d in _examples()["seqcls_sagemaker"]["request"]["AlgorithmSpecification"]
+                            ["MetricDefinitions"] if d["Name"] == "promotion:promoted"))
+    (line,) = [line for line in job_log_lines if json.loads(line)["event"] == "promotion"]
+    kept_line = json.dumps({**json.loads(line), "promoted": False, "promoted_flag": 0})
+
+    def described(*lines: str) -> dict:
+        values = [float(m.group(1)) for text in lines if (m := regex.search(text))]
+        return {"TrainingJobName": "seqcls-x", "FinalMetricDataList": [
+            {"MetricName": "promotion:promoted", "Value": values[-1]}] if values else []}
+
+    result = _drive(airflow_home, _dag_folder(tmp_path, _examples()), "gate",
+                    json.dumps([described(line), described(kept_line), described(job_log_lines[0])]))
+    assert result["outcomes"][:2] == ["promoted", "kept"]
+    assert result["outcomes"][2].startswith("error: training job seqcls-x reported no promotion:promoted metric")
+
+
+@pytest.mark.image
+@pytest.mark.skipif(not os.environ.get("SEQCLS_IMAGE"), reason="SEQCLS_IMAGE is not set: `make image-test` builds the image")
+def test_docker_dag_trains_publishes_and_takes_the_promoted_branch(airflow_home: Path, tmp_path: Path, cola_dir: Path,
+                                                                  minilm_path: Path) -> None:
+    """dag.test() of the Docker DAG against the built image: the job trains on CoLA rows, publishes to a host
+    folder, and the first gated run there is promoted, so `promoted` runs and `kept` is skipped."""
+    (tmp_path / "test").mkdir()
+    (tmp_path / "train.tsv").write_text("".join(cola_lines(cola_dir, "in_domain_train.tsv", 0, 160)))
+    (tmp_path / "test" / "test.tsv").write_text("".join(cola_lines(cola_dir, "out_of_domain_dev.tsv", 0, 64)))
+    published, runs = tmp_path / "published", tmp_path / "runs"
+    config = render.docker_config(
+        ["--image", os.environ["SEQCLS_IMAGE"], "--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test"),
+         "--model", str(minilm_path), "--output-dir", str(runs), "--gpus", "none",
+         "--hp", "epochs=1", "--hp", "promote_if=test_mcc", "--hp", f"output_uri={published}"])
+    result = _drive(airflow_home, _dag_folder(tmp_path, {"seqcls_docker": config}), "run", "seqcls_docker_retrain")
+    assert result["states"] == {"prepare": "success", "train": "success", "promotion_gate": "success",
+                                "promoted": "success", "kept": "skipped"}
+    (run_dir,) = runs.iterdir()
+    record = json.loads((run_dir / "output" / "data" / "promotion.json").read_text())
+    latest = json.loads((published / "latest.json").read_text())
+    assert record["promoted"] is True and (published / latest["run_id"] / "manifest.json").is_file()
+    assert (run_dir / "model" / "model.safetensors").is_file()

@@ -1,0 +1,133 @@
+"""The promotion gate's decision and settings: directions, tolerance, NaN and missing values, bad input.
+
+The end-to-end gate (real jobs, real storage servers, racing runs) is in tests/test_promotion_publish.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from seqcls import evaluate, promotion, settings
+from seqcls.errors import SettingsError
+
+
+def test_higher_is_better_promotes_at_least_as_good_and_keeps_worse() -> None:
+    assert promotion.decide("test_mcc", 0.31, "old", 0.30, 0.0).promoted
+    assert promotion.decide("test_mcc", 0.30, "old", 0.30, 0.0).promoted  # equal counts as at least as good
+    kept = promotion.decide("test_mcc", 0.29, "old", 0.30, 0.0)
+    assert not kept.promoted
+    assert kept.reason == "test_mcc 0.2900 is below run old's 0.3000 - tolerance 0"
+
+
+def test_lower_is_better_for_loss_mse_and_mae() -> None:
+    for metric in ("test_loss", "validation_loss", "test_mse", "validation_mae"):
+        assert promotion.decide(metric, 0.40, "old", 0.50, 0.0).promoted, metric
+        assert not promotion.decide(metric, 0.60, "old", 0.50, 0.0).promoted, metric
+    for metric in ("test_pearson", "validation_f1_micro", "test_subset_accuracy", "test_spearman"):
+        assert not promotion.decide(metric, 0.40, "old", 0.50, 0.0).promoted, metric
+
+
+def test_tolerance_allows_that_much_worse_and_no_more() -> None:
+    assert promotion.decide("test_mcc", 0.28, "old", 0.30, 0.025).promoted
+    assert not promotion.decide("test_mcc", 0.27, "old", 0.30, 0.025).promoted
+    assert promotion.decide("test_loss", 0.52, "old", 0.50, 0.025).promoted
+    decision = promotion.decide("test_loss", 0.53, "old", 0.50, 0.025)
+    assert not decision.promoted and decision.reason == "test_loss 0.5300 is above run old's 0.5000 + tolerance 0.025"
+
+
+def test_no_current_run_promotes_and_an_unusable_current_value_is_beaten_by_any_number() -> None:
+    first = promotion.decide("test_mcc", -0.5, None, None, 0.0)
+    assert first.promoted and "no latest.json yet" in first.reason
+    missing = promotion.decide("test_mcc", -0.5, "old", None, 0.0)
+    assert missing.promoted and missing.reason.startswith("current run old has no test_mcc")
+    nan = promotion.decide("test_pearson", 0.1, "old", math.nan, 0.0)
+    assert nan.promoted and "has a NaN test_pearson" in nan.reason
+
+
+def test_a_nan_or_missing_new_value_is_never_promoted() -> None:
+    for current_run, current in ((None, None), ("old", 0.2), ("old", math.nan), ("old", None)):
+        assert not promotion.decide("test_pearson", math.nan, current_run, current, 10.0).promoted
+        assert not promotion.decide("test_pearson", None, current_run, current, 10.0).promoted
+
+
+def test_the_record_has_the_contract_fields_in_order() -> None:
+    record = promotion.decide("validation_loss", 0.4, "old", 0.5, 0.0).record()
+    assert list(record) == ["promoted", "promoted_flag", "metric", "value", "current_value", "current_run_id",
+                            "tolerance", "reason"]
+    assert record["promoted"] is True and record["promoted_flag"] == 1
+    assert promotion.decide("validation_loss", 0.6, "old", 0.5, 0.0).record()["promoted_flag"] == 0
+
+
+def test_metric_values_are_read_where_metrics_json_keeps_them() -> None:
+    record = {"test": {"mcc": 0.25, "loss": 0.6, "confusion_matrix": [[1, 2], [3, 4]]},
+              "validation": {"val_mcc": 0.3, "val_loss": 0.55}, "best_epoch": 2}
+    assert promotion.metric_value(record, "test_mcc") == 0.25
+    assert promotion.metric_value(record, "validation_mcc") == 0.3
+    assert promotion.metric_value(record, "validation_loss") == 0.55
+    assert promotion.metric_value(record, "test_f1") is None
+    assert promotion.metric_value({"validation": {}}, "test_mcc") is None  # an older run without a test split
+    assert promotion.metric_value(None, "test_mcc") is None
+    assert math.isnan(promotion.metric_value({"test": {"pearson": math.nan}}, "test_pearson"))
+
+
+def _recorded_names(problem_type: str) -> set[str]:
+    """promote_if names as the real metric functions record them (test: evaluate's dicts; validation: epoch_end's)."""
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    if problem_type == "single_label":
+        test = evaluate.classification_metrics(labels, np.array([0, 1, 0, 0, 1, 1]), 2)
+        validation = evaluate.epoch_validation(labels, evaluate.Predictions(np.eye(2)[labels].astype(np.float32), 0.5), 2)
+    elif problem_type == "multi_label":
+        multi = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+        test = evaluate.multi_label_metrics(multi, multi[::-1], ["a", "b"])
+        validation = evaluate.epoch_validation(multi, evaluate.Predictions(multi.astype(np.float32), 0.5, "multi_label"), 2)
+    else:
+        scores = np.array([0.1, 0.5, 0.2, 0.9])
+        test = evaluate.regression_metrics(np.array([0.0, 0.4, 0.3, 1.0]), scores)
+        validation = evaluate.epoch_validation(np.array([0.0, 0.4, 0.3, 1.0]),
+                                               evaluate.Predictions(scores[:, None].astype(np.float32), 0.5, "regression"), 1)
+    test["loss"] = 0.5  # evaluate.test_metrics adds it
+    return ({f"test_{k}" for k, v in test.items() if isinstance(v, float)}
+            | {f"validation_{k.removeprefix('val_')}" for k in validation})
+
+
+@pytest.mark.parametrize("problem_type", list(settings.PROBLEM_TYPES))
+def test_every_allowed_metric_is_one_the_problem_type_records(problem_type: str) -> None:
+    assert set(settings.promotion_metrics(problem_type)) == _recorded_names(problem_type)
+
+
+def _resolve(**values: str) -> settings.Settings:
+    return settings.resolve([("cli", values)]).settings
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"promote_if": "test_pearson", "output_uri": "s3://models-bucket/p"},
+     "must be none or a metric of problem_type=single_label: test_mcc, test_accuracy"),
+    ({"promote_if": "mcc", "output_uri": "s3://models-bucket/p"}, "must be none or a metric"),
+    ({"promote_if": "test_mcc", "output_uri": "s3://models-bucket/p", "problem_type": "regression"},
+     "problem_type=regression: test_pearson"),
+    ({"promote_if": "test_mcc"}, "needs output_uri"),
+    ({"promote_if": "test_mcc", "output_uri": "gs://models-bucket/p", "publish_latest": "false"}, "needs publish_latest=true"),
+    ({"promotion_file": "/tmp/outcome"}, "promotion_file='/tmp/outcome' is out of range: needs promote_if"),
+    ({"promote_if": "test_mcc", "output_uri": "s3://models-bucket/p", "promote_tolerance": "-0.1"}, "must be >= 0"),
+    ({"promote_if": "test_mcc", "output_uri": "s3://models-bucket/p", "promote_tolerance": "inf"}, "expected a number"),
+])
+def test_bad_gate_settings_are_clear_settings_errors(values: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _resolve(**values)
+
+
+def test_good_gate_settings_resolve() -> None:
+    resolved = _resolve(promote_if="validation_f1_micro", output_uri="/models", problem_type="multi_label",
+                        promote_tolerance="0.01", promotion_file="/tmp/kfp/outcome")
+    assert (resolved.promote_if, resolved.promote_tolerance) == ("validation_f1_micro", 0.01)
+
+
+def test_a_test_metric_needs_a_test_channel(tmp_path) -> None:
+    gated = _resolve(promote_if="test_mcc", output_uri="/models")
+    with pytest.raises(SettingsError, match="promote_if=test_mcc needs a test channel.*validation_mcc"):
+        promotion.check_channels(gated, {"train": tmp_path})
+    promotion.check_channels(gated, {"train": tmp_path, "test": tmp_path})
+    promotion.check_channels(_resolve(promote_if="validation_mcc", output_uri="/models"), {"train": tmp_path})
