@@ -74,7 +74,8 @@ def once_per_host(world: World, stage: Callable[[], Prepared], run_id: str, time
     return prepared
 
 
-def _lead(stage: Callable[[], Prepared], run_id: str, world: World):
+def _lead(stage: Callable[[], Prepared], run_id: str,
+          world: World) -> tuple[Prepared | None, Path | None, _Report, Exception | None]:
     """The tokenizing rank: run the stage, write its arrays, and use the mapped files itself (one copy per host)."""
     folder = None
     try:
@@ -87,7 +88,7 @@ def _lead(stage: Callable[[], Prepared], run_id: str, world: World):
         return None, folder, _Report(world.rank, failure=_describe(err)), err
 
 
-def _follow(lead: _Report, world: World):
+def _follow(lead: _Report, world: World) -> tuple[Prepared | None, _Report, Exception | None]:
     """A rank that maps its host's arrays: the tokenizing rank's facts, with its files as the token arrays."""
     try:
         encoded = _map(Path(lead.folder), list(lead.facts.stats))
