@@ -799,8 +799,32 @@ def _check_same_inputs(train: Channel, split: Channel) -> None:
                         f"but train holds {shape[bool(train.columns.pair)]} (columns {train.columns.record()})")
 
 
-def encode_splits(tokenizer, splits: Splits, max_length: int) -> dict[str, Encoded]:
-    """Tokenize every split there is and log `data_ready`: rows, label balance, longest and truncated rows."""
+@dataclass(frozen=True)
+class Prepared:
+    """What the data stage hands to training: the splits, the max_length chosen, the tokenized splits and the
+    token counts `data_ready` reports. Train's text is dropped once tokenized (nothing later reads it; at
+    millions of rows it is the largest thing in memory); validation and test keep theirs for predictions."""
+
+    splits: Splits
+    max_length: int
+    encoded: dict[str, Encoded]
+    stats: dict[str, TokenStats]
+
+    def without_text(self) -> "Prepared":
+        """The same facts with no rows of text and no token arrays: what a rank that maps its host's arrays
+        receives from the rank that tokenized (small enough to pickle)."""
+        splits = self.splits
+        return dataclasses.replace(self, encoded={}, splits=dataclasses.replace(
+            splits, train=_textless(splits.train), validation=_textless(splits.validation),
+            test=_textless(splits.test) if splits.test else None))
+
+
+def _textless(channel: Channel) -> Channel:
+    return dataclasses.replace(channel, frame=channel.frame.iloc[:0])
+
+
+def encode_splits(tokenizer, splits: Splits, max_length: int) -> Prepared:
+    """Tokenize every split there is (train's class weights per row), then drop train's text."""
     encoded, stats = {}, {}
     for split in (splits.train, splits.validation, splits.test):
         if split is not None:
@@ -808,16 +832,23 @@ def encode_splits(tokenizer, splits: Splits, max_length: int) -> dict[str, Encod
             encoded[split.name], stats[split.name] = tokenize(tokenizer, split, labels, max_length)
     if splits.class_weights is not None:
         encoded["train"].weights = splits.class_weights[encoded["train"].labels]
+    return Prepared(dataclasses.replace(splits, train=_textless(splits.train)), max_length, encoded, stats)
+
+
+def log_ready(prepared: Prepared, stage: dict[str, object]) -> None:
+    """`data_ready`: rows, label balance, longest and truncated rows, and `stage`: which ranks read and tokenized
+    (one per host) and which mapped their host's arrays."""
+    splits, encoded, stats = prepared.splits, prepared.encoded, prepared.stats
+    channels = [split for split in (splits.train, splits.validation, splits.test) if split is not None]
     logs.event("data_ready", f"train {len(encoded['train'])} / validation {len(encoded['validation'])} / "
-                             f"test {len(encoded['test']) if 'test' in encoded else 0} rows",
+                             f"test {len(encoded['test']) if 'test' in encoded else 0} rows; {stage['summary']}",
                labels=splits.label_map.labels, problem_type=splits.label_map.problem_type,
                validation_source=splits.validation_source,
-               columns={split.name: split.columns.record() for split in (splits.train, splits.validation, splits.test)
-                        if split is not None},
+               columns={split.name: split.columns.record() for split in channels},
                rows={name: len(e) for name, e in encoded.items()},
                label_balance={name: label_balance(e.labels, splits.label_map) for name, e in encoded.items()},
                longest_tokens={name: t.longest for name, t in stats.items()},
-               truncated_rows={name: t.truncated for name, t in stats.items()}, max_length=max_length,
+               truncated_rows={name: t.truncated for name, t in stats.items()}, max_length=prepared.max_length,
                class_weights=None if splits.class_weights is None else
-               {label: round(float(w), 6) for label, w in zip(splits.label_map.labels, splits.class_weights)})
-    return encoded
+               {label: round(float(w), 6) for label, w in zip(splits.label_map.labels, splits.class_weights)},
+               **{k: v for k, v in stage.items() if k != "summary"})

@@ -28,6 +28,12 @@ class World:
         return self.rank == 0
 
     @property
+    def leader(self) -> int:
+        """The global rank of this host's local rank 0: torchrun gives each host's processes consecutive ranks
+        (torch/distributed/elastic/agent/server/api.py, _assign_worker_ranks: base_global_rank + local_rank)."""
+        return self.rank - self.local_rank
+
+    @property
     def active(self) -> bool:
         return self.size > 1
 

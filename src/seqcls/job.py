@@ -6,6 +6,7 @@ Each step is one call into the module that owns it; this file only says the orde
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import artifacts, atomic, checkpoint, data, devices, distributed, evaluate, logs, model, scalars, storage, train
-from . import promotion, runtime, tuning
+from . import hostdata, promotion, runtime, tuning
 from . import settings as hyperparameters
 from .errors import Interrupted
 
@@ -33,14 +34,13 @@ def run(where: runtime.Platform) -> Path:
                                 checkpoint_dir=Path(settings.checkpoint_dir) if settings.checkpoint_dir else where.checkpoint_dir)
     compute = _start(where, resolved, world)
 
-    # Step 2: data. Read and split first, then check the model config before loading any weights.
-    splits = data.load_splits(where.channels, settings, resolved.explicit)
+    # Step 2: data, read and tokenized once per host (its other ranks map the arrays); then the model's config.
     model_source = str(where.channels.get("model") or settings.model_name_or_path)
+    prepared = hostdata.once_per_host(world, functools.partial(_read_and_tokenize, where, resolved, model_source),
+                                      where.run_id, settings.distributed_timeout_s)
+    splits, max_length, encoded = prepared.splits, prepared.max_length, prepared.encoded
     config = model.load_config(model_source, splits.label_map)
-    length_limit = model.check_max_length(config, settings.max_length, model_source)
     tokenizer = model.load_tokenizer(model_source)
-    max_length = data.resolve_max_length(tokenizer, splits.train, settings, length_limit)
-    encoded = data.encode_splits(tokenizer, splits, max_length)
 
     # Step 3: model and training (resuming from a matching checkpoint).
     classifier = model.load_model(model_source, config, settings.seed)
@@ -88,6 +88,18 @@ def run(where: runtime.Platform) -> Path:
     checkpointer.remove()  # published: nothing is left for a later run in the same folder to resume
     _log_end(where, metrics, started, settings.problem_type)
     return where.model_dir
+
+
+def _read_and_tokenize(where: runtime.Platform, resolved: hyperparameters.Resolved, model_source: str) -> data.Prepared:
+    """Step 2 on the rank that tokenizes for its host: read and split, check the model's config and length
+    limit (a bad model fails before minutes of tokenizing), choose max_length, tokenize every split."""
+    settings = resolved.settings
+    splits = data.load_splits(where.channels, settings, resolved.explicit)
+    config = model.load_config(model_source, splits.label_map)
+    length_limit = model.check_max_length(config, settings.max_length, model_source)
+    tokenizer = model.load_tokenizer(model_source)
+    max_length = data.resolve_max_length(tokenizer, splits.train, settings, length_limit)
+    return data.encode_splits(tokenizer, splits, max_length)
 
 
 def _log_end(where: runtime.Platform, metrics: dict, started: float, problem_type: str) -> None:

@@ -1,18 +1,27 @@
 """Loaded by every Python process of a test run that puts this folder on PYTHONPATH: makes the rank
-named in FAULT_INJECT_RANK raise on its third training batch, as a real bug or bad node would."""
+named in FAULT_INJECT_RANK raise, as a real bug or bad node would: on its third training batch, or with
+FAULT_INJECT_STAGE=tokenize while it tokenizes the data."""
 
 import os
 
 if os.environ.get("FAULT_INJECT_RANK") and os.environ.get("RANK") == os.environ["FAULT_INJECT_RANK"]:
-    import seqcls.train
+    if os.environ.get("FAULT_INJECT_STAGE") == "tokenize":
+        import seqcls.data
 
-    _collate = seqcls.train.collate
-    _calls = {"n": 0}
+        def _failing_tokenize(*args, **kwargs):
+            raise RuntimeError("injected fault in tokenization")
 
-    def _failing_collate(*args, **kwargs):
-        _calls["n"] += 1
-        if _calls["n"] == 3:
-            raise RuntimeError("injected fault on this rank")
-        return _collate(*args, **kwargs)
+        seqcls.data.tokenize = _failing_tokenize
+    else:
+        import seqcls.train
 
-    seqcls.train.collate = _failing_collate
+        _collate = seqcls.train.collate
+        _calls = {"n": 0}
+
+        def _failing_collate(*args, **kwargs):
+            _calls["n"] += 1
+            if _calls["n"] == 3:
+                raise RuntimeError("injected fault on this rank")
+            return _collate(*args, **kwargs)
+
+        seqcls.train.collate = _failing_collate
