@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,7 +125,7 @@ def _rank(rank: int, port: int, folder: str, settings: Settings, results) -> Non
     try:
         monkeypatch = _pytest.MonkeyPatch()
         monkeypatch.setattr(train, "DistributedDataParallel", _CountingDDP)
-        model, outcome, events = run(settings, folder, monkeypatch, world=World(rank, 2, rank))
+        model, outcome, events = run(settings, Path(folder), monkeypatch, world=World(rank, 2, rank))
         results[rank] = {"losses": progress(events)[0], "lrs": progress(events)[1], "syncs": _CountingDDP.syncs,
                          "weights": {k: v.clone() for k, v in model.state_dict().items()},
                          "train_loss": outcome.stats[0].train_loss}
@@ -144,7 +145,7 @@ def test_two_gloo_processes_accumulate_like_one_and_sync_once_per_optimizer_step
     one_model, one, one_events = run(ACCUMULATED, tmp_path / "one", monkeypatch)
     two = _two_processes(ACCUMULATED, tmp_path / "two")
     losses, lrs = progress(one_events)
-    assert not two[1]["losses"]  # rank 1 logs no progress; rank 0 logs the global step loss
+    assert two[1]["losses"] == two[0]["losses"]  # the window loss is all-reduced: the global step loss on every rank
     np.testing.assert_allclose(two[0]["losses"], losses, rtol=1e-5)
     assert two[0]["lrs"] == lrs and two[0]["train_loss"] == pytest.approx(one.stats[0].train_loss, rel=1e-5)
     for name, value in one_model.state_dict().items():
@@ -285,3 +286,27 @@ def test_label_smoothing_is_torchs_cross_entropy_with_label_smoothing():
     assert float(loss) == pytest.approx(float(smoothed), rel=1e-5)
     assert float(loss) != pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(batch["labels"]))),
                                         rel=1e-3)
+
+
+def test_step_level_evaluations_are_rows_of_the_stats_table_and_points_of_the_loss_plot(tmp_path):
+    """metrics.json keeps the chosen evaluation's metrics (several share an epoch), training_stats.csv gets a step
+    column, loss_curve.png plots per step, and the card names the step."""
+    import pandas as pd
+    from PIL import Image
+
+    from seqcls import artifacts, card
+    from seqcls.evaluate import EpochStats
+
+    stats = [EpochStats(epoch=1, step=500, train_loss=0.7, val_loss=0.6, val_accuracy=0.6, val_mcc=0.1, val_f1=0.5),
+             EpochStats(epoch=1, step=1000, train_loss=0.6, val_loss=0.5, val_accuracy=0.7, val_mcc=0.3, val_f1=0.6),
+             EpochStats(epoch=2, step=1500, train_loss=0.5, val_loss=0.55, val_accuracy=0.65, val_mcc=0.2, val_f1=0.55)]
+    record = artifacts.metrics_record(stats, 1, ["0", "1"], {"best_step": 1000})
+    assert record["best_step"] == 1000 and record["validation"]["val_mcc"] == 0.3
+    assert "best_step" not in artifacts.metrics_record(stats[:1], 1, ["0", "1"], {"best_step": 0})
+    artifacts.write_training_stats(tmp_path / "training_stats.csv", stats)
+    table = pd.read_csv(tmp_path / "training_stats.csv")
+    assert list(table.columns[:3]) == ["epoch", "step", "train_loss"] and list(table["step"]) == [500, 1000, 1500]
+    artifacts.plot_loss_curve(tmp_path / "loss_curve.png", stats)
+    assert Image.open(tmp_path / "loss_curve.png").size[0] > 100
+    assert card._weights_saved(record) == "Weights saved: step 1000 (epoch 1)."
+    assert card._weights_saved({"best_epoch": 2}) == "Weights saved: epoch 2."
