@@ -283,11 +283,14 @@ class _Loop:
 
     def _end_epoch(self, epoch: int) -> None:
         """Per-epoch evaluation (unless eval_every_steps evaluates), the next epoch's start, a checkpoint."""
+        progress = self.progress
         if not self.settings.eval_every_steps:
             self._evaluate(epoch, checkpoint=False)
-        progress = self.progress
+        # An evaluation at this very step has just checkpointed: a resume from there comes back here at once.
+        evaluated_here = self.settings.eval_every_steps and progress.eval_step == progress.global_step
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
-        self._save_checkpoint()
+        if not evaluated_here:
+            self._save_checkpoint()
         if any_rank(STOP.requested, self.compute.world, self.compute.device):
             self._stop(f"after epoch {epoch}")
 
