@@ -173,6 +173,7 @@ def test_declared_ranges_are_enforced(name: str, raw: str, message: str) -> None
     ({"label_smoothing": "0.1", "problem_type": "multi_label"}, "needs problem_type=single_label"),
     ({"lr_scheduler_type": "constant", "warmup_steps": "10"}, "constant has no warm-up: use constant_with_warmup"),
     ({"lr_scheduler_type": "constant", "warmup_ratio": "0.1"}, "constant has no warm-up"),
+    ({"lr_scheduler_type": "polynomial", "learning_rate": "1e-8"}, "polynomial decays to 1e-07"),
     ({"gradient_accumulation_steps": "2.5"}, "expected an integer"),
     ({"gradient_checkpointing": "sometimes"}, "expected true or false"),
 ])

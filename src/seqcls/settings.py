@@ -73,6 +73,7 @@ def problem_type_of(config_problem_type: str | None) -> str:
 
 # transformers' get_scheduler names (SchedulerType) that need nothing beyond warm-up and length.
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+POLYNOMIAL_LR_END = 1e-7  # get_polynomial_decay_schedule_with_warmup's default, which get_scheduler keeps
 POSITIVE_INT = Bounds(low=1)
 NON_NEGATIVE = Bounds(low=0)
 FRACTION_OPEN = Bounds(low=0, high=1, low_open=True, high_open=True)
@@ -349,6 +350,8 @@ def _validate_training_rules(s: Settings) -> None:
     _check(s.lr_scheduler_type != "constant" or not (s.warmup_steps or s.warmup_ratio), "lr_scheduler_type",
            s.lr_scheduler_type, "constant has no warm-up: use constant_with_warmup, or set warmup_steps and "
                                 "warmup_ratio to 0")
+    _check(s.lr_scheduler_type != "polynomial" or s.learning_rate > POLYNOMIAL_LR_END, "learning_rate", s.learning_rate,
+           f"lr_scheduler_type=polynomial decays to {POLYNOMIAL_LR_END:g} (transformers' lr_end): the peak must be above it")
     for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5), ("label_smoothing", 0.0)):
         _check(getattr(s, name) == unset or s.problem_type == "single_label", name, getattr(s, name),
                f"needs problem_type=single_label (it weighs, decides or smooths classes), not {s.problem_type}")
