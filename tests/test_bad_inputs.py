@@ -102,6 +102,17 @@ CASES = [
          args=["--label_names", '["low", "high"]', "--problem_type", "regression"]),
     Case("early_stopping_without_select_best", GOOD, ["early_stopping_patience=2", "needs select_best"],
          args=["--early_stopping_patience", "2"]),
+    # Scale settings (issue 21).
+    Case("gradient_checkpointing_unsupported_model", GOOD, ["gradient_checkpointing=true",
+                                                            "AlbertForSequenceClassification",
+                                                            "does not support gradient checkpointing"],
+         args=["--gradient_checkpointing", "true"], model="albert"),
+    Case("label_smoothing_for_regression", GOOD, ["label_smoothing=0.1", "needs problem_type=single_label"],
+         args=["--label_smoothing", "0.1", "--problem_type", "regression"]),
+    Case("constant_schedule_with_warmup", GOOD, ["lr_scheduler_type='constant'", "use constant_with_warmup"],
+         args=["--lr_scheduler_type", "constant", "--warmup_steps", "10"]),
+    Case("no_accumulation_steps", GOOD, ["gradient_accumulation_steps=0", "must be >= 1"],
+         args=["--gradient_accumulation_steps", "0"]),
     Case("max_length_neither_number_nor_auto", GOOD, ["max_length='long'", "an integer or auto"],
          args=["--max_length", "long"]),
     Case("fractional_labels", {TRAIN: "sentence,label\na b,0\nc d,0.5\n"}, ["train.csv", "row 2", "'0.5'"]),
@@ -213,6 +224,18 @@ CASES += [Case(f"out_of_range_{name}_{value}", {**GOOD, **hp(**{name: value})}, 
           for name, values in OUT_OF_RANGE.items() for value in values]
 
 
+def _tiny_albert(folder: Path, tokenizer_from: Path) -> Path:
+    """ALBERT: a real transformers classifier that does not support gradient checkpointing (its class says so)."""
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    AlbertForSequenceClassification(AlbertConfig(vocab_size=30522, embedding_size=16, hidden_size=16, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=32)).save_pretrained(folder)
+    for item in tokenizer_from.iterdir():
+        if item.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            (folder / item.name).write_bytes(item.read_bytes())
+    return folder
+
+
 @pytest.fixture(scope="session")
 def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny valid model and broken variants of it, built in tmp (weights never live in the repo)."""
@@ -220,6 +243,7 @@ def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tiny = build_tiny_model(base / "tiny", minilm_folder())
     folders = {"tiny": tiny, "short_positions": build_tiny_model(base / "short", minilm_folder(), max_position_embeddings=32),
                "missing": base / "not-there"}
+    folders["albert"] = _tiny_albert(base / "albert", tiny)
     for name in ("no_weights", "bin_only", "no_config", "truncated"):
         folder = base / name
         folder.mkdir()

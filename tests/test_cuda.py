@@ -70,3 +70,35 @@ def test_a_model_that_syncs_in_forward_falls_back_to_eager_and_trains_like_eager
     with torch.no_grad():
         for a, b in zip(syncing.parameters(), reference.parameters()):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_accumulated_graph_steps_train_like_eager_accumulation_on_a_gpu(tmp_path, monkeypatch):
+    """Batches of 8 x 4: a forward-backward graph per width and one clip + AdamW graph, replayed per step."""
+    accumulated = dataclasses.replace(SETTINGS, batch_size=8, gradient_accumulation_steps=4)
+    graphs_model, eager_model = tiny_bert(), tiny_bert()
+    graphs, path = train_on_gpu(graphs_model, accumulated, tmp_path / "graphs", monkeypatch)
+    eager, _ = train_on_gpu(eager_model, dataclasses.replace(accumulated, cuda_graphs=False), tmp_path / "eager",
+                            monkeypatch)
+    assert graphs.path == "cuda_graphs" and path[0][2]["graphs_per_step"].startswith("one per batch"), path
+    for a, b in zip(graphs.stats, eager.stats):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
+    with torch.no_grad():
+        for a, b in zip(graphs_model.parameters(), eager_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_gradient_checkpointing_trains_eagerly_on_a_gpu_like_without_it(tmp_path, monkeypatch):
+    from seqcls.model import enable_gradient_checkpointing
+
+    checkpointed = tiny_bert()
+    enable_gradient_checkpointing(checkpointed, "tiny")
+    with_it, path = train_on_gpu(checkpointed, dataclasses.replace(SETTINGS, gradient_checkpointing=True),
+                                 tmp_path / "gc", monkeypatch)
+    assert with_it.path == "eager" and path[0][2]["reason"].startswith("gradient_checkpointing=true")
+    reference = tiny_bert()
+    without, _ = train_on_gpu(reference, EAGER, tmp_path / "plain", monkeypatch)
+    for a, b in zip(with_it.stats, without.stats):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+    with torch.no_grad():
+        for a, b in zip(checkpointed.parameters(), reference.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -231,7 +231,7 @@ def _train(path: str, problem_type: str, encoded: data.Encoded) -> tuple[torch.n
     compute = Compute(torch.device("cpu"), "fp32")
     step = (steps.EagerStep(model, state, run_settings, compute) if path == "eager" else
             steps.GraphSteps(state, run_settings, compute, data.batch_widths(encoded.lengths, batches, 8), capture=False))
-    return model, [float(step(data.collate(encoded, rows, 0, 8), 1.0)) for rows in batches]
+    return model, [float(step([data.collate(encoded, rows, 0, 8)])) for rows in batches]
 
 
 @pytest.mark.parametrize("problem_type", ["multi_label", "regression"])

@@ -203,3 +203,55 @@ def test_early_stopping_sigterm_then_resume_stops_at_the_same_epoch_bitwise(earl
     assert any(e["event"] == "resumed" for e in events)
     assert not any(e["event"] == "epoch_end" and e["epoch"] > 2 for e in events)
     assert outputs(root) == early_reference[:2]
+
+
+# Accumulation and step-level evaluation: steps of 8 x 2 rows (86 train rows -> 6 optimizer steps an epoch, 12 in
+# all), validation every 3 steps (3, 6, 9, 12), periodic checkpoints every 2. SIGTERM once step 4 is logged (the stop
+# lands at 4 or 5, between the evaluations at 3 and 6) and once step 7 is (7 or 8: between 6 and 9, after the epoch
+# boundary); each resumed run must end bit for bit as the unstopped one.
+STEPWISE = HYPERPARAMETERS | {"batch_size": "8", "gradient_accumulation_steps": "2", "eval_every_steps": "3",
+                              "lr_scheduler_type": "cosine", "warmup_steps": "2"}
+
+
+@pytest.fixture(scope="module")
+def stepwise_template(tmp_path_factory, cola_dir, minilm_path) -> Path:
+    return make_tree(tmp_path_factory.mktemp("stepwise"), cola_dir, STEPWISE, train_rows=96, test_rows=64,
+                     model=minilm_path)
+
+
+@pytest.fixture(scope="module")
+def stepwise_reference(stepwise_template, tmp_path_factory) -> tuple[str, dict, list[dict]]:
+    root = tmp_path_factory.mktemp("stepwise-reference") / "ml"
+    shutil.copytree(stepwise_template, root, symlinks=True)
+    result = run_cli(["train"], env=env_for(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return (*outputs(root), json_lines(result.stdout))
+
+
+def test_step_level_evaluations_run_at_their_steps(stepwise_reference):
+    _, metrics, events = stepwise_reference
+    evaluations = [e for e in events if e["event"] == "evaluation"]
+    assert [e["step"] for e in evaluations] == [3, 6, 9, 12] and not [e for e in events if e["event"] == "epoch_end"]
+    assert [e["total_steps"] for e in events if e["event"] == "train_progress"][-1] == 12
+    best = max(evaluations, key=lambda e: e["val_mcc"])  # the first of equal MCCs is kept
+    assert (metrics["best_epoch"], metrics["best_step"]) == (best["epoch"], best["step"])
+    assert metrics["validation"]["val_mcc"] == best["val_mcc"]
+
+
+@pytest.mark.parametrize("at_step", [4, 7])
+def test_sigterm_between_step_evaluations_with_accumulation_resumes_bitwise(stepwise_template, stepwise_reference,
+                                                                            tmp_path, at_step):
+    root = fresh(stepwise_template, tmp_path)
+    code, events = interrupt(root, lambda e: e["event"] == "train_progress" and e["step"] == at_step)
+    assert code == 143
+    saved = [e for e in events if e["event"] == "checkpoint_saved"]
+    stopped_at = saved[-1]["step"]
+    assert stopped_at in (at_step, at_step + 1) and stopped_at % 3  # the stop's own checkpoint, between two evaluations
+    metrics = json.loads((root / "model" / "metrics.json").read_text())
+    assert metrics["partial"]["weights"].startswith("best evaluation so far (step ")
+
+    result = run_cli(["train"], env=env_for(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = [e for e in json_lines(result.stdout) if e["event"] == "resumed"]
+    assert resumed and resumed[0]["step"] == stopped_at
+    assert outputs(root) == stepwise_reference[:2]

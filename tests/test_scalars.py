@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seqcls import logs, scalars
@@ -40,3 +41,18 @@ def test_nothing_is_written_before_the_first_scalar_and_a_failure_closes_the_fil
     logs.event("train_progress", "step 1", **_progress(1, 0.25))
     logs.event("job_failed", "stopped")  # closes (flushes) the writer
     assert _read(tmp_path / "tb")["train/loss"] == [(1, 0.25)]
+
+
+def test_step_level_evaluations_are_plotted_at_their_optimizer_step_and_test_at_the_last(tmp_path):
+    """eval_every_steps: `evaluation` events (x: optimizer step) instead of epoch_end (x: epoch)."""
+    writer = scalars.TensorBoardScalars(tmp_path, epochs=2)
+    for step, loss in ((500, 0.6), (1000, 0.5), (1200, 0.45)):
+        writer.on_event("evaluation", {"epoch": 1 + step // 1000, "step": step, "train_loss": loss + 0.1,
+                                       "val_loss": loss, "val_mcc": 0.3})
+    writer.on_event("test_metrics", {"test_mcc": 0.31, "test_loss": 0.5})
+    writer.close()
+    found = _read(tmp_path)
+    assert [step for step, _ in found["val/loss"]] == [500, 1000, 1200]
+    assert [value for _, value in found["val/loss"]] == pytest.approx([0.6, 0.5, 0.45])
+    assert [step for step, _ in found["train/epoch_loss"]] == [500, 1000, 1200]
+    assert [step for step, _ in found["test/mcc"]] == [1200]

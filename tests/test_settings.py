@@ -179,19 +179,53 @@ def test_export_onnx_needs_its_modules(monkeypatch):
 
 
 def test_only_settings_marked_math_make_a_checkpoint_unresumable() -> None:
-    """The fingerprint ignores exactly these: changing this set changes which checkpoints resume."""
+    """The fingerprint ignores exactly these: changing this set changes which checkpoints resume. gradient_checkpointing
+    is among them (a run that ran out of memory may resume with it on): it trains bit for bit the same weights
+    (tests/test_accumulation.py)."""
     assert settings.OPERATIONAL == {
         "eval_batch_size", "device", "cuda_graphs", "output_uri", "run_id", "publish_latest", "s3_sse_kms_id",
         "s3_expected_bucket_owner", "checkpoint_every_steps", "checkpoint_dir", "ignore_checkpoint",
         "distributed_timeout_s", "log_every_steps", "base_model", "label_names", "export_onnx",
-        "promote_if", "promote_tolerance", "promotion_file"}
+        "promote_if", "promote_tolerance", "promotion_file",
+        "gradient_checkpointing"}
 
 
 @pytest.mark.parametrize("name, raw, message", [
     ("max_length", "1", "must be >= 2 and <= 8192"), ("learning_rate", "0", "must be > 0 and < 1"),
     ("warmup_ratio", "1", "must be >= 0 and < 1"), ("select_best", "f1", "must be one of none, mcc, loss"),
     ("seed", "-1", "must be >= 0 and <= 4294967295"),
+    ("gradient_accumulation_steps", "0", "must be >= 1 and <= 1024"),
+    ("lr_scheduler_type", "cosine_with_min_lr", "must be one of linear, cosine, cosine_with_restarts, polynomial"),
+    ("warmup_steps", "-5", "must be >= 0"), ("max_steps", "-1", "must be >= 0"),
+    ("eval_every_steps", "-1", "must be >= 0"), ("label_smoothing", "1", "must be >= 0 and < 1"),
 ])
 def test_declared_ranges_are_enforced(name: str, raw: str, message: str) -> None:
     with pytest.raises(settings.SettingsError, match=message):
         settings.resolve([("cli", {name: raw})])
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"label_smoothing": "0.1", "problem_type": "regression"}, "label_smoothing=0.1 is out of range: needs "
+                                                               "problem_type=single_label"),
+    ({"label_smoothing": "0.1", "problem_type": "multi_label"}, "needs problem_type=single_label"),
+    ({"lr_scheduler_type": "constant", "warmup_steps": "10"}, "constant has no warm-up: use constant_with_warmup"),
+    ({"lr_scheduler_type": "constant", "warmup_ratio": "0.1"}, "constant has no warm-up"),
+    ({"lr_scheduler_type": "polynomial", "learning_rate": "1e-8"}, "polynomial decays to 1e-07"),
+    ({"gradient_accumulation_steps": "2.5"}, "expected an integer"),
+    ({"gradient_checkpointing": "sometimes"}, "expected true or false"),
+])
+def test_scale_settings_that_do_not_fit_together_are_refused(layer: dict[str, str], message: str) -> None:
+    with pytest.raises(settings.SettingsError, match=message):
+        settings.resolve([("cli", layer)])
+
+
+def test_scale_settings_parse_from_sagemaker_strings() -> None:
+    s = settings.resolve([("hyperparameters.json", {
+        "gradient_accumulation_steps": "4", "gradient_checkpointing": "True", "lr_scheduler_type": "cosine",
+        "warmup_steps": "100", "max_steps": "5000", "eval_every_steps": "500", "label_smoothing": "0.1"})]).settings
+    assert (s.gradient_accumulation_steps, s.gradient_checkpointing, s.lr_scheduler_type, s.warmup_steps, s.max_steps,
+            s.eval_every_steps, s.label_smoothing) == (4, True, "cosine", 100, 5000, 500, 0.1)
+    defaults = settings.Settings()
+    assert (defaults.gradient_accumulation_steps, defaults.gradient_checkpointing, defaults.lr_scheduler_type,
+            defaults.warmup_steps, defaults.max_steps, defaults.eval_every_steps, defaults.label_smoothing) == \
+        (1, False, "linear", 0, 0, 0, 0.0)

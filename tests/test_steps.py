@@ -51,7 +51,7 @@ def run(path: str, precision: str, encoded: data.Encoded, settings: Settings = S
     else:
         step = steps.GraphSteps(state, settings, compute, data.batch_widths(encoded.lengths, batches, 8),
                                 capture=path == "replay")
-    losses = [float(step(data.collate(encoded, rows, 0, 8), 1.0)) for rows in batches]
+    losses = [float(step([data.collate(encoded, rows, 0, 8)])) for rows in batches]
     return model, losses
 
 
@@ -105,8 +105,8 @@ def test_warm_up_changes_neither_weights_nor_optimizer_state_nor_rng(trained_ste
     plain, plain_model, plain_optimizer = _graph_steps(encoded)
     warmed, warmed_model, warmed_optimizer = _graph_steps(encoded)
     for rows in batches[:trained_steps]:
-        plain(data.collate(encoded, rows, 0, 8), 1.0)
-        warmed(data.collate(encoded, rows, 0, 8), 1.0)
+        plain([data.collate(encoded, rows, 0, 8)])
+        warmed([data.collate(encoded, rows, 0, 8)])
     rng = torch.get_rng_state()
     before = _state(warmed_model, warmed_optimizer)
     warmed.warm_up()
@@ -114,8 +114,8 @@ def test_warm_up_changes_neither_weights_nor_optimizer_state_nor_rng(trained_ste
     if trained_steps:
         assert all(torch.equal(a, b) for a, b in zip(before, _state(warmed_model, warmed_optimizer), strict=True))
     for rows in batches[trained_steps:]:
-        plain(data.collate(encoded, rows, 0, 8), 1.0)
-        warmed(data.collate(encoded, rows, 0, 8), 1.0)
+        plain([data.collate(encoded, rows, 0, 8)])
+        warmed([data.collate(encoded, rows, 0, 8)])
     a, b = _state(plain_model, plain_optimizer), _state(warmed_model, warmed_optimizer)
     assert len(a) == len(b) > len(list(plain_model.parameters()))
     assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -72,3 +72,16 @@ def test_a_nan_epoch_neither_wins_nor_blocks_a_later_number():
     assert not evaluate.better("pearson", nan, nan) and evaluate.better("mse", 2.0, nan)
     assert evaluate.better("mcc", 0.3, 0.2) and not evaluate.better("mcc", 0.3, 0.2, min_delta=0.1)
     assert evaluate.better("loss", 0.4, 0.5) and not evaluate.better("loss", 0.5, 0.4)
+
+
+def test_step_level_evaluations_report_the_optimizer_step_as_global_step(tmp_path, monkeypatch):
+    """eval_every_steps: one record per `evaluation` event, global_step the optimizer step, as cloudml-hypertune
+    writes for global_step=<step>."""
+    steps = [{"epoch": 1, "step": 500, "val_mcc": 0.125}, {"epoch": 1, "step": 1000, "val_mcc": 0.2501}]
+    expected = _hypertune_records(tmp_path / "theirs" / "output.metrics", monkeypatch, "val_mcc", "4")
+    report = tuning.ObjectiveReport(tmp_path / "ours" / "output.metrics", "4", "mcc")
+    for evaluation in steps:
+        report.on_event("evaluation", evaluation | {"val_loss": 0.6})
+    ours = _lines(tmp_path / "ours" / "output.metrics")
+    assert [r["global_step"] for r in ours] == ["500", "1000"]
+    assert [(r["val_mcc"], r["trial"]) for r in ours] == [(r["val_mcc"], r["trial"]) for r in expected]

@@ -153,17 +153,20 @@ def _save_figure(figure, path: Path) -> None:
 
 
 def plot_loss_curve(path: Path, stats: list[EpochStats]) -> None:
-    """Training vs validation loss per epoch, as in the tutorial."""
+    """Training vs validation loss per epoch, as in the tutorial; per evaluation step with eval_every_steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4))
-    epochs = [s.epoch for s in stats]
-    axes.plot(epochs, [s.train_loss for s in stats], "b-o", label="Training")
-    axes.plot(epochs, [s.val_loss for s in stats], "g-o", label="Validation")
-    axes.set(title="Training & validation loss", xlabel="Epoch", ylabel="Loss", xticks=epochs)
+    stepwise = any(s.step for s in stats)
+    x = [s.step if stepwise else s.epoch for s in stats]
+    axes.plot(x, [s.train_loss for s in stats], "b-o", label="Training")
+    axes.plot(x, [s.val_loss for s in stats], "g-o", label="Validation")
+    axes.set(title="Training & validation loss", xlabel="Optimizer step" if stepwise else "Epoch", ylabel="Loss")
+    if not stepwise or len(x) <= 20:
+        axes.set_xticks(x)
     axes.legend()
     axes.grid(alpha=0.3)
     _save_figure(figure, path)
@@ -322,9 +325,11 @@ class RunRecord:
 def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str], facts: dict[str, Any]) -> dict[str, Any]:
     """metrics.json before the test split: the kept epoch's validation metrics (no timings, so identical
     runs give identical files), the labels, and the `facts` that are set: decision_threshold (single_label, two
-    labels: 0.5 when unset), label_thresholds (multi_label), early_stopped_after_epoch, and `partial`, what a
+    labels: 0.5 when unset), label_thresholds (multi_label), early_stopped_after_epoch, best_step (with
+    eval_every_steps), and `partial`, what a
     stopped run's model holds. `problem_type` only decides whether decision_threshold applies."""
-    kept = next((s.row() for s in stats if s.epoch == best_epoch), {})
+    best_step = facts.get("best_step") or 0  # with eval_every_steps several evaluations share an epoch
+    kept = next((s.row() for s in stats if s.epoch == best_epoch and (s.step or 0) == best_step), {})
     record: dict[str, Any] = {"best_epoch": best_epoch, "validation": validation_metrics(kept), "labels": labels}
     if len(labels) == 2 and facts.get("problem_type", "single_label") == "single_label":
         record["decision_threshold"] = facts.get("decision_threshold") or 0.5

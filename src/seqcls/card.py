@@ -124,11 +124,17 @@ def _test_table(test: dict[str, Any], kind: str) -> str:
     return _table(("loss", *(name for _, _, name, _ in shown)), [(test["loss"], *(test[key] for key, *_ in shown))])
 
 
+def _weights_saved(metrics: dict[str, Any]) -> str:
+    if metrics.get("best_step"):
+        return f"Weights saved: step {metrics['best_step']} (epoch {metrics['best_epoch']})."
+    return f"Weights saved: epoch {metrics['best_epoch']}." if metrics["best_epoch"] else "Weights saved: mid-epoch."
+
+
 def _results_section(stats: list[dict[str, Any]], metrics: dict[str, Any], kind: str) -> str:
     columns = [c for c in (stats[0] if stats else {}) if c not in TIMING_COLUMNS]
     parts = ["## Results", "Validation after each epoch:",
              _table(tuple(columns), [tuple(row[c] for c in columns) for row in stats]),
-             f"Weights saved: epoch {metrics['best_epoch']}." if metrics["best_epoch"] else "Weights saved: mid-epoch."]
+             _weights_saved(metrics)]
     if metrics.get("early_stopped_after_epoch"):
         parts.append(f"Early stopping ended training after epoch {metrics['early_stopped_after_epoch']}.")
     if metrics.get("decision_threshold", 0.5) != 0.5:

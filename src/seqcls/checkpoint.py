@@ -1,8 +1,9 @@
 """Training state that survives preemption: atomic checkpoints, exact resume, and SIGTERM handling.
 
 A checkpoint holds everything the loop needs to continue as if it had never stopped: weights,
-optimizer, scheduler and scaler state, RNG states, the epoch and step within it (the data order is a
-pure function of seed and epoch), the running epoch loss, per-epoch stats and the best epoch so far.
+optimizer, scheduler and scaler state, RNG states, the epoch and optimizer step within it (the data order
+is a pure function of seed and epoch), the running loss since the last evaluation, every evaluation's
+stats and the best one so far.
 Files are written to a temporary name and renamed; they load with `torch.load(weights_only=True)`
 and safetensors, never arbitrary pickle. The newest checkpoint and one fallback are kept.
 """
@@ -45,16 +46,17 @@ def fingerprint(settings: dict[str, Any], model_source: str, data_files: list[di
 
 @dataclass
 class Progress:
-    """Where the loop is: `epoch` is 1-based; `step_in_epoch` batches of it are done."""
+    """Where the loop is: `epoch` is 1-based; `step_in_epoch` optimizer steps of it are done."""
 
     epoch: int = 1
     step_in_epoch: int = 0
     global_step: int = 0
-    epoch_loss_sum: float = 0.0  # float64 sum of this epoch's batch losses so far
+    loss_sum: float = 0.0  # the sum of the step losses since the last evaluation (float32, summed over ranks)
+    eval_step: int = 0  # global_step of the last evaluation
     stats: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] | None = None  # EpochStats of the best epoch, when select_best is on
+    best: dict[str, Any] | None = None  # EpochStats of the best evaluation, when select_best is on
     best_file: str = ""
-    stale_epochs: int = 0  # epochs in a row without an early_stopping_min_delta improvement on the best
+    stale_evaluations: int = 0  # evaluations in a row without an early_stopping_min_delta improvement on the best
 
 
 class StopSignal:
@@ -124,7 +126,8 @@ class Checkpointer:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         if best_weights is not None and progress.best is not None:
-            progress.best_file = f"best-epoch{progress.best['epoch']:04d}.safetensors"
+            step = progress.best.get("step")  # with eval_every_steps
+            progress.best_file = f"best-step{step:09d}.safetensors" if step else f"best-epoch{progress.best['epoch']:04d}.safetensors"
             if not (self.directory / progress.best_file).exists():
                 with replacing(self.directory / progress.best_file) as tmp:
                     save_file({k: v.contiguous() for k, v in best_weights.items()}, tmp)
@@ -142,15 +145,15 @@ class Checkpointer:
             }, tmp)
         for old in self._checkpoints()[KEEP:]:
             old.unlink(missing_ok=True)
-        # Checkpoints come at least once per epoch, so the best epoch changes at most once between two
-        # kept checkpoints: the two newest best files are all that any kept checkpoint can reference.
-        for old in sorted(self.directory.glob("best-epoch*.safetensors"), reverse=True)[KEEP:]:
+        # Checkpoints come at every evaluation, so the best changes at most once between two kept
+        # checkpoints: the two newest best files are all that any kept checkpoint can reference.
+        for old in sorted(self.directory.glob("best-*.safetensors"), reverse=True)[KEEP:]:
             old.unlink(missing_ok=True)
         logs.event("checkpoint_saved", f"checkpoint at step {progress.global_step} -> {path}",
                    step=progress.global_step, epoch=progress.epoch, step_in_epoch=progress.step_in_epoch, path=str(path))
 
     def clear(self) -> None:
-        for old in [*self._checkpoints(), *self.directory.glob("best-epoch*.safetensors")]:
+        for old in [*self._checkpoints(), *self.directory.glob("best-*.safetensors")]:
             old.unlink(missing_ok=True)
 
     def remove(self) -> None:

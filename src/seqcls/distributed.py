@@ -2,7 +2,8 @@
 
 `batch_size` is the GLOBAL batch: every optimizer step consumes the same rows as a single process
 would, split across ranks, and each rank's loss is scaled so the averaged gradient is exactly the
-gradient of the global batch mean (also for a short last batch).
+gradient of the global batch mean (also for a short last batch, and over all the batches that
+gradient_accumulation_steps adds up to one step).
 """
 
 from __future__ import annotations
@@ -55,16 +56,18 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def shard(rows: np.ndarray, world: World) -> tuple[np.ndarray, float]:
+def shard(rows: np.ndarray, world: World, step_rows: int | None = None) -> tuple[np.ndarray, float]:
     """This rank's rows of a global batch and the factor that makes DDP's gradient mean the global mean.
 
     DDP averages gradients over ranks, so a rank holding n of N rows scales its mean loss by
-    n * world / N. A rank left with no rows (N < world) runs one row with factor 0 to keep DDP in step.
+    n * world / N. With gradient accumulation the batch is one of several whose gradients add up to an
+    optimizer step of `step_rows` rows: N is then step_rows, so the step's gradient is the mean over all of
+    them, not a mean of batch means. A rank left with no rows runs one row with factor 0 to keep DDP in step.
     """
     mine = rows[world.rank::world.size]
     if len(mine) == 0:
         return rows[:1], 0.0
-    return mine, len(mine) * world.size / len(rows)
+    return mine, len(mine) * world.size / (step_rows or len(rows))
 
 
 def gather_rows(values: torch.Tensor, world: World) -> torch.Tensor:

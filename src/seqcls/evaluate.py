@@ -233,7 +233,8 @@ def validation_metrics(stats: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class EpochStats:
-    """One epoch's row of the tutorial's table: what training_stats.csv, epoch_end and the checkpoint hold.
+    """One evaluation's row of the tutorial's table (per epoch, or every eval_every_steps): what
+    training_stats.csv, epoch_end (or evaluation) and the checkpoint hold.
     A problem type fills its own validation metrics; `row()` leaves out the others, so a single_label row
     has exactly the tutorial's columns."""
 
@@ -252,9 +253,12 @@ class EpochStats:
     val_mae: float | None = None
     train_seconds: float = 0.0
     val_seconds: float = 0.0
+    step: int | None = None  # the optimizer step evaluated after, with eval_every_steps (None: an epoch's end)
 
     def row(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The set fields, `step` right after `epoch` when there is one."""
+        fields = {k: v for k, v in asdict(self).items() if v is not None}
+        return {"epoch": fields.pop("epoch"), **({"step": fields.pop("step")} if "step" in fields else {}), **fields}
 
 
 def headline(stats: dict[str, Any], problem_type: str) -> str:

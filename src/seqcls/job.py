@@ -43,7 +43,7 @@ def run(where: runtime.Platform) -> Path:
     tokenizer = model.load_tokenizer(model_source)
 
     # Step 3: model and training (resuming from a matching checkpoint).
-    classifier = model.load_model(model_source, config, settings.seed)
+    classifier = model.load_model(model_source, config, settings.seed, settings.gradient_checkpointing)
     data_files = [f for split in (splits.train, splits.validation) for f in split.files]
     checkpointer = checkpoint.Checkpointer(
         where.checkpoint_dir, checkpoint.fingerprint(settings.as_dict(), model_source, data_files, world.size),
@@ -60,7 +60,7 @@ def run(where: runtime.Platform) -> Path:
     label_thresholds = evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
     metrics = artifacts.metrics_record(outcome.stats, outcome.best_epoch, splits.label_map.labels, {
         "problem_type": settings.problem_type, "decision_threshold": threshold, "label_thresholds": label_thresholds,
-        "early_stopped_after_epoch": outcome.early_stopped_after, "partial": partial})
+        "early_stopped_after_epoch": outcome.early_stopped_after, "best_step": outcome.best_step, "partial": partial})
     test = None
     if "test" in encoded and not partial:
         metrics["test"], predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id,

@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 
 
-def row_losses(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
+def row_losses(logits: torch.Tensor, labels: torch.Tensor, problem_type: str, label_smoothing: float = 0.0) -> torch.Tensor:
     """float32 [rows]: cross-entropy (single_label, labels int64 [rows]); binary cross-entropy with logits
     averaged over the labels (multi_label, labels float32 multi-hot [rows, labels]); squared error
     (regression, labels float32 [rows], logits [rows, 1]). The same losses transformers' models compute
-    for each config.problem_type, before their mean over rows."""
+    for each config.problem_type, before their mean over rows. `label_smoothing` (single_label, training only):
+    cross-entropy against (1 - e) x the label + e / classes everywhere, as torch's CrossEntropyLoss computes it."""
     logits = logits.float()
     if problem_type == "multi_label":
         return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none").mean(dim=1)
     if problem_type == "regression":
         return (logits.reshape(-1) - labels.float()) ** 2
-    return F.cross_entropy(logits, labels, reduction="none")
+    return F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)

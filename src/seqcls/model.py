@@ -82,8 +82,9 @@ def load_tokenizer(source: str):
     return tokenizer
 
 
-def load_model(source: str, config: PretrainedConfig, seed: int) -> torch.nn.Module:
-    """Pretrained encoder plus a classification head initialised from the seed."""
+def load_model(source: str, config: PretrainedConfig, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
+    """Pretrained encoder plus a classification head initialised from the seed; with gradient_checkpointing,
+    switched to recomputing activations in backward (before any training, so an unsupported model fails fast)."""
     torch.manual_seed(seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -91,7 +92,24 @@ def load_model(source: str, config: PretrainedConfig, seed: int) -> torch.nn.Mod
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load weights of {source!r}: {str(err).splitlines()[0][:300]}") from None
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model, source)
     return model
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, source: str) -> None:
+    """transformers' own switch, where the model class declares support (supports_gradient_checkpointing: ALBERT,
+    MPNet, XLNet... do not). Non-reentrant torch.utils.checkpoint, as torch recommends (and transformers 5.24 defaults
+    to); the newer name where this transformers has it (gradient_checkpointing_enable is its deprecated alias)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise SettingsError(f"hyperparameter gradient_checkpointing=true: {type(model).__name__} (model {source}) does "
+                            "not support gradient checkpointing in transformers; set it to false and lower "
+                            "batch_size (with gradient_accumulation_steps to keep the recipe), or use another model")
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def pad_token_id(tokenizer) -> int:

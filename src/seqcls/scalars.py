@@ -1,8 +1,9 @@
 """TensorBoard scalars, written from the job's own events so they hold exactly the JSON log's values.
 
 Train loss, learning rate and samples/s at each `train_progress` (x: optimizer step); validation
-loss and the problem type's metrics (MCC...; micro-F1...; Pearson...) at each `epoch_end` (x: epoch); test
-metrics once (x: the last epoch).
+loss and the problem type's metrics (MCC...; micro-F1...; Pearson...) at each `epoch_end` (x: epoch) or,
+with eval_every_steps, each `evaluation` (x: optimizer step); test metrics once (x: the last epoch, or the
+last evaluation's step).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class TensorBoardScalars:
         self.epochs = epochs
         self._writer = None
         self._purge_step: int | None = None
+        self._last_step: int | None = None  # of the last step-level evaluation: where test metrics go
 
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
         if name == "resumed":
@@ -39,11 +41,13 @@ class TensorBoardScalars:
             self._purge_step = int(fields["step"]) + 1
         elif name == "train_progress":
             self._add(TRAIN, fields, int(fields["step"]))
-        elif name == "epoch_end":
-            self._add(EPOCH, fields, int(fields["epoch"]))
+        elif name in ("epoch_end", "evaluation"):
+            x = int(fields["step"] if name == "evaluation" else fields["epoch"])
+            self._last_step = x if name == "evaluation" else None
+            self._add(EPOCH, fields, x)
             self._writer.flush()
         elif name == "test_metrics":
-            self._add(TEST, fields, self.epochs)
+            self._add(TEST, fields, self.epochs if self._last_step is None else self._last_step)
 
     def _add(self, tags: dict[str, str], fields: dict[str, Any], step: int) -> None:
         if self._writer is None:

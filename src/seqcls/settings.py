@@ -91,6 +91,9 @@ def promotion_metrics(problem_type: str) -> list[str]:
     return [f"{split}_{name}" for split, names in PROMOTION_METRICS[problem_type].items() for name in names]
 
 
+# transformers' get_scheduler names (SchedulerType) that need nothing beyond warm-up and length.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+POLYNOMIAL_LR_END = 1e-7  # get_polynomial_decay_schedule_with_warmup's default, which get_scheduler keeps
 POSITIVE_INT = Bounds(low=1)
 NON_NEGATIVE = Bounds(low=0)
 FRACTION_OPEN = Bounds(low=0, high=1, low_open=True, high_open=True)
@@ -109,14 +112,26 @@ class Settings:
                                      bounds=Bounds(2, 8192), auto=True)
     max_length_percentile: float = _setting(99.5, "With max_length=auto: the share (in %) of training rows that fit "
                                                   "untruncated", bounds=Bounds(50, 100))
-    batch_size: int = _setting(32, "Training samples per optimizer step", bounds=Bounds(1, 65536))
+    batch_size: int = _setting(32, "Training rows per forward/backward pass, over all processes; an optimizer step "
+                                   "takes batch_size x gradient_accumulation_steps rows (docs/scale.md)",
+                               bounds=Bounds(1, 65536))
+    gradient_accumulation_steps: int = _setting(1, "Batches whose gradients add up to one optimizer step: the recipe of "
+                                                   "a bigger batch in the memory of batch_size rows", bounds=Bounds(1, 1024))
     eval_batch_size: int = _setting(256, "Samples per validation/test forward pass (no effect on results)",
                                     bounds=Bounds(1, 65536), math=False)
     learning_rate: float = _setting(2e-5, "AdamW peak learning rate", bounds=FRACTION_OPEN)
     adam_epsilon: float = _setting(1e-8, "AdamW epsilon", bounds=FRACTION_OPEN)
     weight_decay: float = _setting(0.0, "AdamW decoupled weight decay", bounds=FRACTION_FROM_ZERO)
     epochs: int = _setting(4, "Passes over the training data", bounds=Bounds(1, 1000))
-    warmup_ratio: float = _setting(0.0, "Fraction of steps with linear warm-up", bounds=FRACTION_FROM_ZERO)
+    warmup_ratio: float = _setting(0.0, "Fraction of optimizer steps with linear warm-up (rounded down)",
+                                   bounds=FRACTION_FROM_ZERO)
+    warmup_steps: int = _setting(0, "Optimizer steps of linear warm-up; wins over warmup_ratio when > 0 (as in "
+                                    "transformers' TrainingArguments)", bounds=Bounds(0, 10**9))
+    lr_scheduler_type: str = _setting("linear", "Learning-rate schedule after warm-up, transformers' get_scheduler: "
+                                                "linear decay to 0, cosine, cosine_with_restarts, polynomial, constant "
+                                                "(no warm-up) or constant_with_warmup", choices=SCHEDULERS)
+    max_steps: int = _setting(0, "Stop after this many optimizer steps, mid-epoch if need be, running more epochs than "
+                                 "`epochs` if need be (0: epochs decide)", bounds=Bounds(0, 10**9))
     max_grad_norm: float = _setting(1.0, "Gradient clipping norm; 0 disables", bounds=NON_NEGATIVE)
     seed: int = _setting(42, "Seeds the split, the data order, dropout and the head init", bounds=Bounds(0, 2**32 - 1))
     validation_split: float = _setting(0.1, "Share of train held out when no validation channel is given",
@@ -133,6 +148,9 @@ class Settings:
                            choices=("auto", "cpu", "cuda"), math=False)
     cuda_graphs: bool = _setting(True, "On one GPU, replay whole training steps as CUDA graphs (same math; "
                                        "falls back to eager, logged)", math=False)
+    gradient_checkpointing: bool = _setting(False, "Recompute activations in backward instead of keeping them "
+                                                   "(transformers' gradient_checkpointing_enable): activation memory "
+                                                   "per layer instead of per step, for one more forward pass", math=False)
     group_by_length: bool = _setting(False, "Sort rows by length within windows of 50 batches: half the padding on "
                                             "CoLA (1.6x faster on CPU); its test MCC varied more over seeds "
                                             "(docs/measured.md)")
@@ -153,7 +171,11 @@ class Settings:
                                       "the bucket's default encryption", math=False)
     s3_expected_bucket_owner: str = _setting("", "12-digit AWS account that must own the bucket; empty: not checked",
                                              math=False)
-    checkpoint_every_steps: int = _setting(0, "Checkpoint every N optimizer steps (0: only at epoch ends)",
+    eval_every_steps: int = _setting(0, "Validate every N optimizer steps and at the last one, for select_best, "
+                                        "early stopping, the logs and tuning (0: at each epoch end)",
+                                     bounds=Bounds(0, 10**9))
+    checkpoint_every_steps: int = _setting(0, "Checkpoint every N optimizer steps (0: only at epoch ends and "
+                                              "evaluations, which always checkpoint)",
                                            bounds=NON_NEGATIVE, math=False)
     checkpoint_dir: str = _setting("", "Checkpoint folder; empty: the platform's (<root>/checkpoints, "
                                        "AIP_CHECKPOINT_DIR)", math=False)
@@ -170,8 +192,9 @@ class Settings:
     select_best: str = _setting("none", "Keep the best epoch's weights instead of the last, by a validation metric of "
                                         "the problem type (mcc: single_label, f1_micro: multi_label, pearson or mse: "
                                         "regression) or by loss", choices=tuple(SELECT_BEST))
-    early_stopping_patience: int = _setting(0, "Stop after this many epochs without a better select_best metric "
-                                               "(0: run every epoch); needs select_best", bounds=Bounds(0, 1000))
+    early_stopping_patience: int = _setting(0, "Stop after this many evaluations (epochs, or eval_every_steps) without "
+                                               "a better select_best metric (0: run every epoch); needs select_best",
+                                            bounds=Bounds(0, 1000))
     early_stopping_min_delta: float = _setting(0.0, "How much the select_best metric must improve to count as better",
                                                bounds=NON_NEGATIVE)
     class_weights: str = _setting("none", "single_label: loss weight per label: none, balanced (n_rows / (n_labels * "
@@ -180,6 +203,9 @@ class Settings:
     decision_threshold: float | str = _setting(0.5, "Two labels only: predict the second label when its probability "
                                                     "is at least this; auto: the one with the best validation MCC",
                                                bounds=FRACTION_OPEN, auto=True)
+    label_smoothing: float = _setting(0.0, "single_label: the training loss's cross-entropy against labels smoothed by "
+                                           "this share (torch's CrossEntropyLoss(label_smoothing=)); validation loss "
+                                           "stays plain", bounds=FRACTION_FROM_ZERO)
     max_train_samples: int = _setting(0, "Use a seeded sample of at most N training rows (0: all)", bounds=NON_NEGATIVE)
     label_names: str = _setting("", "Readable class or tag names for config.json's id2label: a JSON list in label id order "
                                     "(the labels sorted) or a JSON object {\"label\": \"name\"} naming every label; "
@@ -385,9 +411,14 @@ def _validate_training_rules(s: Settings) -> None:
            "names classes or tags; a regression model has one output, a score")
     _check_select_best(s)
     _check_promotion(s)
-    for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5)):
+    _check(s.lr_scheduler_type != "constant" or not (s.warmup_steps or s.warmup_ratio), "lr_scheduler_type",
+           s.lr_scheduler_type, "constant has no warm-up: use constant_with_warmup, or set warmup_steps and "
+                                "warmup_ratio to 0")
+    _check(s.lr_scheduler_type != "polynomial" or s.learning_rate > POLYNOMIAL_LR_END, "learning_rate", s.learning_rate,
+           f"lr_scheduler_type=polynomial decays to {POLYNOMIAL_LR_END:g} (transformers' lr_end): the peak must be above it")
+    for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5), ("label_smoothing", 0.0)):
         _check(getattr(s, name) == unset or s.problem_type == "single_label", name, getattr(s, name),
-               f"needs problem_type=single_label (it weighs or decides classes), not {s.problem_type}")
+               f"needs problem_type=single_label (it weighs, decides or smooths classes), not {s.problem_type}")
 
 
 def _check_select_best(s: Settings) -> None:

@@ -8,15 +8,20 @@ and one launch, with no host sync, so the host prepares the next batch while the
 
 The math stays the eager loop's: every step trains the same rows; a short last batch is filled up to
 batch_size with copies of its first row at loss weight 0, so the loss is still the mean over its real
-rows; the linear schedule steps on the host exactly as before (writing into the lr tensor); and the
+rows; the schedule steps on the host exactly as before (writing into the lr tensor); and the
 warm-up runs that capture needs are undone (weights, optimizer state, RNG) before training starts.
+
+With gradient_accumulation_steps > 1 an optimizer step is several batches ("micro-batches"): each adds its
+gradient to the same .grad tensors (DDP syncs only on the last), then clipping and AdamW run once. The
+graph path then captures one forward-backward graph per width and one graph for clip + AdamW.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -38,9 +43,13 @@ class TrainingState:
     scaler: torch.amp.GradScaler
 
 
+Batch = dict[str, np.ndarray]  # one collated micro-batch; its `weights` are each row's share of the step's loss
+
+
 class Step(Protocol):
-    def __call__(self, batch: dict[str, np.ndarray], share: float) -> torch.Tensor:
-        """Train on one collated batch; return its mean loss times `share` as a device scalar."""
+    def __call__(self, micro_batches: list[Batch]) -> torch.Tensor:
+        """One optimizer step over these collated batches; returns the step's loss on this rank (the sum of
+        each row's loss times its weight) as a device scalar."""
 
 
 def graphs_unavailable(settings: Settings, compute: Compute) -> str | None:
@@ -53,6 +62,9 @@ def graphs_unavailable(settings: Settings, compute: Compute) -> str | None:
         return f"torch.distributed with {compute.world.size} processes (DDP steps run eagerly)"
     if compute.precision == "fp16":
         return "precision fp16 needs dynamic loss scaling, which syncs with the host every step"
+    if settings.gradient_checkpointing:
+        return ("gradient_checkpointing=true: its backward re-runs forward after restoring the RNG state from the "
+                "host, which a replayed graph would not repeat")
     return None
 
 
@@ -65,11 +77,11 @@ def make_optimizer(model: torch.nn.Module, settings: Settings, device: torch.dev
 
 
 def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                  problem_type: str = "single_label") -> torch.Tensor:
+                  problem_type: str = "single_label", label_smoothing: float = 0.0) -> torch.Tensor:
     """Each row's loss for the problem type (losses.row_losses, fp32) times its weight, summed: the batch mean
     when every weight is 1/rows, and Keras-style class weighting (each row's loss scaled by its label's weight)
     when class_weights are set."""
-    return (row_losses(logits, labels, problem_type) * weights).sum()
+    return (row_losses(logits, labels, problem_type, label_smoothing) * weights).sum()
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -78,25 +90,39 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 class EagerStep:
-    """The tutorial's step on a per-batch-padded batch: CPU, DDP, fp16 with loss scaling, any model."""
+    """The tutorial's step on per-batch-padded batches: CPU, DDP, fp16 with loss scaling, any model."""
 
     def __init__(self, forward: torch.nn.Module, state: TrainingState, settings: Settings, compute: Compute) -> None:
         self.forward, self.model, self.optimizer = forward, state.model, state.optimizer
         self.scheduler, self.scaler = state.scheduler, state.scaler
         self.device, self.precision, self.max_grad_norm = compute.device, compute.precision, settings.max_grad_norm
-        self.problem_type = settings.problem_type
+        self.problem_type, self.label_smoothing = settings.problem_type, settings.label_smoothing
         # The schedule's own value: after a failed capture or a graph-path checkpoint, the group holds
         # a float32 tensor, which would round the learning rate.
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
             group["lr"] = float(lr)
 
-    def __call__(self, batch: dict[str, np.ndarray], share: float) -> torch.Tensor:
+    def __call__(self, micro_batches: list[Batch]) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(micro_batches):
+            # DDP all-reduces gradients during backward: skip that until the step's last batch has added its own.
+            last = i == len(micro_batches) - 1
+            with self.forward.no_sync() if not last and hasattr(self.forward, "no_sync") else nullcontext():
+                total += self._backward(batch)
+        self._apply()
+        return total
+
+    def _backward(self, batch: Batch) -> torch.Tensor:
         inputs = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in batch.items()}
         labels, weights = inputs.pop("labels"), inputs.pop("weights")
         with autocast(self.device, self.precision):
             logits = self.forward(**inputs).logits
-        loss = weighted_loss(logits, labels, weights, self.problem_type) * share
+        loss = weighted_loss(logits, labels, weights, self.problem_type, self.label_smoothing)
         self.scaler.scale(loss).backward()
+        return loss.detach()
+
+    def _apply(self) -> None:
+        """Clip, step and schedule once per optimizer step, on the gradients every batch added up."""
         if self.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
@@ -104,7 +130,6 @@ class EagerStep:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
 
 
 class GraphSteps:
@@ -112,7 +137,8 @@ class GraphSteps:
 
     With capture=False the very same step body runs eagerly on static buffers: that is how the tests
     check its math against EagerStep on a CPU. Build it after any checkpoint has been restored: the
-    graphs hold the addresses of the weights, gradients, optimizer state and learning rate.
+    graphs hold the addresses of the weights, gradients, optimizer state and learning rate. With
+    gradient accumulation, `graphs` hold forward-backward only and `apply_graph` clip + AdamW.
     """
 
     def __init__(self, state: TrainingState, settings: Settings, compute: Compute, widths: list[int],
@@ -121,7 +147,8 @@ class GraphSteps:
         device = compute.device
         self.device, self.precision = device, compute.precision
         self.batch_size, self.max_grad_norm = settings.batch_size, settings.max_grad_norm
-        self.problem_type = settings.problem_type
+        self.problem_type, self.label_smoothing = settings.problem_type, settings.label_smoothing
+        self.whole = settings.gradient_accumulation_steps == 1  # one graph per step, else per batch plus apply_graph
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         for group in self.optimizer.param_groups:  # the schedule fills this tensor; the graphs read it
             group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
@@ -130,14 +157,14 @@ class GraphSteps:
         self.inputs = {width: self._static_inputs(width) for width in widths}
         self.loss = torch.zeros((), device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.apply_graph: torch.cuda.CUDAGraph | None = None
         if capture:
             self.warm_up()
             pool = torch.cuda.graph_pool_handle()  # the graphs never run at once, so they share memory
             for width in sorted(self.inputs, reverse=True):
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._step(width)
-                self.graphs[width] = graph
+                self.graphs[width] = _captured(partial(self._step if self.whole else self._forward_backward, width), pool)
+            if not self.whole:
+                self.apply_graph = _captured(self._apply, pool)
 
     def _static_inputs(self, width: int) -> dict[str, torch.Tensor]:
         matrix = torch.zeros((self.batch_size, width), dtype=torch.int64, device=self.device)
@@ -154,18 +181,27 @@ class GraphSteps:
         return torch.zeros(self.batch_size, dtype=dtype, device=self.device)
 
     def _step(self, width: int) -> None:
-        """The captured body: no host syncs, no allocations that outlive it, shapes fixed by `width`."""
+        """A whole step on one batch: what is captured per width without accumulation, and what warm-up runs."""
+        self._forward_backward(width)
+        self._apply()
+
+    def _forward_backward(self, width: int) -> None:
+        """The captured body: no host syncs, no allocations that outlive it, shapes fixed by `width`. Backward
+        adds into the preallocated .grad tensors in place, so batches of one step accumulate there."""
         static = self.inputs[width]
-        self.optimizer.zero_grad(set_to_none=False)
         with autocast(self.device, self.precision, cache_enabled=False):  # autocast's cache breaks capture
             logits = self.model(input_ids=static["input_ids"], token_type_ids=static["token_type_ids"],
                                 attention_mask=static["attention_mask"]).logits
-        loss = weighted_loss(logits, static["labels"], static["weights"], self.problem_type)
+        loss = weighted_loss(logits, static["labels"], static["weights"], self.problem_type, self.label_smoothing)
         loss.backward()
+        self.loss.copy_(loss.detach())
+
+    def _apply(self) -> None:
+        """Clip and AdamW on the summed gradients, then zero them in place for the next step's batches."""
         if self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
-        self.loss.copy_(loss.detach())
+        self.optimizer.zero_grad(set_to_none=False)
 
     def warm_up(self) -> None:
         """Run every width's step eagerly (on a side stream, as capture requires), then put the weights,
@@ -204,8 +240,25 @@ class GraphSteps:
                     value.zero_()
         self.loss.zero_()
 
-    def __call__(self, batch: dict[str, np.ndarray], share: float) -> torch.Tensor:
-        rows, width = batch["input_ids"].shape
+    def __call__(self, micro_batches: list[Batch]) -> torch.Tensor:
+        total = torch.zeros((), device=self.device)
+        for batch in micro_batches:
+            width = self._fill(batch)
+            if self.graphs:
+                self.graphs[width].replay()
+            else:
+                (self._step if self.whole else self._forward_backward)(width)
+            total += self.loss  # queued after this batch's graph, before the next overwrites the buffer
+        if self.apply_graph is not None:
+            self.apply_graph.replay()
+        elif not self.whole:
+            self._apply()
+        self.scheduler.step()
+        return total
+
+    def _fill(self, batch: Batch) -> int:
+        """Copy one batch into its width's static buffers (asynchronously, from pinned memory); returns the width."""
+        width = batch["input_ids"].shape[1]
         static = self.inputs[width]
         for name, array in batch.items():
             if len(array) < self.batch_size:  # zero-weight copies of the first row: valid inputs, no gradient
@@ -213,9 +266,12 @@ class GraphSteps:
                 array = np.concatenate([array, np.repeat(filler, self.batch_size - len(array), axis=0)])
             source = torch.from_numpy(array)
             static[name].copy_(source.pin_memory() if self.device.type == "cuda" else source, non_blocking=True)
-        if self.graphs:
-            self.graphs[width].replay()
-        else:
-            self._step(width)
-        self.scheduler.step()
-        return self.loss * share
+        return width
+
+
+def _captured(body: Callable[[], None], pool: Any) -> torch.cuda.CUDAGraph:
+    """`body` recorded once as a CUDA graph in the shared memory pool."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        body()
+    return graph

@@ -1,7 +1,10 @@
-"""Training: AdamW + linear schedule, the explicit loop, per-epoch validation, and a clean stop on SIGTERM.
+"""Training: AdamW + a transformers schedule, the explicit loop, validation per epoch or every N steps,
+gradient accumulation, and a clean stop on SIGTERM.
 
 The loop is written out (no Trainer) so that resume can be exact and, on one GPU, each step can be
 replayed whole as a CUDA graph (steps.py). It syncs with the host only when it logs or checkpoints.
+Every count here (schedule, log_every_steps, checkpoints, evaluations, max_steps) is of optimizer steps;
+an optimizer step is gradient_accumulation_steps batches of batch_size rows.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_scheduler
 
 from . import logs
 from .checkpoint import STOP, Checkpointer, Progress
@@ -23,7 +27,7 @@ from .distributed import all_reduce_sum, any_rank, shard
 from .errors import Interrupted
 from .evaluate import EpochStats, better, epoch_validation, headline, objective, predict, validation_metrics
 from .settings import Settings
-from .steps import EagerStep, GraphSteps, Step, TrainingState, current_lr, graphs_unavailable, make_optimizer
+from .steps import Batch, EagerStep, GraphSteps, Step, TrainingState, current_lr, graphs_unavailable, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -35,10 +39,41 @@ class TrainData:
     pad_token_id: int
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How long the run is, in optimizer steps: the schedule, the progress bar and max_steps follow it."""
+
+    steps_per_epoch: int
+    epochs: int  # with max_steps: as many as it takes, the last maybe cut short
+    total_steps: int
+    warmup_steps: int
+
+    @classmethod
+    def of(cls, rows: int, settings: Settings) -> "Plan":
+        per_epoch = -(-rows // (settings.batch_size * settings.gradient_accumulation_steps))
+        if settings.max_steps:
+            epochs, total = -(-settings.max_steps // per_epoch), settings.max_steps
+        else:
+            epochs, total = settings.epochs, per_epoch * settings.epochs
+        # warmup_steps wins over warmup_ratio, as in transformers' TrainingArguments; the ratio rounds down, as before.
+        return cls(per_epoch, epochs, total, settings.warmup_steps or int(settings.warmup_ratio * total))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: Settings, plan: Plan):
+    """transformers' get_scheduler, stepped once per optimizer step (constant takes no warm-up: settings refuse one)."""
+    return get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=plan.warmup_steps,
+                         num_training_steps=plan.total_steps)
+
+
+class _EarlyStop(Exception):
+    """Early stopping decided at a step-level evaluation: the run ends there, mid-epoch."""
+
+
 @dataclass
 class Outcome:
     stats: list[EpochStats] = field(default_factory=list)
     best_epoch: int = 0  # 1-based epoch whose weights the model holds at the end
+    best_step: int = 0  # with eval_every_steps: the optimizer step of those weights
     train_seconds: float = 0.0
     samples_per_s: float = 0.0
     path: str = "eager"  # or "cuda_graphs"
@@ -51,7 +86,10 @@ class Outcome:
         """What a stopped run's model holds, for metrics.json and the manifest; None when every epoch ran."""
         if not self.stopped:
             return None
-        if self.best_epoch:
+        if self.best_step:
+            weights = (f"best evaluation so far (step {self.best_step})" if kept_best
+                       else f"step {self.best_step}, evaluated")
+        elif self.best_epoch:
             weights = f"best epoch so far ({self.best_epoch})" if kept_best else f"end of epoch {self.best_epoch}"
         else:
             weights = f"step {self.stopped_at_step}, mid-epoch"
@@ -105,7 +143,7 @@ class _Window:
 
 
 class _Loop:
-    """One training run: the state, the step, the progress, and what is logged and checkpointed on the way."""
+    """One training run: the state, the step, the progress, and what is logged, evaluated and checkpointed."""
 
     def __init__(self, model: torch.nn.Module, data: TrainData, settings: Settings, compute: Compute,
                  checkpointer: Checkpointer) -> None:
@@ -115,28 +153,45 @@ class _Loop:
         model.train()
         self.data, self.settings, self.compute, self.checkpointer = data, settings, compute, checkpointer
         self.forward = DistributedDataParallel(model) if world.active else model
-        self.total_steps = -(-len(data.train) // settings.batch_size) * settings.epochs
+        self.plan = Plan.of(len(data.train), settings)
         eager_reason = graphs_unavailable(settings, compute)
         optimizer = make_optimizer(model, settings, device, graphs=eager_reason is None)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * self.total_steps),
-                                                    self.total_steps)
-        self.state = TrainingState(model, optimizer, scheduler,
+        self.state = TrainingState(model, optimizer, make_scheduler(optimizer, settings, self.plan),
                                    torch.amp.GradScaler(device.type, enabled=compute.precision == "fp16"))
         self.progress, self.best_weights = checkpointer.restore(self.state, world) or (Progress(), None)
         self.outcome = Outcome(stats=[EpochStats(**s) for s in self.progress.stats])
         self.pad = pad_multiple(device.type)
         self.step = self._make_step(eager_reason)
         self.first_step, self.trained_samples = self.progress.global_step, 0
+        # The step losses since the last evaluation; a checkpoint stores the all-rank sum, rank 0 carries it on.
+        self.loss_sum = torch.tensor(self.progress.loss_sum if world.is_main else 0.0, dtype=torch.float32, device=device)
 
-    def _batches(self, epoch: int) -> list:
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        """The rows of each optimizer step of this epoch (batch_size x gradient_accumulation_steps, the last maybe fewer)."""
         s = self.settings
-        return epoch_order(self.data.train.lengths, s.batch_size, s.seed, epoch, s.group_by_length)
+        return epoch_order(self.data.train.lengths, s.batch_size * s.gradient_accumulation_steps, s.seed, epoch,
+                           s.group_by_length)
+
+    def _micro_rows(self, rows: np.ndarray) -> list[np.ndarray]:
+        return np.split(rows, range(self.settings.batch_size, len(rows), self.settings.batch_size))
+
+    def _micro_batches(self, rows: np.ndarray) -> list[Batch]:
+        """This rank's share of each batch of one optimizer step, collated, each row weighted by its share of the
+        step's loss: the mean over all the step's rows (its class weight included), not a mean of batch means."""
+        batches = []
+        for micro in self._micro_rows(rows):
+            mine, share = shard(micro, self.compute.world, len(rows))
+            batch = collate(self.data.train, mine, self.data.pad_token_id, self.pad)
+            batch["weights"] = batch["weights"] * np.float32(share)
+            batches.append(batch)
+        return batches
 
     def _make_step(self, eager_reason: str | None) -> Step:
         """CUDA graphs for every batch width still to come when they can be used, else eager; logged either way."""
         level = logging.INFO
         if eager_reason is None:
-            batches = [rows for epoch in range(self.progress.epoch, self.settings.epochs + 1) for rows in self._batches(epoch)]
+            batches = [micro for epoch in range(self.progress.epoch, self.plan.epochs + 1)
+                       for rows in self._batches(epoch) for micro in self._micro_rows(rows)]
             widths = batch_widths(self.data.train.lengths, batches, self.pad)
             start = time.perf_counter()
             try:
@@ -149,22 +204,25 @@ class _Loop:
                 self.outcome.path, self.outcome.capture_seconds = "cuda_graphs", time.perf_counter() - start
                 logs.event("training_path", f"CUDA graphs: {len(widths)} widths captured in "
                                             f"{self.outcome.capture_seconds:.2f}s", path="cuda_graphs", widths=widths,
-                           capture_s=round(self.outcome.capture_seconds, 3))
+                           capture_s=round(self.outcome.capture_seconds, 3),
+                           graphs_per_step="one" if graphs.whole else "one per batch, then clip + AdamW")
                 return graphs
         logs.event("training_path", f"eager steps: {eager_reason}", level=level, path="eager", reason=eager_reason)
         return EagerStep(self.forward, self.state, self.settings, self.compute)
 
     def run(self) -> Outcome:
         """Every remaining epoch; a SIGTERM ends the run early with a checkpoint (see `train`)."""
-        self.bar = _progress_bar(self.total_steps, self.progress.global_step)
-        self.start = time.perf_counter()
+        self.bar = _progress_bar(self.plan.total_steps, self.progress.global_step)
+        self.start = self.interval_start = time.perf_counter()
         try:
             with STOP.deferred():
-                for epoch in range(self.progress.epoch, self.settings.epochs + 1):
+                for epoch in range(self.progress.epoch, self.plan.epochs + 1):
                     if self._patience_spent():  # checked first: a run resumed after the decision stops too
-                        self.outcome.early_stopped_after = epoch - 1
+                        self.outcome.early_stopped_after = epoch - 1 if self.progress.step_in_epoch == 0 else epoch
                         break
                     self._epoch(epoch)
+        except _EarlyStop:
+            self.outcome.early_stopped_after = self.progress.epoch
         except Interrupted as stop:
             self.outcome.stopped, self.outcome.stopped_at_step = str(stop), self.progress.global_step
         if self.bar is not None:
@@ -172,125 +230,163 @@ class _Loop:
         return self._finish()
 
     def _epoch(self, epoch: int) -> None:
-        world, device, progress = self.compute.world, self.compute.device, self.progress
-        epoch_start = time.perf_counter()
-        # A checkpoint stores the all-rank sum; rank 0 carries it on.
-        epoch_loss = torch.tensor(progress.epoch_loss_sum if world.is_main else 0.0, dtype=torch.float32, device=device)
-        window = _Window(device)
+        world, progress, every = self.compute.world, self.progress, self.settings.eval_every_steps
+        window = _Window(self.compute.device)
         batches = self._batches(epoch)
         for rows in batches[progress.step_in_epoch:]:
-            mine, share = shard(rows, world)
-            loss = self.step(collate(self.data.train, mine, self.data.pad_token_id, self.pad), share)
+            loss = self.step(self._micro_batches(rows))
             progress.global_step += 1
             progress.step_in_epoch += 1
-            epoch_loss += loss.detach() / world.size  # summed over ranks below: the global batch mean
+            self.loss_sum += loss.detach() / world.size  # summed over ranks later: the global step mean
             window.add(loss.detach() / world.size, len(rows))
             self.trained_samples += len(rows)
             if self.bar is not None:
                 self.bar.update(1)
-            if progress.global_step % self.settings.log_every_steps == 0 or progress.global_step == self.total_steps:
+            last = progress.global_step == self.plan.total_steps
+            if progress.global_step % self.settings.log_every_steps == 0 or last:
                 self._log_progress(epoch, window)
-                window = _Window(device)
-            self._maybe_checkpoint(epoch_loss, last_of_epoch=progress.step_in_epoch == len(batches))
-        self._end_epoch(epoch, epoch_loss, len(batches), time.perf_counter() - epoch_start)
+                window = _Window(self.compute.device)
+            if every and (progress.global_step % every == 0 or last):
+                self._evaluate(epoch)
+            else:
+                self._maybe_checkpoint(boundary=progress.step_in_epoch == len(batches) or last)
+            if last:
+                break
+        self._end_epoch(epoch)
 
     def _log_progress(self, epoch: int, window: _Window) -> None:
         all_reduce_sum(window.loss, self.compute.world)
-        now = time.perf_counter()
+        now, total = time.perf_counter(), self.plan.total_steps
         elapsed, done = now - self.start, self.progress.global_step - self.first_step
-        logs.event("train_progress", f"epoch {epoch} step {self.progress.global_step}/{self.total_steps}",
-                   epoch=epoch, step=self.progress.global_step, total_steps=self.total_steps,
+        logs.event("train_progress", f"epoch {epoch} step {self.progress.global_step}/{total}",
+                   epoch=epoch, step=self.progress.global_step, total_steps=total,
                    loss=round(window.loss.item() / window.steps, 6), lr=current_lr(self.state.optimizer),
                    samples_per_s=round(window.samples / max(now - window.start, 1e-9), 1),
                    world_size=self.compute.world.size, elapsed_s=round(elapsed, 2),
-                   eta_s=round(elapsed / done * (self.total_steps - self.progress.global_step), 1))
+                   eta_s=round(elapsed / done * (total - self.progress.global_step), 1))
 
-    def _maybe_checkpoint(self, epoch_loss: torch.Tensor, last_of_epoch: bool) -> None:
-        """Mid-epoch: every checkpoint_every_steps, and at once when the platform asked the job to stop."""
+    def _maybe_checkpoint(self, boundary: bool) -> None:
+        """Mid-epoch: every checkpoint_every_steps, and at once when the platform asked the job to stop (an epoch's
+        end checkpoints anyway)."""
         progress, s = self.progress, self.settings
         periodic = s.checkpoint_every_steps and progress.global_step % s.checkpoint_every_steps == 0
         stopping = any_rank(STOP.requested, self.compute.world, self.compute.device)
-        if (periodic or stopping) and not last_of_epoch:
-            summed = epoch_loss.clone()
-            all_reduce_sum(summed, self.compute.world)
-            progress.epoch_loss_sum = summed.item()
+        if (periodic or stopping) and not boundary:
             self._save_checkpoint()
             if stopping:
-                raise Interrupted(f"interrupted by SIGTERM at step {progress.global_step}/{self.total_steps}; "
-                                  f"checkpoint saved in {self.checkpointer.directory}: rerun to resume")
+                self._stop(f"at step {progress.global_step}/{self.plan.total_steps}")
 
-    def _end_epoch(self, epoch: int, epoch_loss: torch.Tensor, batches: int, train_seconds: float) -> None:
-        """Validate, log the tutorial's row, keep the best weights, checkpoint."""
+    def _stop(self, where: str) -> None:
+        """After a checkpoint: the platform asked the job to stop (SIGTERM), on any rank."""
+        raise Interrupted(f"interrupted by SIGTERM {where}; checkpoint saved in {self.checkpointer.directory}: "
+                          "rerun to resume")
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Per-epoch evaluation (unless eval_every_steps evaluates), the next epoch's start, a checkpoint."""
+        progress = self.progress
+        if not self.settings.eval_every_steps:
+            self._evaluate(epoch, checkpoint=False)
+        # An evaluation at this very step has just checkpointed: a resume from there comes back here at once.
+        evaluated_here = self.settings.eval_every_steps and progress.eval_step == progress.global_step
+        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        if not evaluated_here:
+            self._save_checkpoint()
+        if any_rank(STOP.requested, self.compute.world, self.compute.device):
+            self._stop(f"after epoch {epoch}")
+
+    def _evaluate(self, epoch: int, checkpoint: bool = True) -> None:
+        """Validate, log the tutorial's row (epoch_end per epoch, `evaluation` every eval_every_steps), keep the
+        best weights; a step-level evaluation checkpoints too, so a resume never repeats or loses one."""
         world, progress, model = self.compute.world, self.progress, self.state.model
-        all_reduce_sum(epoch_loss, world)
-        val_start = time.perf_counter()
+        all_reduce_sum(self.loss_sum, world)
+        train_seconds, val_start = time.perf_counter() - self.interval_start, time.perf_counter()
         predictions = predict(model, self.data.validation, self.data.pad_token_id, self.settings.eval_batch_size,
                               self.compute)
         validation = epoch_validation(self.data.validation.labels, predictions, model.config.num_labels)
-        stats = EpochStats(epoch=epoch, train_loss=epoch_loss.item() / batches, train_seconds=train_seconds,
-                           val_seconds=time.perf_counter() - val_start, **validation)
+        stepwise = bool(self.settings.eval_every_steps)
+        stats = EpochStats(epoch=epoch, train_loss=self.loss_sum.item() / (progress.global_step - progress.eval_step),
+                           train_seconds=train_seconds, val_seconds=time.perf_counter() - val_start,
+                           step=progress.global_step if stepwise else None, **validation)
         self.outcome.stats.append(stats)
-        logs.event("epoch_end", f"epoch {epoch}/{self.settings.epochs}: train loss {stats.train_loss:.4f}, "
-                                f"val loss {stats.val_loss:.4f}, {headline(stats.row(), self.settings.problem_type)}",
+        where = f"step {progress.global_step}/{self.plan.total_steps}" if stepwise else f"epoch {epoch}/{self.plan.epochs}"
+        logs.event("evaluation" if stepwise else "epoch_end",
+                   f"{where}: train loss {stats.train_loss:.4f}, val loss {stats.val_loss:.4f}, "
+                   f"{headline(stats.row(), self.settings.problem_type)}",
                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in stats.row().items()})
         self._keep_if_best(stats)
-        progress.epoch, progress.step_in_epoch, progress.epoch_loss_sum = epoch + 1, 0, 0.0
+        self.loss_sum.zero_()
+        progress.loss_sum, progress.eval_step = 0.0, progress.global_step
         progress.stats = [s.row() for s in self.outcome.stats]
-        self._save_checkpoint()
-        if any_rank(STOP.requested, world, self.compute.device):
-            raise Interrupted(f"interrupted by SIGTERM after epoch {epoch}; checkpoint saved in "
-                              f"{self.checkpointer.directory}: rerun to resume")
+        self.interval_start = time.perf_counter()
+        if checkpoint:
+            self._save_checkpoint()
+            if any_rank(STOP.requested, world, self.compute.device):
+                self._stop(f"after the evaluation at step {progress.global_step}/{self.plan.total_steps}")
+            if self._patience_spent() and progress.global_step < self.plan.total_steps:
+                raise _EarlyStop
 
     def _patience_spent(self) -> bool:
         patience = self.settings.early_stopping_patience
-        return bool(patience) and self.progress.stale_epochs >= patience
+        return bool(patience) and self.progress.stale_evaluations >= patience
 
     def _keep_if_best(self, stats: EpochStats) -> None:
-        """select_best's weights, and early stopping's count of epochs that did not beat the best by min_delta."""
+        """select_best's weights, and early stopping's count of evaluations that did not beat the best by min_delta."""
         s, progress = self.settings, self.progress
         if s.select_best == "none":
             return
         key = objective(s.select_best, s.problem_type)[0]
         value = stats.row()[key]
         if progress.best is None or better(s.select_best, value, progress.best[key], s.early_stopping_min_delta):
-            progress.stale_epochs = 0
+            progress.stale_evaluations = 0
         else:
-            progress.stale_epochs += 1
+            progress.stale_evaluations += 1
         if _improved(s, stats, progress.best):
             progress.best = stats.row()
             self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.state.model.state_dict().items()}
-        if self._patience_spent() and stats.epoch < s.epochs:
-            logs.event("early_stopping", f"stopping after epoch {stats.epoch}: {key} has not improved by more than "
-                                         f"{s.early_stopping_min_delta:g} for {progress.stale_epochs} epoch(s) "
-                                         f"(best {progress.best[key]:.4f}, epoch {progress.best['epoch']})",
-                       epoch=stats.epoch, metric=key, best=round(progress.best[key], 6), best_epoch=progress.best["epoch"],
+        if self._patience_spent() and progress.global_step < self.plan.total_steps:
+            at = f"step {progress.global_step}" if stats.step else f"epoch {stats.epoch}"
+            best_at = f"step {progress.best['step']}" if stats.step else f"epoch {progress.best['epoch']}"
+            logs.event("early_stopping", f"stopping after {at}: {key} has not improved by more than "
+                                         f"{s.early_stopping_min_delta:g} for {progress.stale_evaluations} evaluation(s) "
+                                         f"(best {progress.best[key]:.4f}, {best_at})",
+                       epoch=stats.epoch, step=progress.global_step, metric=key, best=round(progress.best[key], 6),
+                       best_epoch=progress.best["epoch"], best_step=progress.best.get("step"),
                        patience=s.early_stopping_patience, min_delta=s.early_stopping_min_delta)
 
     def _save_checkpoint(self) -> None:
+        summed = self.loss_sum.clone()
+        all_reduce_sum(summed, self.compute.world)
+        self.progress.loss_sum = summed.item()
         self.checkpointer.save(self.state, self.progress, self.best_weights, self.compute.world)
 
     def _finish(self) -> Outcome:
-        """Timing, and the weights the model ends on: the best epoch's with select_best."""
+        """Timing, and the weights the model ends on: the best evaluation's with select_best."""
         outcome, progress = self.outcome, self.progress
         outcome.train_seconds = time.perf_counter() - self.start
         outcome.samples_per_s = self.trained_samples / max(outcome.train_seconds, 1e-9)
-        # Without a best epoch, a stopped run holds weights from the middle of an epoch: no whole epoch's.
-        outcome.best_epoch = len(outcome.stats) if not outcome.stopped or progress.step_in_epoch == 0 else 0
+        # A stopped run holds the last evaluation's weights only when it stopped right there.
+        if outcome.stats and (not outcome.stopped or progress.eval_step == progress.global_step):
+            outcome.best_epoch, outcome.best_step = outcome.stats[-1].epoch, outcome.stats[-1].step or 0
         if progress.best is not None and self.best_weights is not None:
             self.state.model.load_state_dict(self.best_weights)
-            outcome.best_epoch = progress.best["epoch"]
-            # Repeats the kept epoch's validation metrics last: a tuning job ranks a trial by the last value logged.
-            logs.event("best_epoch_selected", f"keeping epoch {outcome.best_epoch} (best val {self.settings.select_best})",
-                       epoch=outcome.best_epoch, metric=self.settings.select_best,
+            outcome.best_epoch, outcome.best_step = progress.best["epoch"], progress.best.get("step", 0)
+            # Repeats the kept evaluation's metrics last: a tuning job ranks a trial by the last value logged.
+            logs.event("best_epoch_selected", f"keeping {self._named(progress.best)} (best val {self.settings.select_best})",
+                       epoch=outcome.best_epoch, **({"step": outcome.best_step} if outcome.best_step else {}),
+                       metric=self.settings.select_best,
                        **{k: round(v, 6) for k, v in validation_metrics(progress.best).items()})
         return outcome
+
+    @staticmethod
+    def _named(row: dict) -> str:
+        return f"step {row['step']} (epoch {row['epoch']})" if row.get("step") else f"epoch {row['epoch']}"
 
 
 def train(model: torch.nn.Module, data: TrainData, settings: Settings, compute: Compute,
           checkpointer: Checkpointer) -> Outcome:
-    """Fine-tune `model` in place, resuming from the newest matching checkpoint; returns per-epoch stats.
+    """Fine-tune `model` in place, resuming from the newest matching checkpoint; returns every evaluation's stats.
 
-    With select_best, the model ends on the best epoch's weights. On SIGTERM the current step
+    With select_best, the model ends on the best evaluation's weights. On SIGTERM the current step
     finishes, a checkpoint is written, and the outcome says `stopped`: the model then holds the best
     epoch so far (select_best) or the current weights, for the caller to save before it exits.
     Under torch.distributed each rank trains on its share of every global batch (see distributed.py).

@@ -1,4 +1,4 @@
-"""The objective a hyperparameter-tuning trial reports after every epoch, in the record Vertex reads.
+"""The objective a hyperparameter-tuning trial reports after every evaluation, in the record Vertex reads.
 
 Vertex AI's tuning service reads what `cloudml-hypertune` writes: a file of JSON lines, one record per
 report, rewritten whole each time with the newest 100 (cloudml-hypertune 0.1.0.dev6 on PyPI,
@@ -22,7 +22,8 @@ KEEP = 100  # the package's _MAX_NUM_METRIC_ENTRIES_TO_PRESERVE
 
 
 class ObjectiveReport:
-    """A logs.Listener: at each epoch_end, the objective as a hypertune record (global_step = the epoch)."""
+    """A logs.Listener: at each epoch_end, the objective as a hypertune record (global_step = the epoch); with
+    eval_every_steps, at each `evaluation` (global_step = the optimizer step)."""
 
     def __init__(self, path: Path, trial_id: str, select_best: str, problem_type: str = "single_label") -> None:
         self.path = path
@@ -31,10 +32,11 @@ class ObjectiveReport:
         self.records: deque[dict[str, Any]] = deque(maxlen=KEEP)
 
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
-        if name != "epoch_end":
+        if name not in ("epoch_end", "evaluation"):
             return
+        step = fields["step"] if name == "evaluation" else fields["epoch"]
         self.records.append({"timestamp": time.time(), "trial": str(self.trial),
-                             self.metric: str(float(fields[self.metric])), "global_step": str(int(fields["epoch"])),
+                             self.metric: str(float(fields[self.metric])), "global_step": str(int(step)),
                              "checkpoint_path": ""})
         with replacing(self.path) as tmp:
             tmp.write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in self.records))

@@ -233,3 +233,24 @@ def test_submit_creates_the_tuning_job(aws_offline: None, capsys: pytest.Capture
     for request in (sent[0], expected):
         request.pop("HyperParameterTuningJobName")  # timestamped
     assert sent[0] == expected
+
+
+def test_objective_and_validation_regexes_read_step_level_evaluation_lines(aws_offline: None,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """eval_every_steps: train.py logs `evaluation` rows (EpochStats with a step) instead of epoch_end; the
+    validation metrics are not anchored to an event, so the tuning objective and the metric definitions read them."""
+    from infra.sagemaker.metrics import metric_definitions
+
+    regex = re.compile(_objective_regex(_request(BASE)))
+    logs.setup()
+    capsys.readouterr()
+    row = EpochStats(epoch=1, train_loss=0.41, val_loss=0.55, val_accuracy=0.81, val_mcc=0.2875, val_f1=0.87,
+                     step=1500).row()
+    logs.event("evaluation", "step 1500/4000", **row)
+    line = capsys.readouterr().out.splitlines()[0]
+    assert json.loads(line)["step"] == 1500
+    assert float(regex.search(line).group(1)) == 0.2875
+    found = {d["Name"]: re.search(d["Regex"], line) for d in metric_definitions()}
+    assert {name for name, match in found.items() if match} == {"validation:loss", "validation:accuracy",
+                                                                "validation:mcc", "validation:f1"}
+    assert float(found["validation:loss"].group(1)) == 0.55
