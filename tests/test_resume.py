@@ -157,6 +157,14 @@ def test_a_mismatched_checkpoint_is_refused_unless_ignored(template, tmp_path):
     assert not any(e["event"] == "resumed" for e in records)
 
 
+def unstopped_run(template: Path, root: Path) -> tuple[str, dict, list[dict]]:
+    """The reference a stopped-and-resumed run must equal: the weights' digest, metrics.json and the events."""
+    shutil.copytree(template, root, symlinks=True)
+    result = run_cli(["train"], env=env_for(root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return (*outputs(root), json_lines(result.stdout))
+
+
 # Early stopping: epoch 1 sets the first best validation loss, and no epoch can beat it by min_delta=1.0 (a
 # mean cross-entropy near 0.6 cannot fall by 1.0), so with patience 1 the run stops after epoch 2 of 4.
 EARLY_STOPPING = HYPERPARAMETERS | {"epochs": "4", "select_best": "loss", "early_stopping_patience": "1",
@@ -171,11 +179,7 @@ def early_template(tmp_path_factory, cola_dir, minilm_path) -> Path:
 
 @pytest.fixture(scope="module")
 def early_reference(early_template, tmp_path_factory) -> tuple[str, dict, list[dict]]:
-    root = tmp_path_factory.mktemp("early-reference") / "ml"
-    shutil.copytree(early_template, root, symlinks=True)
-    result = run_cli(["train"], env=env_for(root))
-    assert result.returncode == 0, result.stderr[-2000:]
-    return (*outputs(root), json_lines(result.stdout))
+    return unstopped_run(early_template, tmp_path_factory.mktemp("early-reference") / "ml")
 
 
 def test_early_stopping_ends_the_run_at_the_patience_epoch(early_reference):
@@ -221,11 +225,7 @@ def stepwise_template(tmp_path_factory, cola_dir, minilm_path) -> Path:
 
 @pytest.fixture(scope="module")
 def stepwise_reference(stepwise_template, tmp_path_factory) -> tuple[str, dict, list[dict]]:
-    root = tmp_path_factory.mktemp("stepwise-reference") / "ml"
-    shutil.copytree(stepwise_template, root, symlinks=True)
-    result = run_cli(["train"], env=env_for(root))
-    assert result.returncode == 0, result.stderr[-2000:]
-    return (*outputs(root), json_lines(result.stdout))
+    return unstopped_run(stepwise_template, tmp_path_factory.mktemp("stepwise-reference") / "ml")
 
 
 def test_step_level_evaluations_run_at_their_steps(stepwise_reference):
