@@ -3,6 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The Hugging Face inference toolkit's own venv (below, before `test`, which needs it).
+HF_VENV := .venv-hf-inference
+HF_TRANSFORMERS ?= 4.51.3
 COLA_DIR ?= ../shared/data/cola
 EPOCHS ?= 3
 # MiniLM (6 layers, hidden 384) learns CoLA far better at 1e-4 with 10% warm-up than at the recipe's 2e-5 (docs/measured.md).
@@ -51,8 +54,6 @@ test: $(HF_VENV)/.ready
 # its handler (sagemaker-huggingface-inference-toolkit 2.6.0, the last on PyPI, and multi-model-server, whose Python
 # modules it imports) on the transformers of AWS's newest 4.x image, 2.6.0-transformers4.51.3-{cpu,gpu}-py312.
 # torch is our 2.13.0 (the CPU wheel here), not the image's 2.6.0: the hook's answers depend on transformers.
-HF_VENV := .venv-hf-inference
-HF_TRANSFORMERS ?= 4.51.3
 $(HF_VENV)/.ready:
 	$(PYTHON) -m venv $(HF_VENV)
 	$(HF_VENV)/bin/python -m pip install --quiet torch==2.13.0 transformers==$(HF_TRANSFORMERS) \
