@@ -23,6 +23,7 @@ import signal
 import pytest
 
 from jobtools import FOREIGN_ENV_PREFIXES, TOKENIZER_FILES
+from test_problem_types_job import score, tags, write_csv
 
 TRAIN_ROWS, ASKED_ROWS = 240, 32
 TRAIN_ARGS = ["--epochs", "3", "--batch_size", "16", "--learning_rate", "1e-3", "--log_every_steps", "50"]
@@ -50,21 +51,6 @@ def small_encoder(folder: Path, minilm: Path) -> Path:
 
 def _cola(cola_dir: Path, name: str) -> list[list[str]]:
     return [line.rstrip("\n").split("\t") for line in (cola_dir / name).open(encoding="utf-8")]
-
-
-def tags(sentence: str, label: str) -> list[str]:
-    words = f" {sentence.lower()} "
-    return ((["acceptable"] if label == "1" else []) + (["long"] if len(sentence.split()) > 8 else [])
-            + (["negation"] if " not " in words or "n't" in words else [])
-            + (["question"] if sentence.rstrip().endswith("?") else []))
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def seqcls(args: list[str]) -> None:
@@ -107,7 +93,7 @@ def predicted_records(predictions_csv: Path, problem_type: str, labels: list[str
 
 def reference(model: Path, texts: list[str], scratch: Path) -> list[dict]:
     """`seqcls predict` on the texts."""
-    rows = _write_csv(scratch / "asked.csv", ["text"], [[t] for t in texts])
+    rows = write_csv(scratch / "asked.csv", ["text"], [[t] for t in texts])
     out = scratch / "asked.predictions.csv"
     seqcls(["predict", "--model", str(model), "--input", str(rows), "--output", str(out)])
     config = json.loads((model / "config.json").read_text())
@@ -124,12 +110,12 @@ def train_models(root: Path, cola_dir: Path, minilm: Path) -> dict[str, ServedMo
     train = rows[::len(rows) // TRAIN_ROWS][:TRAIN_ROWS]
     asked = [row[3] for row in _cola(cola_dir, "out_of_domain_dev.tsv")[:ASKED_ROWS]]
     files = {
-        "binary": (_write_csv(root / "binary.csv", ["text", "label"], [[r[3], r[1]] for r in train]),
+        "binary": (write_csv(root / "binary.csv", ["text", "label"], [[r[3], r[1]] for r in train]),
                    ["--decision_threshold", "auto"]),
-        "multi_label": (_write_csv(root / "multi.csv", ["text", "labels"], [[r[3], ",".join(tags(r[3], r[1]))] for r in train]),
+        "multi_label": (write_csv(root / "multi.csv", ["text", "labels"], [[r[3], ",".join(tags(r))] for r in train]),
                         ["--problem_type", "multi_label", "--select_best", "f1_micro"]),
-        "regression": (_write_csv(root / "score.csv", ["text", "label"],
-                                  [[r[3], int(r[1]) + len(r[3].split()) / 10] for r in train]),
+        "regression": (write_csv(root / "score.csv", ["text", "label"],
+                                  [[r[3], score(r)] for r in train]),
                        ["--problem_type", "regression"]),
     }
     models = {}
