@@ -42,17 +42,23 @@ def train_on_gpu(model: torch.nn.Module, settings: Settings, folder, monkeypatch
     return outcome, [e for e in events if e[0] == "training_path"]
 
 
+def assert_trained_alike(first: tuple, second: tuple, loss_rel: float, weight_atol: float) -> None:
+    """Two (outcome, model) pairs: the same loss per epoch within loss_rel, the same weights within weight_atol."""
+    (first_outcome, first_model), (second_outcome, second_model) = first, second
+    for a, b in zip(first_outcome.stats, second_outcome.stats):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=loss_rel)
+    with torch.no_grad():
+        for a, b in zip(first_model.parameters(), second_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=weight_atol)
+
+
 def test_graph_path_trains_like_the_eager_path_on_a_gpu(tmp_path, monkeypatch):
     graphs_model, eager_model = tiny_bert(), tiny_bert()
     graphs, path = train_on_gpu(graphs_model, SETTINGS, tmp_path / "graphs", monkeypatch)
     eager, _ = train_on_gpu(eager_model, EAGER, tmp_path / "eager", monkeypatch)
     assert graphs.path == "cuda_graphs" and path[0][2]["widths"], path
     assert eager.path == "eager"
-    for a, b in zip(graphs.stats, eager.stats):
-        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
-    with torch.no_grad():
-        for a, b in zip(graphs_model.parameters(), eager_model.parameters()):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert_trained_alike((graphs, graphs_model), (eager, eager_model), loss_rel=1e-3, weight_atol=1e-4)
 
 
 def test_a_model_that_syncs_in_forward_falls_back_to_eager_and_trains_like_eager(tmp_path, monkeypatch):
@@ -65,11 +71,7 @@ def test_a_model_that_syncs_in_forward_falls_back_to_eager_and_trains_like_eager
     assert fields["reason"].startswith("CUDA graph capture failed: "), fields
     reference = tiny_bert()
     eager, _ = train_on_gpu(reference, EAGER, tmp_path / "eager", monkeypatch)
-    for a, b in zip(fallen_back.stats, eager.stats):
-        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
-    with torch.no_grad():
-        for a, b in zip(syncing.parameters(), reference.parameters()):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert_trained_alike((fallen_back, syncing), (eager, reference), loss_rel=1e-4, weight_atol=1e-5)
 
 
 def test_accumulated_graph_steps_train_like_eager_accumulation_on_a_gpu(tmp_path, monkeypatch):
@@ -80,11 +82,7 @@ def test_accumulated_graph_steps_train_like_eager_accumulation_on_a_gpu(tmp_path
     eager, _ = train_on_gpu(eager_model, dataclasses.replace(accumulated, cuda_graphs=False), tmp_path / "eager",
                             monkeypatch)
     assert graphs.path == "cuda_graphs" and path[0][2]["graphs_per_step"].startswith("one per batch"), path
-    for a, b in zip(graphs.stats, eager.stats):
-        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
-    with torch.no_grad():
-        for a, b in zip(graphs_model.parameters(), eager_model.parameters()):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert_trained_alike((graphs, graphs_model), (eager, eager_model), loss_rel=1e-3, weight_atol=1e-4)
 
 
 def test_gradient_checkpointing_trains_eagerly_on_a_gpu_like_without_it(tmp_path, monkeypatch):
@@ -97,8 +95,4 @@ def test_gradient_checkpointing_trains_eagerly_on_a_gpu_like_without_it(tmp_path
     assert with_it.path == "eager" and path[0][2]["reason"].startswith("gradient_checkpointing=true")
     reference = tiny_bert()
     without, _ = train_on_gpu(reference, EAGER, tmp_path / "plain", monkeypatch)
-    for a, b in zip(with_it.stats, without.stats):
-        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
-    with torch.no_grad():
-        for a, b in zip(checkpointed.parameters(), reference.parameters()):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert_trained_alike((with_it, checkpointed), (without, reference), loss_rel=1e-4, weight_atol=1e-5)
