@@ -401,7 +401,7 @@ def pinned_for_ranks(where: Platform, argv: Sequence[str]) -> list[str]:
     return pinned
 
 
-# --- The GPU the platform says this container has (read by seqcls.gpu's fail-fast check) ---
+# --- The GPU the platform says this container has (read by seqcls.devices' fail-fast check) ---
 # SageMaker writes the machine's instance type into resourceconfig.json as `current_instance_type`
 # (sagemaker-training-toolkit, src/sagemaker_training/environment.py, read_resource_config; the SDK's local
 # mode writes "local_gpu" or "local_cpu", sagemaker/train/local/local_container.py). The SDK itself calls an

@@ -1,7 +1,7 @@
 """Hyperparameters: the tutorial recipe as defaults, layered sources, typed parsing, validation.
 
 Sources, lowest to highest precedence: built-in defaults < hyperparameters.json (SageMaker writes
-every value as a JSON string) < env SEQCLS_<NAME> < command-line `--name value`. The platform module
+every value as a JSON string) < env SEQCLS_<NAME> < command-line `--name value`. runtime.py
 collects the raw sources; this module only parses and validates, so it never reads os.environ.
 """
 

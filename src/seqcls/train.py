@@ -2,7 +2,9 @@
 gradient accumulation, and a clean stop on SIGTERM.
 
 The loop is written out (no Trainer) so that resume can be exact and, on one GPU, each step can be
-replayed whole as a CUDA graph (steps.py). It syncs with the host only when it logs or checkpoints.
+replayed whole as a CUDA graph (steps.py). On one process it syncs with the host only when it logs,
+evaluates or checkpoints; under DDP every step also all-reduces the stop flag (`any_rank`, one `.item()`),
+so that all ranks stop at the same step after a SIGTERM.
 Every count here (schedule, log_every_steps, checkpoints, evaluations, max_steps) is of optimizer steps;
 an optimizer step is gradient_accumulation_steps batches of batch_size rows.
 """
