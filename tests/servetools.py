@@ -23,7 +23,7 @@ import signal
 import pytest
 
 from jobtools import FOREIGN_ENV_PREFIXES, TOKENIZER_FILES
-from test_problem_types_job import score, tags, write_csv
+from targets import score, tags, write_csv
 
 TRAIN_ROWS, ASKED_ROWS = 240, 32
 TRAIN_ARGS = ["--epochs", "3", "--batch_size", "16", "--learning_rate", "1e-3", "--log_every_steps", "50"]

@@ -24,7 +24,7 @@ from seqcls.distributed import World
 from seqcls.errors import SettingsError
 from seqcls.losses import row_losses
 from seqcls.settings import Settings
-from test_steps import synthetic, tiny_bert
+from modeltools import synthetic, tiny_bert
 
 CPU = torch.device("cpu")
 # 630 rows: 20 optimizer steps of 32 rows, the last 22 (micro-batches of 8, 8 and 6 under accumulation).

@@ -14,7 +14,7 @@ from seqcls import train
 from seqcls.checkpoint import Checkpointer
 from seqcls.devices import Compute
 from seqcls.settings import Settings
-from test_steps import synthetic, tiny_bert
+from modeltools import synthetic, tiny_bert
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 SETTINGS = Settings(epochs=2, select_best="none", learning_rate=1e-3, warmup_ratio=0.1, batch_size=32)

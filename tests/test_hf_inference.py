@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from jobtools import build_tiny_model, minilm_folder, run_cli
-from test_problem_types_job import QUICK, cola, score, tags, write_csv
+from targets import QUICK, cola, score, tags, write_csv
 
 pytestmark = pytest.mark.slow
 

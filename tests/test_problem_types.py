@@ -203,7 +203,7 @@ def _tiny_bert(num_labels: int, problem_type: str) -> torch.nn.Module:
 
 
 def _encoded(problem_type: str, rows: int = 75) -> data.Encoded:
-    from test_steps import synthetic
+    from modeltools import synthetic
 
     encoded = synthetic(rows)
     rng = np.random.default_rng(3)
@@ -220,7 +220,7 @@ def _train(path: str, problem_type: str, encoded: data.Encoded) -> tuple[torch.n
 
     from seqcls import steps
     from seqcls.devices import Compute
-    from test_steps import SETTINGS
+    from modeltools import SETTINGS
 
     run_settings = dataclasses.replace(SETTINGS, problem_type=problem_type)
     model = _tiny_bert(3 if problem_type == "multi_label" else 1, problem_type)
