@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from seqcls import evaluate, logs, tuning
+from seqcls import evaluate, logs, promotion, tuning
+from seqcls.settings import SELECT_BEST
 
 EPOCHS = [{"epoch": 1, "val_loss": 0.61234, "val_mcc": 0.125}, {"epoch": 2, "val_loss": 0.58, "val_mcc": 0.2501}]
 
@@ -85,3 +86,11 @@ def test_step_level_evaluations_report_the_optimizer_step_as_global_step(tmp_pat
     ours = _lines(tmp_path / "ours" / "output.metrics")
     assert [r["global_step"] for r in ours] == ["500", "1000"]
     assert [(r["val_mcc"], r["trial"]) for r in ours] == [(r["val_mcc"], r["trial"]) for r in expected]
+
+
+@pytest.mark.parametrize("name", [name for name in SELECT_BEST if name != "none"])
+def test_select_best_and_the_promotion_gate_agree_on_which_way_is_better(name):
+    """One list of lower-is-better metrics: an epoch ranked best must also be the run the gate prefers."""
+    _, goal = evaluate.objective(name, SELECT_BEST[name] or "single_label")
+    lower_wins = promotion.decide(f"validation_{name}", 1.0, "champion", 2.0, tolerance=0.0).promoted
+    assert (goal == "MINIMIZE") == lower_wins

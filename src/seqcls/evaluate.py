@@ -17,7 +17,7 @@ from . import logs
 from .devices import Compute, autocast
 from .distributed import gather_rows
 from .losses import row_losses
-from .settings import Settings, problem_type_of
+from .settings import MINIMIZED_METRICS, Settings, problem_type_of
 
 
 DEFAULT_THRESHOLD = 0.5  # a multi_label row has a label when its sigmoid reaches the label's threshold
@@ -204,7 +204,6 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
 # Per problem type: the epoch_end field that ranks epochs when select_best names none, and how logs say it.
 HEADLINES = {"single_label": ("val_mcc", "val MCC"), "multi_label": ("val_f1_micro", "val micro-F1"),
              "regression": ("val_pearson", "val Pearson")}
-MINIMIZED = ("loss", "mse")
 
 
 def objective(select_best: str, problem_type: str = "single_label") -> tuple[str, str]:
@@ -213,7 +212,7 @@ def objective(select_best: str, problem_type: str = "single_label") -> tuple[str
     trial's reported objective all follow it."""
     if select_best == "none":
         return HEADLINES[problem_type][0], "MAXIMIZE"
-    return f"val_{select_best}", "MINIMIZE" if select_best in MINIMIZED else "MAXIMIZE"
+    return f"val_{select_best}", "MINIMIZE" if select_best in MINIMIZED_METRICS else "MAXIMIZE"
 
 
 def better(select_best: str, value: float, reference: float, min_delta: float = 0.0) -> bool:

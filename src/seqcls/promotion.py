@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from . import artifacts, logs
 from .errors import SettingsError
-from .settings import PROMOTION_MINIMIZED, Settings
+from .settings import MINIMIZED_METRICS, Settings
 from .storage import Current
 
 METRICS = "metrics.json"
@@ -59,7 +59,7 @@ def decide(metric: str, value: float | None, current_run_id: str | None, current
            tolerance: float) -> Decision:
     """Promote when there is no current run, when the current run has no usable value (missing or NaN: any number
     beats it, as in select_best), or when this run is at most `tolerance` worse; never promote a NaN or missing value."""
-    lower = metric.rsplit("_", 1)[-1] in PROMOTION_MINIMIZED
+    lower = metric.rsplit("_", 1)[-1] in MINIMIZED_METRICS
 
     def decision(promoted: bool, reason: str) -> Decision:
         return Decision(promoted, metric, value, current_value, current_run_id, tolerance, reason)

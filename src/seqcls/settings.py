@@ -74,7 +74,7 @@ def problem_type_of(config_problem_type: str | None) -> str:
 
 
 # promote_if names a metric as <split>_<metric>: what metrics.json records per problem type ("test": {name: ...};
-# "validation": {"val_<name>": ...}, the kept epoch's). Lower is better for PROMOTION_MINIMIZED, higher for the rest.
+# "validation": {"val_<name>": ...}, the kept epoch's). Lower is better for MINIMIZED_METRICS, higher for the rest.
 PROMOTION_METRICS = {
     "single_label": {"test": ("mcc", "accuracy", "f1", "precision", "recall", "loss"),
                      "validation": ("mcc", "accuracy", "f1", "loss")},
@@ -83,7 +83,8 @@ PROMOTION_METRICS = {
     "regression": {"test": ("pearson", "spearman", "mse", "mae", "loss"),
                    "validation": ("pearson", "spearman", "mse", "mae", "loss")},
 }
-PROMOTION_MINIMIZED = ("loss", "mse", "mae")
+# The one list of metrics where lower is better: the gate, select_best and the tuning objective all read it.
+MINIMIZED_METRICS = ("loss", "mse", "mae")
 
 
 def promotion_metrics(problem_type: str) -> list[str]:
