@@ -96,3 +96,23 @@ def test_gradient_checkpointing_trains_eagerly_on_a_gpu_like_without_it(tmp_path
     reference = tiny_bert()
     without, _ = train_on_gpu(reference, EAGER, tmp_path / "plain", monkeypatch)
     assert_trained_alike((with_it, checkpointed), (without, reference), loss_rel=1e-4, weight_atol=1e-5)
+
+
+@pytest.mark.parametrize("dropout, precision", [(0.0, "fp32"), (0.1, "fp32"), (0.1, "bf16")])
+def test_a_real_capture_passes_its_self_check_with_dropout_and_bf16(dropout, precision):
+    """The replay and the eager step draw the same dropout masks from the same seed (graph-safe philox offsets),
+    so a faithful capture agrees within SELF_CHECK_RTOL: the default GPU path is not thrown away by its own check."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from seqcls import steps
+
+    device = torch.device("cuda", 0)
+    model = tiny_bert()
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = dropout
+    model = BertForSequenceClassification(model.config).to(device).train()
+    optimizer = steps.make_optimizer(model, SETTINGS, device, graphs=True)
+    state = steps.TrainingState(model, optimizer, get_linear_schedule_with_warmup(optimizer, 0, 10),
+                                torch.amp.GradScaler("cuda", enabled=False))
+    graphs = steps.GraphSteps(state, SETTINGS, Compute(device, precision), [8, 32])
+    assert set(graphs.checked) == {"loss", "grad_norm"}
+    assert max(graphs.checked.values()) <= steps.SELF_CHECK_RTOL

@@ -232,3 +232,85 @@ def test_class_weighted_steps_agree_and_scale_each_rows_loss():
     rows = torch.from_numpy(class_weights)[labels] / 5
     per_row = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert torch.allclose(steps.weighted_loss(logits, labels, rows), (per_row * torch.from_numpy(class_weights)[labels]).mean())
+
+
+class _Replayed:
+    """Stands in for a captured graph on a CPU: `replay` runs the step body eagerly, then `skew` (a wrong capture)."""
+
+    def __init__(self, body, skew=lambda: None) -> None:
+        self.body, self.skew = body, skew
+
+    def replay(self) -> None:
+        self.body()
+        self.skew()
+
+
+def _graphs_replaying(settings: Settings, skew=lambda graphs: None, model=None) -> steps.GraphSteps:
+    model = model or tiny_bert()
+    optimizer = steps.make_optimizer(model, settings, CPU, graphs=True)
+    state = steps.TrainingState(model, optimizer, get_linear_schedule_with_warmup(optimizer, 0, 10),
+                                torch.amp.GradScaler("cpu", enabled=False))
+    graphs = steps.GraphSteps(state, settings, Compute(CPU, "fp32"), [8, 16], capture=False)
+    graphs.warm_up()
+    graphs.graphs = {w: _Replayed(lambda w=w: graphs._step(w), lambda: skew(graphs)) for w in graphs.inputs}
+    return graphs
+
+
+def test_the_replay_self_check_passes_a_faithful_capture_and_leaves_the_weights_alone():
+    model = tiny_bert()
+    before = [p.detach().clone() for p in model.parameters()]
+    graphs = _graphs_replaying(SETTINGS, model=model)
+    graphs.check_replay()
+    assert graphs.checked == {"loss": 0.0, "grad_norm": 0.0}
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(not p.grad.any() for p in model.parameters())
+
+
+@pytest.mark.parametrize("buffer, factor", [("loss", 1.01), ("grad_norm", 0.9), ("loss", float("nan"))])
+def test_a_replay_that_computes_other_numbers_is_caught_and_named(buffer, factor):
+    """A capture that runs but computes wrongly (simulated: the replay scales one of its outputs) raises
+    ReplayMismatch naming the width and the quantity; the weights are put back all the same."""
+    model = tiny_bert()
+    before = [p.detach().clone() for p in model.parameters()]
+    graphs = _graphs_replaying(SETTINGS, lambda g: getattr(g, buffer).mul_(factor), model=model)
+    with pytest.raises(steps.ReplayMismatch, match=rf"width 16: {buffer} .* replayed vs .* eager"):
+        graphs.check_replay()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_failed_self_check_trains_eagerly_with_a_warning(tmp_path, monkeypatch):
+    """On a mismatch the job says so and trains the same weights as a plain eager run (simulated on a CPU)."""
+    import logging
+
+    from seqcls import train
+    from seqcls.checkpoint import Checkpointer
+
+    encoded, held_out = synthetic(), synthetic(rows=20, seed=1)
+    settings = Settings(epochs=1, select_best="none", learning_rate=1e-3)
+
+    def train_tiny(folder: str) -> tuple[torch.nn.Module, train.Outcome]:
+        model = tiny_bert()
+        outcome = train.train(model, train.TrainData(encoded, held_out, 0), settings, Compute(CPU, "fp32"),
+                              Checkpointer(tmp_path / folder, "test", False))
+        return model, outcome
+
+    reference, plain = train_tiny("plain")
+
+    def wrong_graphs(state, settings, compute, widths):
+        graphs = steps.GraphSteps(state, settings, compute, widths, capture=False)
+        graphs.warm_up()
+        graphs.graphs = {w: _Replayed(lambda w=w: graphs._step(w), lambda: graphs.loss.mul_(2)) for w in widths}
+        graphs.check_replay()
+        return graphs
+
+    events = []
+    monkeypatch.setattr(train, "graphs_unavailable", lambda *args: None)
+    monkeypatch.setattr(train, "GraphSteps", wrong_graphs)
+    monkeypatch.setattr(train.logs, "event", lambda name, message, level=logging.INFO, **fields:
+                        events.append((name, level, fields)))
+    fallen_back, outcome = train_tiny("fallback")
+    name, level, fields = next(e for e in events if e[0] == "training_path")
+    assert level == logging.WARNING and fields["path"] == "eager" and outcome.path == "eager"
+    assert fields["reason"].startswith("CUDA graph self-check failed: ReplayMismatch: width ")
+    assert "loss" in fields["reason"] and "relative difference" in fields["reason"]
+    assert all(torch.equal(a, b) for a, b in zip(reference.parameters(), fallen_back.parameters()))

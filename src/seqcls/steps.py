@@ -31,6 +31,13 @@ from .losses import row_losses
 from .settings import Settings
 
 WARM_UP_RUNS = 2  # per width: lazy initialisation (optimizer state, cuBLAS workspaces) must precede capture
+# The self-check's tolerance, relative, on the loss and the gradient norm: a replay runs the captured kernels on
+# the same inputs and RNG state as the eager step, so only atomics' summation order (backward of embeddings) differs.
+SELF_CHECK_RTOL = 1e-3
+
+
+class ReplayMismatch(RuntimeError):
+    """A captured step replayed to other numbers than the same step run eagerly: the run trains eagerly."""
 
 
 @dataclass
@@ -156,6 +163,8 @@ class GraphSteps:
             p.grad = torch.zeros_like(p)
         self.inputs = {width: self._static_inputs(width) for width in widths}
         self.loss = torch.zeros((), device=device)
+        self.grad_norm = torch.zeros((), device=device)  # before clipping, of the step's summed gradients
+        self.checked: dict[str, float] = {}  # the self-check's largest relative differences
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.apply_graph: torch.cuda.CUDAGraph | None = None
         if capture:
@@ -165,6 +174,7 @@ class GraphSteps:
                 self.graphs[width] = _captured(partial(self._step if self.whole else self._forward_backward, width), pool)
             if not self.whole:
                 self.apply_graph = _captured(self._apply, pool)
+            self.check_replay()
 
     def _static_inputs(self, width: int) -> dict[str, torch.Tensor]:
         matrix = torch.zeros((self.batch_size, width), dtype=torch.int64, device=self.device)
@@ -199,16 +209,50 @@ class GraphSteps:
     def _apply(self) -> None:
         """Clip and AdamW on the summed gradients, then zero them in place for the next step's batches."""
         if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])
+        self.grad_norm.copy_(norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
+
+    def check_replay(self) -> None:
+        """Replay each width's captured step once and run the same step eagerly, from the same weights, optimizer
+        state and RNG seed, on the static buffers: a capture that runs but records other work (a branch fixed at
+        capture time, memory reused under it) shows as a different loss or gradient norm. Everything is put back
+        afterwards; a difference beyond SELF_CHECK_RTOL raises ReplayMismatch naming it."""
+        worst = {"loss": 0.0, "grad_norm": 0.0}
+        for width in sorted(self.graphs, reverse=True):
+            replayed, eager = self._trial(partial(self._replay, width)), self._trial(partial(self._step, width))
+            for name in worst:
+                difference = abs(replayed[name] - eager[name]) / max(abs(eager[name]), 1e-12)
+                if not difference <= SELF_CHECK_RTOL:  # NaN counts as a difference
+                    raise ReplayMismatch(f"width {width}: {name} {replayed[name]:.6g} replayed vs {eager[name]:.6g} "
+                                         f"eager (relative difference {difference:.2g} > {SELF_CHECK_RTOL:g})")
+                worst[name] = max(worst[name], difference)
+        self.checked = worst
+
+    def _replay(self, width: int) -> None:
+        self.graphs[width].replay()
+        if self.apply_graph is not None:
+            self.apply_graph.replay()
+
+    def _trial(self, step: Callable[[], None]) -> dict[str, float]:
+        """One step's loss and gradient norm from a fixed RNG seed; the weights and optimizer state restored."""
+        weights, state = self._snapshot()
+        cuda = self.device.type == "cuda"
+        try:
+            with torch.random.fork_rng(devices=[self.device] if cuda else []):
+                torch.manual_seed(0)
+                step()
+                return {"loss": self.loss.item(), "grad_norm": self.grad_norm.item()}
+        finally:
+            self._restore(weights, state)
 
     def warm_up(self) -> None:
         """Run every width's step eagerly (on a side stream, as capture requires), then put the weights,
         the optimizer state and the RNG back as they were: warm-up must not train."""
-        weights = [p.detach().clone() for p in self.params]
-        state = {p: {k: v.clone() for k, v in self.optimizer.state[p].items() if torch.is_tensor(v)}
-                 for p in self.params if self.optimizer.state.get(p)}
+        weights, state = self._snapshot()
         cuda = self.device.type == "cuda"
         try:
             with torch.random.fork_rng(devices=[self.device] if cuda else []):
@@ -223,6 +267,13 @@ class GraphSteps:
                     torch.cuda.current_stream(self.device).wait_stream(side)
         finally:
             self._restore(weights, state)
+
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict[torch.Tensor, dict[str, torch.Tensor]]]:
+        """Copies of the weights and of the optimizer state's tensors, for `_restore`."""
+        weights = [p.detach().clone() for p in self.params]
+        state = {p: {k: v.clone() for k, v in self.optimizer.state[p].items() if torch.is_tensor(v)}
+                 for p in self.params if self.optimizer.state.get(p)}
+        return weights, state
 
     @torch.no_grad()
     def _restore(self, weights: list[torch.Tensor], state: dict[torch.Tensor, dict[str, torch.Tensor]]) -> None:

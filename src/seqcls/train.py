@@ -29,7 +29,8 @@ from .distributed import all_reduce_sum, any_rank, shard
 from .errors import Interrupted
 from .evaluate import EpochStats, better, epoch_validation, headline, objective, predict, validation_metrics
 from .settings import Settings
-from .steps import Batch, EagerStep, GraphSteps, Step, TrainingState, current_lr, graphs_unavailable, make_optimizer
+from .steps import (Batch, EagerStep, GraphSteps, ReplayMismatch, Step, TrainingState, current_lr, graphs_unavailable,
+                    make_optimizer)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def _one_line(error: BaseException) -> str:
 
 def _capture_failure(error: Exception, device: torch.device) -> str:
     """The one-line reason logged for the eager fallback, after waiting for whatever the capture left running."""
-    reason = f"CUDA graph capture failed: {_one_line(error)}"
+    what = "self-check" if isinstance(error, ReplayMismatch) else "capture"
+    reason = f"CUDA graph {what} failed: {_one_line(error)}"
     if device.type == "cuda":
         try:
             torch.cuda.synchronize(device)
@@ -206,7 +208,7 @@ class _Loop:
                 self.outcome.path, self.outcome.capture_seconds = "cuda_graphs", time.perf_counter() - start
                 logs.event("training_path", f"CUDA graphs: {len(widths)} widths captured in "
                                             f"{self.outcome.capture_seconds:.2f}s", path="cuda_graphs", widths=widths,
-                           capture_s=round(self.outcome.capture_seconds, 3),
+                           capture_s=round(self.outcome.capture_seconds, 3), self_check=graphs.checked,
                            graphs_per_step="one" if graphs.whole else "one per batch, then clip + AdamW")
                 return graphs
         logs.event("training_path", f"eager steps: {eager_reason}", level=level, path="eager", reason=eager_reason)
