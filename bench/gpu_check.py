@@ -285,8 +285,9 @@ def markdown(data: dict) -> str:
     job = (stages.get("whole_job") or {}).get("result")
     if job:
         lines += [f"## Whole CoLA job ({job['model']}, {job['epochs']} epochs, seed 42, {job['device']} {' '.join(job['hp'])})", ""]
-        lines += _table(["variant", "path", "wall s (process start to exit)", "train s", "capture s", "test MCC", "val MCC per epoch"],
-                        [[v["variant"], v["path"], round(v["wall_s"], 1), round(v["train_s"], 1), v["capture_s"],
+        lines += _table(["variant", "path", "self-check (largest relative differences) or why eager",
+                         "wall s (process start to exit)", "train s", "capture s", "test MCC", "val MCC per epoch"],
+                        [[v["variant"], v["path"], v.get("path_detail"), round(v["wall_s"], 1), round(v["train_s"], 1), v["capture_s"],
                           round(v["test_mcc"], 3), v["val_mcc"]] for v in job["variants"]])
     targets = data.get("targets") or {}
     lines += ["## Targets (issue 15)", ""]

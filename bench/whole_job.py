@@ -53,7 +53,7 @@ def run_job(model: str, device: str, epochs: int, hyperparameters: list[str], ou
     train_s = sum(e["train_seconds"] for e in events["epoch_end"])
     trained = events["data_ready"][0]["rows"]["train"] * len(events["epoch_end"])
     return {"wall_s": wall, "test_mcc": events["job_end"][-1]["test_mcc"], "path": path["path"],
-            "capture_s": path.get("capture_s", 0.0), "train_s": train_s, "samples_per_s": trained / train_s,
+            "path_detail": path.get("self_check") or path.get("reason"), "capture_s": path.get("capture_s", 0.0), "train_s": train_s, "samples_per_s": trained / train_s,
             "val_mcc": [round(e["val_mcc"], 3) for e in events["epoch_end"]],
             **({"decision_threshold": events["decision_threshold_chosen"][0]}
                if "decision_threshold_chosen" in events else {})}

@@ -58,6 +58,7 @@ def test_the_cpu_rehearsal_builds_the_bundle_and_runs_every_stage_into_one_repor
     variants = stages["whole_job"]["result"]["variants"]
     assert [v["variant"] for v in variants] == ["cuda_graphs=true", "cuda_graphs=false"]
     assert all(v["path"] == "eager" and -1 <= v["test_mcc"] <= 1 and v["wall_s"] > 0 for v in variants)
+    assert all(v["path_detail"] == "device is cpu" for v in variants)  # why eager, or the self-check on a GPU
     assert report["targets"] == {"judged": False, "why": "CPU or --quick rehearsal: targets apply to a full run on a GPU"}
     text = (out / "gpu-check.md").read_text()
     for heading in ("## Environment", "## Stages", "## CUDA tests", "## Training throughput", "## Whole CoLA job", "## Targets"):
