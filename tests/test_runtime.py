@@ -41,7 +41,7 @@ def test_vertex_variables_map_gcs_uris_to_the_fuse_mount(tmp_path, monkeypatch):
     where = runtime.detect(["--epochs=2"], env)
     assert where.name == "vertex"
     assert where.run_id == "987"
-    assert where.channels["train"] == fuse / "bucket" / "data"
+    assert where.channels["train"] == fuse / "bucket" / "data" / "train-*"  # data.channel_files expands it
     assert where.channels["test"] == fuse / "bucket" / "data" / "train-1.jsonl"
     assert where.model_uri == f"{fuse}/bucket/out/model/"  # the folder itself: Vertex model upload reads it
     assert where.checkpoint_dir == fuse / "bucket" / "out" / "checkpoints" / "987"  # per execution

@@ -6,7 +6,6 @@ environment and the command line into one read-only `Platform` object that the j
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import socket
@@ -171,17 +170,11 @@ def _existing(path: Path) -> Path | None:
 
 
 def _vertex_channel(uri: str, fuse_root: str) -> Path | None:
-    """AIP_*_DATA_URI may be a file, a folder or a wildcard (exported managed datasets)."""
-    local = gcs_to_fuse(uri, fuse_root)
+    """AIP_*_DATA_URI (or a gs:// path argument) through the /gcs mount: a file, a folder or a wildcard, which
+    data.channel_files expands to exactly the files it matches (exported managed datasets)."""
     if uri.startswith("gs://") and not Path(fuse_root).is_dir():
         raise DataError(f"{uri} is a gs:// URI but the Vertex GCS FUSE mount {fuse_root} is not present")
-    if any(ch in local for ch in "*?["):
-        matches = sorted(glob.glob(local))
-        if not matches:
-            raise DataError(f"no files match {uri}")
-        parent = Path(os.path.commonpath(matches))
-        return parent if len(matches) > 1 or parent.is_dir() else Path(matches[0])
-    return Path(local)
+    return Path(gcs_to_fuse(uri, fuse_root))
 
 
 def _git_commit(env: Mapping[str, str]) -> str:
@@ -223,6 +216,26 @@ def exec_env(added: Mapping[str, str]) -> dict[str, str]:
     return {**os.environ, **added}
 
 
+def _channels(name: str, root: Path, cli_paths: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Path]:
+    """Each channel's file, folder or wildcard: SageMaker's mounted folders, then Vertex's AIP_*_DATA_URI, then the
+    command line's paths (a gs:// one read through the /gcs mount), later ones winning."""
+    channels: dict[str, Path] = {}
+    for channel in CHANNELS:
+        found = _existing(root / "input" / "data" / channel)
+        if found is not None:
+            channels[channel] = found
+    fuse_root = env.get(GCS_FUSE_OVERRIDE) or GCS_FUSE_ROOT
+    if name == "vertex":
+        for channel, var in AIP_DATA_URIS.items():
+            if env.get(var):
+                channels[channel] = _vertex_channel(env[var], fuse_root)
+    for channel in CHANNELS:
+        given = cli_paths.get(channel)
+        if given:
+            channels[channel] = _vertex_channel(given, fuse_root) if given.startswith("gs://") else Path(given).absolute()
+    return channels
+
+
 def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platform:
     """Work out the platform from the environment and the command line."""
     env = dict(os.environ if env is None else env)
@@ -232,19 +245,7 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
     name = _platform_name(env)
     root = _root(name, cli_paths.get("output_dir", ""), env, timestamp)
 
-    channels: dict[str, Path] = {}
-    for channel in CHANNELS:
-        found = _existing(root / "input" / "data" / channel)
-        if found is not None:
-            channels[channel] = found
-    if name == "vertex":
-        fuse_root = env.get(GCS_FUSE_OVERRIDE) or GCS_FUSE_ROOT
-        for channel, var in AIP_DATA_URIS.items():
-            if env.get(var):
-                channels[channel] = _vertex_channel(env[var], fuse_root)
-    for channel in CHANNELS:
-        if channel in cli_paths:
-            channels[channel] = Path(cli_paths[channel]).absolute()
+    channels = _channels(name, root, cli_paths, env)
 
     from_file, ignored = _read_hyperparameters_file(root / "input" / "config" / "hyperparameters.json")
     layers = [
