@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import logs
 from .atomic import visible_files
+from . import splitcheck
 from .errors import DataError, SettingsError
 from .settings import Settings, class_weight_map, label_name_map
 
@@ -714,6 +715,7 @@ class Splits:
     label_map: LabelMap
     validation_source: str  # "channel" or "split"
     class_weights: np.ndarray | None = None  # float32 per label id, from class_weights; None: unweighted
+    split_checks: splitcheck.SplitReport | None = None  # overlap across splits, conflicting labels in train
 
 
 def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collection[str] | None = None) -> Splits:
@@ -742,9 +744,47 @@ def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collect
             _check_same_inputs(train, split)
             label_map.check_known(split)
     _check_binary_only(settings, label_map)
+    train, checks = check_splits(train, {"validation": validation, "test": test}, settings)
     splits = Splits(train, validation, test, label_map, validation_source,
-                    label_weights(settings.class_weights, label_map, train))
+                    label_weights(settings.class_weights, label_map, train), checks)
     return named_labels(splits, settings.label_names)
+
+
+def _keys(channel: Channel) -> np.ndarray:
+    return splitcheck.row_keys(channel.frame[TEXT], channel.frame[PAIR] if PAIR in channel.frame else None)
+
+
+def check_splits(train: Channel, others: dict[str, Channel | None],
+                 settings: Settings) -> tuple[Channel, splitcheck.SplitReport]:
+    """Train rows also in validation/test, and train texts with two labels (seqcls.splitcheck); split_overlap
+    decides what an overlap does: a warning, a DataError before training, or those rows dropped from train."""
+    keys = _keys(train)
+    masks = splitcheck.overlapping(keys, {name: _keys(split) for name, split in others.items() if split is not None})
+    conflict = (0, 0, []) if settings.problem_type == "regression" else splitcheck.conflicts(keys, train.frame[LABEL],
+                                                                                            train.frame[TEXT])
+    leaked = np.logical_or.reduce(list(masks.values()))
+    drop = settings.split_overlap == "drop"
+    checks = splitcheck.report(train.frame[TEXT], masks, conflict, int(leaked.sum()) if drop else 0)
+    found = {name: count for name, count in checks.overlap.items() if count}
+    if found:
+        where = " and ".join(f"{count} also in {name}" for name, count in found.items())
+        example = next(iter(checks.overlap_examples[name][0] for name in found))
+        message = f"{where} (texts equal after {splitcheck.NORMALISATION}), e.g. {example!r}"
+        if settings.split_overlap == "fail":
+            raise DataError(f"train rows cross splits: {message}; remove them, or set split_overlap=drop")
+        if drop and leaked.all():
+            raise DataError(f"split_overlap=drop would drop every train row: {message}")
+        logs.warning("split_overlap", f"train rows cross splits: {message}; "
+                     + ("dropped from train" if drop else "kept (split_overlap=warn: the metrics read on them are inflated)"),
+                     overlap=checks.overlap, examples=checks.overlap_examples, dropped=checks.dropped)
+    if checks.conflicting_texts:
+        logs.warning("label_conflicts", f"{checks.conflicting_texts} train text(s) carry more than one label "
+                     f"({checks.conflicting_rows} rows), e.g. {checks.conflict_examples[0]}",
+                     conflicting_texts=checks.conflicting_texts, conflicting_rows=checks.conflicting_rows,
+                     examples=checks.conflict_examples)
+    if drop and leaked.any():
+        train = dataclasses.replace(train, frame=train.frame[~leaked].reset_index(drop=True))
+    return train, checks
 
 
 def named_labels(splits: Splits, setting: str) -> Splits:
@@ -875,6 +915,7 @@ def log_ready(prepared: Prepared, stage: dict[str, object]) -> None:
                label_balance={name: label_balance(e.labels, splits.label_map) for name, e in encoded.items()},
                longest_tokens={name: t.longest for name, t in stats.items()},
                truncated_rows={name: t.truncated for name, t in stats.items()}, max_length=prepared.max_length,
+               split_checks=splits.split_checks.record() if splits.split_checks else None,
                class_weights=None if splits.class_weights is None else
                {label: round(float(w), 6) for label, w in zip(splits.label_map.labels, splits.class_weights)},
                **{k: v for k, v in stage.items() if k != "summary"})

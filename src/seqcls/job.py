@@ -76,7 +76,7 @@ def run(where: runtime.Platform) -> Path:
          "timing": {"train_seconds": round(outcome.train_seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1)}},
         model_source, [s for s in (splits.train, splits.validation, splits.test) if s],
         {"rows": {name: len(e) for name, e in encoded.items()}, "validation_source": splits.validation_source,
-         "max_length": max_length})
+         "max_length": max_length, "split_checks": splits.split_checks.record() if splits.split_checks else None})
     artifacts.save_run(classifier, tokenizer, where.model_dir, where.output_data_dir, artifacts.RunRecord(
         metrics, manifest, outcome.stats, splits.label_map, test, splits.test or splits.validation, settings.export_onnx))
     if partial:  # the platform uploads the model folder as it is; the run still failed, and may resume

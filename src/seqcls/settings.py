@@ -198,6 +198,9 @@ class Settings:
                                             bounds=Bounds(0, 1000))
     early_stopping_min_delta: float = _setting(0.0, "How much the select_best metric must improve to count as better",
                                                bounds=NON_NEGATIVE)
+    split_overlap: str = _setting("warn", "Train rows whose text (whitespace and case normalised) is also in validation "
+                                          "or test: warn, fail (exit 2 before training) or drop them from train",
+                                  choices=("warn", "fail", "drop"))
     class_weights: str = _setting("none", "single_label: loss weight per label: none, balanced (n_rows / (n_labels * "
                                           "label_rows), from train), or a JSON object {\"label\": weight}; unlisted "
                                           "labels weigh 1")
