@@ -50,10 +50,6 @@ class SplitReport:
     dropped: int = 0
     normalisation: str = field(default=NORMALISATION)
 
-    @property
-    def overlapping_rows(self) -> int:
-        return sum(self.overlap.values())
-
     def record(self) -> dict[str, object]:
         return {"overlap": self.overlap, "overlap_examples": self.overlap_examples,
                 "conflicting_texts": self.conflicting_texts, "conflicting_rows": self.conflicting_rows,
