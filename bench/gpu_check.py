@@ -54,7 +54,7 @@ PROBE = r"""
 import importlib, json, os, pkgutil, platform, sys
 import seqcls
 for module in pkgutil.iter_modules(seqcls.__path__):
-    if module.name != "__main__":
+    if module.name not in ("__main__", "serve"):  # serve needs the serving stack (fastapi); this checks training
         importlib.import_module("seqcls." + module.name)
 import pythonjsonlogger, torch, transformers
 from seqcls import devices as gpu
