@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobtools import (assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_inprocess, run_subprocess,
+from jobtools import (assert_clean_failure, build_tiny_model, good_csv, minilm_folder, run_cli, run_inprocess, run_subprocess,
                        write_tree)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +157,68 @@ def test_a_pickle_only_model_is_refused_unopened(tmp_path: Path, tiny: Path) -> 
     assert not marker.exists()
     pickle.loads((folder / "pytorch_model.bin").read_bytes())  # the payload is live: opening it would have run it
     assert marker.exists()
+
+
+def _index_to(folder: Path, shard: str) -> None:
+    """Replace model.safetensors by an index that maps every tensor to `shard`, as a sharded save would."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        names = list(handle.keys())
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(names, shard)}))
+
+
+def test_an_index_naming_a_pickle_shard_is_refused_before_any_load(tmp_path: Path, tiny: Path) -> None:
+    from seqcls import model
+    from seqcls.data import LabelMap
+    from seqcls.errors import ModelError
+
+    marker = tmp_path / "PWNED"
+    folder = copy_folder(tiny, tmp_path / "indexed")
+    _index_to(folder, "weights.bin")
+    (folder / "model.safetensors").unlink()
+    (folder / "weights.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(ModelError, match=r"names shard 'weights\.bin'.*pickle weights are refused"):
+        model.load_config(str(folder), LabelMap(["0", "1"]))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("shard, expect", [("../outside.safetensors", "names shard '../outside.safetensors'"),
+                                           ("missing.safetensors", "missing or not a plain file")])
+def test_an_index_shard_outside_the_folder_or_missing_is_refused(shard: str, expect: str, tmp_path: Path, tiny: Path) -> None:
+    from seqcls import model
+    from seqcls.errors import ModelError
+
+    folder = copy_folder(tiny, tmp_path / "indexed")
+    _index_to(folder, shard)
+    (folder / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    with pytest.raises(ModelError, match=re.escape(expect)):
+        model.check_local_folder(folder)
+
+
+def test_a_sharded_safetensors_model_still_loads(tmp_path: Path, tiny: Path) -> None:
+    from seqcls import model
+    from seqcls.data import LabelMap
+
+    folder = copy_folder(tiny, tmp_path / "sharded")
+    _index_to(folder, "model-00001-of-00001.safetensors")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    config = model.load_config(str(folder), LabelMap(["0", "1"]))
+    assert model.load_model(str(folder), config, seed=0) is not None
+
+
+def test_predict_refuses_a_pickle_shard_with_exit_2_naming_the_file(tmp_path: Path, tiny: Path) -> None:
+    marker = tmp_path / "PWNED"
+    folder = copy_folder(tiny, tmp_path / "indexed")
+    _index_to(folder, "weights.bin")
+    (folder / "model.safetensors").unlink()
+    (folder / "weights.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text\nhello there\n")
+    done = run_cli(["predict", "--model", str(folder), "--input", str(rows), "--output", str(tmp_path / "out.csv")])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "names shard 'weights.bin'" in done.stderr and "Traceback" not in done.stderr
+    assert not marker.exists() and not (tmp_path / "out.csv").exists()
 
 
 def test_no_code_path_unpickles() -> None:

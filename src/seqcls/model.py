@@ -5,6 +5,7 @@ Weights load from safetensors only and remote code is never trusted: a model fol
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -32,12 +33,36 @@ def check_local_folder(path: Path) -> None:
             raise ModelError(f"model folder {path} has only {', '.join(unsafe)}: pickle weights are refused; "
                              "convert them to model.safetensors (save_pretrained does by default)")
         raise ModelError(f"model folder {path} has no model.safetensors weights")
-    for weights in sorted(path.glob("*.safetensors")):
+    for weights in sorted({*path.glob("*.safetensors"), *index_shards(path)}):
         try:
             with safe_open(str(weights), framework="pt") as handle:  # reads the header only
                 handle.keys()
         except (SafetensorError, OSError) as err:
             raise ModelError(f"model weights {weights} are unreadable ({err}): truncated or corrupt download?") from None
+
+
+def index_shards(path: Path) -> list[Path]:
+    """The shards model.safetensors.index.json names, each a .safetensors file inside the folder: transformers loads
+    whatever file an index names, a torch.save pickle included, so the index is checked before any load."""
+    index = path / "model.safetensors.index.json"
+    if not index.exists():
+        return []
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise ModelError(f"model index {index} is unreadable ({type(err).__name__}): expected "
+                         '{"weight_map": {tensor: shard file}}') from None
+    shards = []
+    for name in names:
+        if not isinstance(name, str) or not name.endswith(".safetensors") or Path(name).name != name:
+            raise ModelError(f"model index {index} names shard {name!r}: only .safetensors files in the model folder "
+                             "are loaded (pickle weights are refused)")
+        shard = path / name
+        if shard.is_symlink() or not shard.is_file():
+            raise ModelError(f"model index {index} names shard {name}, which is missing or not a plain file")
+        shards.append(shard)
+    return shards
 
 
 def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
