@@ -266,12 +266,13 @@ def test_local_path_publish_is_verified_and_refuses_to_overwrite(tmp_path):
     objects = {p.name: p.read_bytes() for p in (target / "run-1").iterdir()}
     assert_manifest_matches(objects, local_files(folders))
     assert json.loads((target / "latest.json").read_text())["run_id"] == "run-1"
-    assert storage.fetch(str(target / "run-1"), tmp_path / "unused") == target / "run-1"
+    fetched = storage.fetch(str(target / "run-1"), tmp_path / "fetched")  # copied as a bucket download would be
+    assert {p.name: p.read_bytes() for p in fetched.iterdir()} == objects
     with pytest.raises(StorageError, match="already exists"):
         storage.publish(str(target), "run-1", folders)
     (target / "run-1" / "config.json").write_bytes(b"tampered")
-    with pytest.raises(StorageError, match="config.json is 8 bytes"):
-        storage.fetch(str(target / "run-1"), tmp_path / "unused")
+    with pytest.raises(StorageError, match="config.json is 8 bytes but manifest.json says 300 bytes"):
+        storage.fetch(str(target / "run-1"), tmp_path / "again")
 
 
 def test_name_collisions_between_the_folders_are_refused(tmp_path):

@@ -12,12 +12,15 @@ Credentials come from the default chains (AWS: env, profile, role; GCP: ADC) and
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
+import stat
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -517,11 +520,31 @@ class _Local(_Store):
             self._write(dest, io.BytesIO(data))
             return True
 
+    def _inside(self, name: str) -> Path:
+        """The entry `name` names, refused when a symlinked folder on the way leads out of the root."""
+        path = self.root / name
+        if not path.parent.resolve().is_relative_to(self.root.resolve()):
+            raise StorageError(f"{path}: a folder on its way is a symlink out of {self.root}; it is never followed")
+        return path
+
     def download(self, name: str, dest: Path) -> None:
-        shutil.copyfile(self.root / name, dest)
+        """A copy of a plain file, as a bucket download would give: a symlink or device is refused, never read."""
+        path = self._inside(name)
+        try:
+            source = open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW))
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise StorageError(f"{path} is a symlink: a published run holds plain files, and none is followed") from None
+            raise
+        with source:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                raise StorageError(f"{path} is not a plain file")
+            with dest.open("wb") as out:
+                shutil.copyfileobj(source, out, BLOCK)
 
     def delete(self, name: str) -> None:
-        (self.root / name).unlink(missing_ok=True)
+        """Removes the entry itself (a symlink, not what it points at), never through a symlinked folder."""
+        self._inside(name).unlink(missing_ok=True)
 
     def reason(self, err: Exception) -> str:
         if isinstance(err, OSError):
@@ -728,31 +751,45 @@ def _upload_checked(store: _Store, prefix: str, entries: list[FileEntry], finish
 
 
 def _check_against_manifest(manifest: dict, folder: Path, source: str) -> None:
+    """Sizes first (a wrong size is never hashed), then sha256."""
     for item in manifest["files"]:
-        size, sha256, _ = _digest(folder / item["name"])
-        if (size, sha256) != (item["size"], item["sha256"]):
-            raise StorageError(f"{source}: {item['name']} is {size} bytes sha256 {sha256} but manifest.json "
-                               f"says {item['size']} bytes sha256 {item['sha256']}")
+        size = (folder / item["name"]).stat().st_size
+        if size != item["size"]:
+            raise StorageError(f"{source}: {item['name']} is {size} bytes but {MANIFEST} says {item['size']} bytes")
+        _, sha256, _ = _digest(folder / item["name"])
+        if sha256 != item["sha256"]:
+            raise StorageError(f"{source}: {item['name']} has sha256 {sha256} but {MANIFEST} says {item['sha256']}")
 
 
 def _load_manifest(raw: bytes, source: str) -> dict:
+    """The manifest, each entry checked: a safe relative name, a whole size, a sha256 of 64 hex digits."""
     try:
         manifest = json.loads(raw)
-        names = [item["name"] for item in manifest["files"]]
-    except (ValueError, KeyError, TypeError) as err:
-        raise StorageError(f"{source}/{MANIFEST} is not a seqcls manifest: {err}") from None
-    for name in names:
-        if not isinstance(name, str) or name.startswith("/") or ".." in name.split("/"):
-            raise StorageError(f"{source}/{MANIFEST} lists an unsafe file name {name!r}")
+        items = manifest["files"]
+        if not isinstance(items, list):
+            raise TypeError("files is not a list")
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
+        raise StorageError(f"{source}/{MANIFEST} is not a seqcls manifest: {type(err).__name__}: {err}") from None
+    for number, item in enumerate(items, 1):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name or name.startswith("/") or ".." in name.split("/") or "\0" in name:
+            raise StorageError(f"{source}/{MANIFEST} lists an unsafe file name {name!r} (entry {number})")
+        size, sha256 = item.get("size"), item.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise StorageError(f"{source}/{MANIFEST}: entry {name} has no valid size (a whole number of bytes), got {size!r}")
+        if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise StorageError(f"{source}/{MANIFEST}: entry {name} has no valid sha256 (64 hex digits), got {sha256!r}")
     return manifest
 
 
 def fetch(uri: str, scratch: Path) -> Path:
-    """A published run as a local folder whose files match its manifest.
+    """A published run as a local folder holding exactly the files its manifest lists, each verified.
 
-    Remote runs download into `scratch`; a local folder with a manifest is verified in place; a local
-    folder without one (a plain save_pretrained folder) is returned as is. A prefix holding latest.json
-    (an output_uri) means the run it points at, verified against the pointer's file list.
+    Every run, local or remote, is copied into `scratch` file by file as its manifest lists them (a local
+    copy refuses symlinks and devices), sizes checked before hashing: unlisted files are never used. A
+    prefix holding latest.json (an output_uri) means the run it points at, verified against its manifest
+    or the pointer's file list. A run without either is refused; only a plain local folder that is no
+    published run (no manifest, no latest.json beside it: `runs/<run>/model`) is returned as is, unverified.
     """
     store = open_store(uri)
     source = store.target.join()
@@ -761,15 +798,12 @@ def fetch(uri: str, scratch: Path) -> Path:
         if raw is None and (pointer := _followed(store)) is not None:
             store, raw = pointer
             source = store.target.join()
-        if store.target.scheme == "file":
-            if raw is None:
-                return Path(store.target.prefix)
-            manifest = _load_manifest(raw, source)
-            _check_against_manifest(manifest, Path(store.target.prefix), source)
+        elif raw is None and store.target.scheme == "file" and not _published_here(Path(store.target.prefix)):
             return Path(store.target.prefix)
         if raw is None:
             raise StorageError(f"{source} has no {MANIFEST}: not a completed publish (or not a run folder)")
         manifest = _load_manifest(raw, source)
+        scratch.mkdir(parents=True, exist_ok=True)
         for item in manifest["files"]:
             dest = scratch / item["name"]
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -781,6 +815,11 @@ def fetch(uri: str, scratch: Path) -> Path:
         raise
     except Exception as err:  # noqa: BLE001 - any backend error becomes one clear line
         raise StorageError(f"cannot fetch {source}: {store.reason(err)}") from err
+
+
+def _published_here(folder: Path) -> bool:
+    """A folder inside an output_uri (latest.json beside it) is a published run, never a plain model folder."""
+    return (folder.resolve().parent / LATEST).exists()
 
 
 def _followed(store: _Store) -> tuple[_Store, bytes] | None:
