@@ -5,6 +5,7 @@ The end-to-end gate (real jobs, real storage servers, racing runs) is in tests/t
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from seqcls import evaluate, promotion, settings
 from seqcls.errors import SettingsError
+from seqcls.storage import Current
 
 
 def test_higher_is_better_promotes_at_least_as_good_and_keeps_worse() -> None:
@@ -131,3 +133,47 @@ def test_a_test_metric_needs_a_test_channel(tmp_path) -> None:
         promotion.check_channels(gated, {"train": tmp_path})
     promotion.check_channels(gated, {"train": tmp_path, "test": tmp_path})
     promotion.check_channels(_resolve(promote_if="validation_mcc", output_uri="/models"), {"train": tmp_path})
+
+
+def test_every_gated_metric_has_the_range_its_values_lie_in() -> None:
+    names = {name for splits in settings.PROMOTION_METRICS.values() for group in splits.values() for name in group}
+    assert names <= set(settings.METRIC_RANGES)
+
+
+def _gate_against(tmp_path, champion: bytes | None, limit_seen: list[int] | None = None) -> promotion.Decision:
+    """This run (test MCC 0.2) decided against a champion whose published metrics.json is `champion`."""
+    model_dir, output_data = tmp_path / "model", tmp_path / "data"
+    model_dir.mkdir()
+    output_data.mkdir()
+    (model_dir / "metrics.json").write_text(json.dumps({"test": {"mcc": 0.2}}))
+    (model_dir / "run_manifest.json").write_text("{}")
+
+    def read(name: str, limit: int) -> bytes | None:
+        if limit_seen is not None:
+            limit_seen.append(limit)
+        return champion[: limit + 1] if champion is not None else None
+
+    gate = promotion.Gate(_resolve(promote_if="test_mcc", output_uri="/models"), model_dir, output_data)
+    gate.decide(Current("champ", read))
+    assert gate.decision is not None
+    return gate.decision
+
+
+@pytest.mark.parametrize("champion", [
+    b'{"test": ' * 100_000 + b"{}" + b"}" * 100_000,  # valid JSON, deeper than the parser's recursion limit
+    b'{"test": {"mcc": Infinity}}', b'{"test": {"mcc": 1e999}}', b'{"test": {"mcc": -Infinity}}',
+    b'{"test": {"mcc": 5.0}}',  # outside MCC's [-1, 1]
+    b'{"test": {"mcc": 0.9}, "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}',  # over the read limit
+    b"\xff\xfe not json",
+])
+def test_no_champion_file_crashes_or_freezes_the_gate(champion: bytes, tmp_path) -> None:
+    limits: list[int] = []
+    decision = _gate_against(tmp_path, champion, limits)
+    assert decision.promoted and decision.current_value is None
+    assert "has no test_mcc" in decision.reason
+    assert limits == [promotion.READ_LIMIT]
+
+
+def test_a_usable_champion_value_still_decides(tmp_path) -> None:
+    decision = _gate_against(tmp_path, b'{"test": {"mcc": 0.3}}')
+    assert not decision.promoted and decision.current_value == 0.3

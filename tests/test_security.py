@@ -319,6 +319,26 @@ def test_run_id_cannot_leave_the_output_folder(tmp_path: Path, tiny: Path, monke
     assert_clean_failure(outcome, ["run_id='../../etc'"])
 
 
+@pytest.mark.parametrize("run_id", ["a\x00b", "run\u2013one", "caf\u00e9"], ids=["nul", "en_dash", "accent"])
+def test_a_run_id_that_is_not_plain_ascii_is_refused_and_shown_escaped(run_id: str, tmp_path: Path, tiny: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    root = write_tree(tmp_path / "opt_ml", {"data/train/train.csv": good_csv(),
+                                            "config/hyperparameters.json": json.dumps({"run_id": run_id})})
+    outcome = run_inprocess(root, ["--model", str(tiny)], {}, monkeypatch, capsys)
+    assert_clean_failure(outcome, [f"run_id={run_id!r}", "ASCII letters"])
+    if not run_id.isprintable():  # a control character is shown escaped, never raw
+        assert run_id not in outcome.stdout + outcome.stderr + outcome.failure
+
+
+def test_a_platform_job_name_that_is_no_safe_run_id_is_refused(tmp_path: Path, tiny: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    root = write_tree(tmp_path / "opt_ml", {"data/train/train.csv": good_csv()})
+    outcome = run_inprocess(root, ["--model", str(tiny)], {"TRAINING_JOB_NAME": "nightly\u2013retrain"}, monkeypatch, capsys)
+    assert_clean_failure(outcome, ["job name 'nightly\u2013retrain'", "set hyperparameter run_id"])
+
+
 # --- dependencies ----------------------------------------------------------------------------------------
 
 def _name(requirement: str) -> str:

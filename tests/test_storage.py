@@ -142,6 +142,14 @@ def test_fetch_refuses_a_run_without_manifest(aws, tmp_path):
         storage.fetch(f"s3://{BUCKET}/partial/run-1", tmp_path)
 
 
+def test_a_listed_object_missing_from_the_bucket_is_named(aws, tmp_path):
+    manifest = {"format": "seqcls-manifest/1", "run_id": "run-1",
+                "files": [{"name": "config.json", "size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}]}
+    aws.client().put_object(Bucket=BUCKET, Key="gone/run-1/manifest.json", Body=json.dumps(manifest).encode())
+    with pytest.raises(StorageError, match=rf"cannot fetch s3://{BUCKET}/gone/run-1/config.json \(listed in .*404"):
+        storage.fetch(f"s3://{BUCKET}/gone/run-1", tmp_path)
+
+
 @pytest.mark.slow
 def test_flaky_server_trials_either_publish_verified_bytes_or_leave_no_manifest(aws, tmp_path, monkeypatch):
     """12 trials through a proxy that drops, 500s or loses the answer of requests: 9 mild (~16% of

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import platform as host_platform
 import shutil
@@ -29,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from . import card, logs
+from . import card, logs, outbound
 from .atomic import current_umask, replacing, visible_files
 from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
@@ -52,7 +51,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=False, default=str) + "\n").encode())
+    """Strict JSON (NaN and infinities as null), URL credentials masked: see outbound."""
+    write_atomic(path, (outbound.dumps(value, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 @contextmanager

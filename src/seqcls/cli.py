@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from . import logs
+from . import logs, outbound
 from . import runtime
 from .errors import Interrupted, SeqclsError, UserError
 
@@ -47,7 +47,7 @@ def failure_reason(err: BaseException) -> str:
         text = f"no space left on device while writing {err.filename or 'output'}: free space or give the job a larger disk"
     else:
         text = f"internal error: {type(err).__name__}: {err}"
-    text = " ".join(text.split())
+    text = " ".join(outbound.mask(text).split())
     return text[:FAILURE_REASON_LIMIT]
 
 
@@ -82,7 +82,7 @@ def _failed(err: BaseException, failure_file: Path | None) -> int:
     kind = err.kind if isinstance(err, SeqclsError) else "internal"
     logs.event("job_failed", reason, level=logging.ERROR, error_kind=kind, error_type=type(err).__name__)
     if not isinstance(err, UserError) or runtime.debug_enabled():
-        traceback.print_exc(file=sys.stderr)
+        print(outbound.mask(traceback.format_exc()), end="", file=sys.stderr)
     print(f"seqcls: error: {reason}", file=sys.stderr)
     if failure_file is not None:
         write_failure(failure_file, reason)

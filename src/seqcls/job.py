@@ -16,7 +16,7 @@ import torch
 from . import artifacts, atomic, checkpoint, data, devices, distributed, evaluate, logs, model, scalars, storage, train
 from . import hostdata, promotion, runtime, tuning
 from . import settings as hyperparameters
-from .errors import Interrupted
+from .errors import Interrupted, SettingsError
 
 
 def run(where: runtime.Platform) -> Path:
@@ -30,8 +30,7 @@ def run(where: runtime.Platform) -> Path:
         where.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run in this tree is stale
     resolved = hyperparameters.resolve(where.hyperparameter_layers)
     settings = resolved.settings
-    where = dataclasses.replace(where, run_id=settings.run_id or where.run_id,
-                                checkpoint_dir=Path(settings.checkpoint_dir) if settings.checkpoint_dir else where.checkpoint_dir)
+    where = _settled(where, settings)
     compute = _start(where, resolved, world)
 
     # Step 2: data, read and tokenized once per host (its other ranks map the arrays); then the model's config.
@@ -113,6 +112,15 @@ def _log_end(where: runtime.Platform, metrics: dict, started: float, problem_typ
 
 def _publish_options(settings: hyperparameters.Settings) -> storage.Options:
     return storage.Options(settings.s3_sse_kms_id, settings.s3_expected_bucket_owner, settings.publish_latest)
+
+
+def _settled(where: runtime.Platform, settings: hyperparameters.Settings) -> runtime.Platform:
+    """The run id and checkpoint folder the settings choose; a platform's job name must be as safe a run id."""
+    if not settings.run_id and not hyperparameters.is_safe_run_id(where.run_id):
+        raise SettingsError(f"the platform's job name {where.run_id!r}, used as the run id, {hyperparameters.RUN_ID_RULE}: "
+                            "set hyperparameter run_id")
+    return dataclasses.replace(where, run_id=settings.run_id or where.run_id,
+                               checkpoint_dir=Path(settings.checkpoint_dir) if settings.checkpoint_dir else where.checkpoint_dir)
 
 
 def _start(where: runtime.Platform, resolved: hyperparameters.Resolved, world: distributed.World) -> devices.Compute:

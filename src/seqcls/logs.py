@@ -15,15 +15,18 @@ from typing import Any, Protocol
 
 from pythonjsonlogger.json import JsonFormatter
 
+from . import outbound
+
 LOGGER_NAME = "seqcls"
 _log = logging.getLogger(LOGGER_NAME)
 
 
 class _Formatter(JsonFormatter):
-    """Adds timestamp, level/severity, rank and host to every record."""
+    """Adds timestamp, level/severity, rank and host to every record; writes it through outbound (no URL
+    credential, no bare NaN)."""
 
     def __init__(self, rank: int) -> None:
-        super().__init__("%(message)s", json_ensure_ascii=False)
+        super().__init__("%(message)s", json_ensure_ascii=False, json_serializer=outbound.dumps)
         self._rank = rank
         self._host = socket.gethostname()
 

@@ -18,12 +18,13 @@ from typing import Any, Mapping
 
 from . import artifacts, logs
 from .errors import SettingsError
-from .settings import MINIMIZED_METRICS, Settings
+from .settings import METRIC_RANGES, MINIMIZED_METRICS, Settings
 from .storage import Current
 
 METRICS = "metrics.json"
 RUN_MANIFEST = "run_manifest.json"
 RECORD = "promotion.json"  # in the output-data folder: SageMaker uploads it in output.tar.gz
+READ_LIMIT = 1024 * 1024  # a champion's metrics.json is a few KiB; a larger one counts as unreadable
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ class Gate:
         self.decision: Decision | None = None
 
     def decide(self, current: Current) -> bool:
-        raw = current.read(METRICS) if current.run_id else None
-        current_value = metric_value(_parse(raw), self.metric) if raw is not None else None
+        raw = current.read(METRICS, READ_LIMIT) if current.run_id else None
+        current_value = usable(self.metric, metric_value(_parse(raw), self.metric)) if raw is not None else None
         self.decision = decide(self.metric, self.value, current.run_id, current_value, self.tolerance)
         record = self.decision.record()
         for path in (self.model_dir / METRICS, self.model_dir / RUN_MANIFEST):
@@ -120,12 +121,25 @@ def gate(settings: Settings, model_dir: Path, output_data_dir: Path) -> Gate | N
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
-    """A published metrics.json; None when it is not a JSON object (treated like a missing metric)."""
+    """A published metrics.json; None when it is over READ_LIMIT, not JSON (however it fails: a deep nesting
+    raises RecursionError) or not an object, all treated like a missing metric."""
+    if len(raw) > READ_LIMIT:
+        return None
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def usable(metric: str, value: float | None) -> float | None:
+    """The champion's value, or None when no run could have measured it: non-finite, or outside the metric's
+    range (MCC in [-1, 1]; accuracy, F1 and the like in [0, 1]; losses and errors at least 0). A value of
+    Infinity would otherwise keep every later run out for good."""
+    if value is None or not math.isfinite(value):
+        return None
+    low, high = METRIC_RANGES.get(metric.partition("_")[2], (-math.inf, math.inf))
+    return value if low <= value <= high else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from . import evaluate, logs
+from . import evaluate, logs, outbound
 from .data import PAIR, TEXT
 from .errors import SeqclsError
 from .runtime import Serving
@@ -145,7 +145,7 @@ def create_app(serving: Serving, state: State, max_body_bytes: int = MAX_BODY_BY
         if state.loaded is None:
             failed = state.error is not None
             return JSONResponse({"status": "failed" if failed else "loading",
-                                 **({"reason": " ".join(str(state.error).split())[:1024]} if failed else {})},
+                                 **({"reason": " ".join(outbound.mask(str(state.error)).split())[:1024]} if failed else {})},
                                 status_code=503)
         return JSONResponse({"status": "ready"})
 

@@ -7,6 +7,8 @@ collects the raw sources; this module only parses and validates, so it never rea
 
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import difflib
 import importlib.util
@@ -85,6 +87,11 @@ PROMOTION_METRICS = {
 }
 # The one list of metrics where lower is better: the gate, select_best and the tuning objective all read it.
 MINIMIZED_METRICS = ("loss", "mse", "mae")
+# Every value a run can measure lies in its metric's range: the gate ignores a champion value outside it.
+_CORRELATIONS, _RATES = ("mcc", "pearson", "spearman"), ("accuracy", "f1", "precision", "recall", "f1_micro", "f1_macro",
+                                                          "precision_micro", "recall_micro", "subset_accuracy")
+METRIC_RANGES = {**dict.fromkeys(_CORRELATIONS, (-1.0, 1.0)), **dict.fromkeys(_RATES, (0.0, 1.0)),
+                 **dict.fromkeys(MINIMIZED_METRICS, (0.0, float("inf")))}
 
 
 def promotion_metrics(problem_type: str) -> list[str]:
@@ -356,8 +363,15 @@ def validate(s: Settings) -> None:
     _check(not s.s3_expected_bucket_owner or (s.s3_expected_bucket_owner.isdigit() and len(s.s3_expected_bucket_owner) == 12),
            "s3_expected_bucket_owner", s.s3_expected_bucket_owner, "must be a 12-digit AWS account id")
     _validate_training_rules(s)
-    _check(all(c.isalnum() or c in "-_." for c in s.run_id) and not s.run_id.startswith("."), "run_id", s.run_id,
-           "may hold only letters, digits, '-', '_' and '.', and must not start with '.'")
+    _check(not s.run_id or is_safe_run_id(s.run_id), "run_id", s.run_id, RUN_ID_RULE)
+
+
+RUN_ID_RULE = "may hold only ASCII letters, digits, '-', '_' and '.', and must not start with '.'"
+
+
+def is_safe_run_id(run_id: str) -> bool:
+    """A folder name on every store, printable as is: the run_id setting and a platform's job name alike."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", run_id)) and not run_id.startswith(".")
 
 
 def class_weight_map(value: str) -> dict[str, float] | None:

@@ -80,7 +80,7 @@ class Current:
     """The run latest.json points at, as a gate sees it: its id (None: no latest.json) and its published files."""
 
     run_id: str | None
-    read: Callable[[str], bytes | None]  # a file of that run folder by name; None when it is not there
+    read: Callable[[str, int], bytes | None]  # a file of that run folder by name, at most limit + 1 bytes; None if absent
 
 
 class Gate(Protocol):
@@ -181,8 +181,8 @@ class _Store(ABC):
         """Write a small object; with `new`, fail instead of replacing an existing one."""
 
     @abstractmethod
-    def read(self, name: str) -> bytes | None:
-        """The object's bytes, or None when it does not exist."""
+    def read(self, name: str, limit: int | None = None) -> bytes | None:
+        """The object's bytes (at most limit + 1 of them, so a caller sees it is over), or None when absent."""
 
     @abstractmethod
     def read_versioned(self, name: str) -> tuple[bytes | None, str | None]:
@@ -292,11 +292,12 @@ class _S3(_Store):
                 raise _raced(self.target.join(name)) from None
             raise
 
-    def read(self, name: str) -> bytes | None:
+    def read(self, name: str, limit: int | None = None) -> bytes | None:
         from botocore.exceptions import ClientError
 
+        ranged = {} if limit is None else {"Range": f"bytes=0-{limit}"}
         try:
-            return self.client.get_object(Bucket=self.target.bucket, Key=self._key(name), **self.owner)["Body"].read()
+            return self.client.get_object(Bucket=self.target.bucket, Key=self._key(name), **self.owner, **ranged)["Body"].read()
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -410,11 +411,11 @@ class _GCS(_Store):
                 return  # a retry of our own write that landed but whose answer was lost
             raise _raced(self.target.join(name)) from None
 
-    def read(self, name: str) -> bytes | None:
+    def read(self, name: str, limit: int | None = None) -> bytes | None:
         from google.api_core.exceptions import NotFound
 
         try:
-            return self._blob(name).download_as_bytes()
+            return self._blob(name).download_as_bytes(**({} if limit is None else {"start": 0, "end": limit}))
         except NotFound:
             return None
 
@@ -499,9 +500,12 @@ class _Local(_Store):
             raise _raced(str(dest))
         self._write(dest, io.BytesIO(data))
 
-    def read(self, name: str) -> bytes | None:
+    def read(self, name: str, limit: int | None = None) -> bytes | None:
         path = self.root / name
-        return path.read_bytes() if path.is_file() else None
+        if not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            return handle.read(-1 if limit is None else limit + 1)
 
     def read_versioned(self, name: str) -> tuple[bytes | None, str | None]:
         data = self.read(name)  # files are only ever renamed into place: a read sees one whole version
@@ -671,7 +675,7 @@ def _publish_gated(store: _Store, run_id: str, folders: Sequence[Path], gate: Ga
         for _ in range(POINTER_RACES):
             pointer, _ = _read_pointer(store)
             step = f"reading run {pointer.run_id}'s files"
-            promote = gate.decide(Current(pointer.run_id, lambda name, current=pointer.run_id: store.read(f"{current}/{name}")))
+            promote = gate.decide(Current(pointer.run_id, lambda name, limit, current=pointer.run_id: store.read(f"{current}/{name}", limit)))
             entries = collect(folders)
             changed = [e for e in entries if uploaded.get(e.name) != e.sha256]
             checks += _upload_checked(store, run_id, changed, lambda: None)
@@ -807,7 +811,13 @@ def fetch(uri: str, scratch: Path) -> Path:
         for item in manifest["files"]:
             dest = scratch / item["name"]
             dest.parent.mkdir(parents=True, exist_ok=True)
-            store.download(item["name"], dest)
+            try:
+                store.download(item["name"], dest)
+            except SeqclsError:
+                raise
+            except Exception as err:  # noqa: BLE001 - "404: Not Found" alone would not say which object
+                raise StorageError(f"cannot fetch {store.target.join(item['name'])} (listed in {source}/{MANIFEST}): "
+                                   f"{store.reason(err)}") from err
         _check_against_manifest(manifest, scratch, source)
         (scratch / MANIFEST).write_bytes(raw)  # the local copy mirrors the published folder
         return scratch

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SettingsError
+from .outbound import MASK, mask
 
 # Bucket names as the services define them: S3 3-63 characters of lowercase letters, digits, '.' and
 # '-'; GCS 3-63, or up to 222 with dots, and '_' allowed too. The job and infra/'s submitters share these.
@@ -38,19 +39,25 @@ class Target:
 def parse_uri(uri: str, what: str = "location") -> Target:
     """s3://bucket[/prefix], gs://bucket[/prefix] or a path; any other scheme is a settings error."""
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?(.*)$", uri)
+    shown = mask(uri)  # every message below names the location, never a credential in it
     if match:
         scheme = match.group(1).lower()
         if scheme not in ("s3", "gs") or not match.group(2):
-            raise SettingsError(f"{what} {uri!r}: unsupported location; "
+            raise SettingsError(f"{what} {shown!r}: unsupported location; "
                                 "use s3://bucket/prefix, gs://bucket/prefix or a local/mounted path")
+        if "?" in match.group(3) or "#" in match.group(3):
+            raise SettingsError(f"{what} {shown!r}: a query string or fragment is not part of a {scheme}:// location "
+                                "(a presigned token there would be logged and stored); credentials come from the "
+                                "SDK's own chain (environment, profile, role), never from the URI")
         bucket, _, prefix = match.group(3).partition("/")
         if not BUCKET_RULES[scheme].match(bucket):
             allowed = "3-63 lowercase letters, digits, '.', '-'" if scheme == "s3" else \
                 "3-222 lowercase letters, digits, '.', '-', '_'"
-            raise SettingsError(f"{what} {uri!r}: {bucket!r} is not a valid {scheme}:// bucket name ({allowed})")
+            named = f"{MASK}@{bucket.rpartition('@')[2]}" if "@" in bucket else bucket
+            raise SettingsError(f"{what} {shown!r}: {named!r} is not a valid {scheme}:// bucket name ({allowed})")
         prefix = prefix.strip("/")
         if any(part in (".", "..") for part in prefix.split("/")) or "//" in prefix:
-            raise SettingsError(f"{what} {uri!r}: the prefix must not hold empty, '.' or '..' parts")
+            raise SettingsError(f"{what} {shown!r}: the prefix must not hold empty, '.' or '..' parts")
         return Target(scheme, bucket, prefix)
     if not uri.strip():
         raise SettingsError(f"{what} is empty")
