@@ -17,50 +17,50 @@ from seqcls.storage import Current
 
 
 def test_higher_is_better_promotes_at_least_as_good_and_keeps_worse() -> None:
-    assert promotion.decide("test_mcc", 0.31, "old", 0.30, 0.0).promoted
-    assert promotion.decide("test_mcc", 0.30, "old", 0.30, 0.0).promoted  # equal counts as at least as good
-    kept = promotion.decide("test_mcc", 0.29, "old", 0.30, 0.0)
+    assert promotion.decide(promotion.Rule("test_mcc", 0.0), 0.31, "old", 0.30).promoted
+    assert promotion.decide(promotion.Rule("test_mcc", 0.0), 0.30, "old", 0.30).promoted  # equal counts as at least as good
+    kept = promotion.decide(promotion.Rule("test_mcc", 0.0), 0.29, "old", 0.30)
     assert not kept.promoted
     assert kept.reason == "test_mcc 0.2900 is below run old's 0.3000 - tolerance 0"
 
 
 def test_lower_is_better_for_loss_mse_and_mae() -> None:
     for metric in ("test_loss", "validation_loss", "test_mse", "validation_mae"):
-        assert promotion.decide(metric, 0.40, "old", 0.50, 0.0).promoted, metric
-        assert not promotion.decide(metric, 0.60, "old", 0.50, 0.0).promoted, metric
+        assert promotion.decide(promotion.Rule(metric, 0.0), 0.40, "old", 0.50).promoted, metric
+        assert not promotion.decide(promotion.Rule(metric, 0.0), 0.60, "old", 0.50).promoted, metric
     for metric in ("test_pearson", "validation_f1_micro", "test_subset_accuracy", "test_spearman"):
-        assert not promotion.decide(metric, 0.40, "old", 0.50, 0.0).promoted, metric
+        assert not promotion.decide(promotion.Rule(metric, 0.0), 0.40, "old", 0.50).promoted, metric
 
 
 def test_tolerance_allows_that_much_worse_and_no_more() -> None:
-    assert promotion.decide("test_mcc", 0.28, "old", 0.30, 0.025).promoted
-    assert not promotion.decide("test_mcc", 0.27, "old", 0.30, 0.025).promoted
-    assert promotion.decide("test_loss", 0.52, "old", 0.50, 0.025).promoted
-    decision = promotion.decide("test_loss", 0.53, "old", 0.50, 0.025)
+    assert promotion.decide(promotion.Rule("test_mcc", 0.025), 0.28, "old", 0.30).promoted
+    assert not promotion.decide(promotion.Rule("test_mcc", 0.025), 0.27, "old", 0.30).promoted
+    assert promotion.decide(promotion.Rule("test_loss", 0.025), 0.52, "old", 0.50).promoted
+    decision = promotion.decide(promotion.Rule("test_loss", 0.025), 0.53, "old", 0.50)
     assert not decision.promoted and decision.reason == "test_loss 0.5300 is above run old's 0.5000 + tolerance 0.025"
 
 
 def test_no_current_run_promotes_and_an_unusable_current_value_is_beaten_by_any_number() -> None:
-    first = promotion.decide("test_mcc", -0.5, None, None, 0.0)
+    first = promotion.decide(promotion.Rule("test_mcc", 0.0), -0.5, None, None)
     assert first.promoted and "no latest.json yet" in first.reason
-    missing = promotion.decide("test_mcc", -0.5, "old", None, 0.0)
+    missing = promotion.decide(promotion.Rule("test_mcc", 0.0), -0.5, "old", None)
     assert missing.promoted and missing.reason.startswith("current run old has no test_mcc")
-    nan = promotion.decide("test_pearson", 0.1, "old", math.nan, 0.0)
+    nan = promotion.decide(promotion.Rule("test_pearson", 0.0), 0.1, "old", math.nan)
     assert nan.promoted and "has a NaN test_pearson" in nan.reason
 
 
 def test_a_nan_or_missing_new_value_is_never_promoted() -> None:
     for current_run, current in ((None, None), ("old", 0.2), ("old", math.nan), ("old", None)):
-        assert not promotion.decide("test_pearson", math.nan, current_run, current, 10.0).promoted
-        assert not promotion.decide("test_pearson", None, current_run, current, 10.0).promoted
+        assert not promotion.decide(promotion.Rule("test_pearson", 10.0), math.nan, current_run, current).promoted
+        assert not promotion.decide(promotion.Rule("test_pearson", 10.0), None, current_run, current).promoted
 
 
 def test_the_record_has_the_contract_fields_in_order() -> None:
-    record = promotion.decide("validation_loss", 0.4, "old", 0.5, 0.0).record()
+    record = promotion.decide(promotion.Rule("validation_loss", 0.0), 0.4, "old", 0.5).record()
     assert list(record) == ["promoted", "promoted_flag", "metric", "value", "current_value", "current_run_id",
-                            "tolerance", "reason"]
+                            "tolerance", "reason", "rule", "current_published_value", "comparison", "incomparable"]
     assert record["promoted"] is True and record["promoted_flag"] == 1
-    assert promotion.decide("validation_loss", 0.6, "old", 0.5, 0.0).record()["promoted_flag"] == 0
+    assert promotion.decide(promotion.Rule("validation_loss", 0.0), 0.6, "old", 0.5).record()["promoted_flag"] == 0
 
 
 def test_metric_values_are_read_where_metrics_json_keeps_them() -> None:
@@ -153,7 +153,11 @@ def _gate_against(tmp_path, champion: bytes | None, limit_seen: list[int] | None
             limit_seen.append(limit)
         return champion[: limit + 1] if champion is not None else None
 
-    gate = promotion.Gate(_resolve(promote_if="test_mcc", output_uri="/models"), model_dir, output_data)
+    def same_rows(uri: str) -> promotion.Comparison:
+        raise promotion.Incomparable("not scored in this test: only the published file is read")
+
+    gate = promotion.Gate(_resolve(promote_if="test_mcc", output_uri="/models", promote_if_incomparable="promote"),
+                          model_dir, output_data, same_rows)
     gate.decide(Current("champ", read))
     assert gate.decision is not None
     return gate.decision
@@ -169,11 +173,11 @@ def _gate_against(tmp_path, champion: bytes | None, limit_seen: list[int] | None
 def test_no_champion_file_crashes_or_freezes_the_gate(champion: bytes, tmp_path) -> None:
     limits: list[int] = []
     decision = _gate_against(tmp_path, champion, limits)
-    assert decision.promoted and decision.current_value is None
-    assert "has no test_mcc" in decision.reason
+    assert decision.current_published_value is None  # no usable value, recorded as such
+    assert decision.promoted and "promote_if_incomparable=promote" in decision.reason
     assert limits == [promotion.READ_LIMIT]
 
 
-def test_a_usable_champion_value_still_decides(tmp_path) -> None:
+def test_a_usable_published_value_is_recorded_for_reference(tmp_path) -> None:
     decision = _gate_against(tmp_path, b'{"test": {"mcc": 0.3}}')
-    assert not decision.promoted and decision.current_value == 0.3
+    assert decision.current_published_value == 0.3 and decision.current_value is None

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import artifacts, atomic, checkpoint, data, devices, distributed, evaluate, logs, model, scalars, storage, train
-from . import hostdata, promotion, runtime, tuning
+from . import champion, hostdata, promotion, runtime, tuning
 from . import settings as hyperparameters
 from .errors import Interrupted, SettingsError
 
@@ -43,17 +43,15 @@ def run(where: runtime.Platform) -> Path:
 
     # Step 3: model and training (resuming from a matching checkpoint).
     classifier = model.load_model(model_source, config, settings.seed, settings.gradient_checkpointing)
-    data_files = [f for split in (splits.train, splits.validation) for f in split.files]
-    checkpointer = checkpoint.Checkpointer(
-        where.checkpoint_dir, checkpoint.fingerprint(settings.as_dict(), model_source, data_files, world.size),
+    checkpointer = checkpoint.Checkpointer(where.checkpoint_dir, checkpoint.fingerprint(
+        settings.as_dict(), model_source, [f for s in (splits.train, splits.validation) for f in s.files], world.size),
         settings.ignore_checkpoint)
     pad_token_id = model.pad_token_id(tokenizer)
     outcome = train.train(classifier, train.TrainData(encoded["train"], encoded["validation"], pad_token_id), settings,
                           compute, checkpointer)
 
-    # Step 4: the decision threshold (into config.json with max_length: seqcls predict and code/inference.py read
-    # them), then test. A run the platform stopped (SIGTERM) skips tuning and testing: the grace period is for saving.
-    partial = outcome.partial(kept_best=settings.select_best != "none")
+    # Step 4: the decision threshold (config.json, read by predict and code/inference.py), test, the gate's rows.
+    partial = outcome.partial(kept_best=settings.select_best != "none")  # stopped (SIGTERM): no tuning, test or gate
     threshold = evaluate.resolve_threshold(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
     classifier.config.decision_threshold, classifier.config.inference_max_length = threshold, max_length
     label_thresholds = evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
@@ -65,6 +63,9 @@ def run(where: runtime.Platform) -> Path:
         metrics["test"], predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id,
                                                              settings.eval_batch_size, compute, threshold)
         test = (splits.test, encoded["test"].labels, predictions)
+    gate_rows = champion.gate_rows("none" if partial else settings.promote_if, splits, encoded, test and test[2],
+                                   lambda: dataclasses.replace(evaluate.predict(classifier, encoded["validation"],
+                                   pad_token_id, settings.eval_batch_size, compute), threshold=threshold))
     if not world.is_main:
         return where.model_dir  # rank 0 alone writes and publishes
 
@@ -83,7 +84,8 @@ def run(where: runtime.Platform) -> Path:
 
     # Step 6: publish a loadable copy, manifest last (never half a model); promote_if gates latest.json (promotion.py).
     storage.publish_run(where.model_uri, settings.output_uri, where.run_id, [where.model_dir, where.output_data_dir],
-                        _publish_options(settings), promotion.gate(settings, where.model_dir, where.output_data_dir))
+                        _publish_options(settings), promotion.gate(settings, where.model_dir, where.output_data_dir,
+                                                                   champion.comparer(settings, gate_rows)))
     checkpointer.remove()  # published: nothing is left for a later run in the same folder to resume
     _log_end(where, metrics, started, settings.problem_type)
     return where.model_dir

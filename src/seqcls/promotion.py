@@ -1,5 +1,8 @@
 """The promotion gate: whether this run replaces the one <output_uri>/latest.json points at, and the record of why.
 
+Both runs are compared on the same rows: this run's rows of the gate's split, scored by the current run as
+`seqcls predict` would (champion.py, injected as `compare` so that this module stays free of torch).
+
 With `promote_if` set, storage publishes the run (always) and asks the gate, against the run latest.json points
 at as the store reads it, whether to move latest.json here; the gate writes its decision into this run's
 metrics.json, run_manifest.json and promotion.json before storage uploads them, seals the run with its manifest
@@ -14,12 +17,13 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import artifacts, logs
 from .errors import SettingsError
 from .settings import METRIC_RANGES, MINIMIZED_METRICS, Settings
 from .storage import Current
+from .uris import parse_uri
 
 METRICS = "metrics.json"
 RUN_MANIFEST = "run_manifest.json"
@@ -27,20 +31,58 @@ RECORD = "promotion.json"  # in the output-data folder: SageMaker uploads it in 
 READ_LIMIT = 1024 * 1024  # a champion's metrics.json is a few KiB; a larger one counts as unreadable
 
 
+class Incomparable(Exception):
+    """The current run cannot score this run's rows (another problem type or label set, unloadable); says why."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Both models' metric on the same rows, and the bootstrap of the difference (positive: this run is better)."""
+
+    challenger: float
+    champion: float
+    rows: int
+    rows_sha256: str
+    split: str
+    improvement: float  # challenger - champion, sign flipped for metrics where lower is better
+    interval: tuple[float, float]  # of the improvement, at `confidence`: percentile bootstrap
+    confidence: float
+    resamples: int
+
+    def record(self) -> dict[str, Any]:
+        return {"split": self.split, "rows": self.rows, "rows_sha256": self.rows_sha256, "improvement": self.improvement,
+                "interval": list(self.interval), "confidence": self.confidence, "resamples": self.resamples}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the gate decides: promote_if, promote_tolerance, promote_rule, promote_if_incomparable."""
+
+    metric: str
+    tolerance: float = 0.0
+    rule: str = "not_worse"  # or "better": the interval's lower bound must clear the tolerance
+    incomparable: str = "keep"  # or "promote"
+
+
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
     metric: str
-    value: float | None
-    current_value: float | None
+    value: float | None  # this run's, on the compared rows
+    current_value: float | None  # the current run's, on the same rows
     current_run_id: str | None
     tolerance: float
     reason: str
+    rule: str = "not_worse"
+    current_published_value: float | None = None  # what the current run published (its own rows): for reference
+    comparison: Comparison | None = None
+    incomparable: str | None = None  # why the current run could not score the rows
 
     def record(self) -> dict[str, Any]:
         """The promotion event's fields and what metrics.json, run_manifest.json and promotion.json hold;
         `promoted_flag` (1 or 0) is for SageMaker metric definitions, which read numbers only."""
         fields = asdict(self)
+        fields["comparison"] = self.comparison.record() if self.comparison else None
         return {"promoted": fields.pop("promoted"), "promoted_flag": int(self.promoted), **fields}
 
     @property
@@ -56,26 +98,42 @@ def metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def decide(metric: str, value: float | None, current_run_id: str | None, current_value: float | None,
-           tolerance: float) -> Decision:
-    """Promote when there is no current run, when the current run has no usable value (missing or NaN: any number
-    beats it, as in select_best), or when this run is at most `tolerance` worse; never promote a NaN or missing value."""
+def decide(rule: Rule, value: float | None, current_run_id: str | None, current_value: float | None,
+           comparison: Comparison | None = None, incomparable: str | None = None,
+           published_value: float | None = None) -> Decision:
+    """Promote when there is no current run, when it cannot score the rows and promote_if_incomparable=promote, when
+    it has no usable value on them (NaN: any number beats it, as in select_best), or when this run passes the rule:
+    not_worse, at most `tolerance` worse; better, the bootstrap interval's lower bound above `tolerance`. Never
+    promote a NaN or missing value."""
+    metric, tolerance = rule.metric, rule.tolerance
     lower = metric.rsplit("_", 1)[-1] in MINIMIZED_METRICS
+    rows = f" on the same {comparison.rows} {comparison.split} rows" if comparison else ""
 
     def decision(promoted: bool, reason: str) -> Decision:
-        return Decision(promoted, metric, value, current_value, current_run_id, tolerance, reason)
+        return Decision(promoted, metric, value, current_value, current_run_id, tolerance, reason, rule.rule,
+                        published_value, comparison, incomparable)
 
     if value is None or math.isnan(value):
         return decision(False, f"this run's {metric} is {'missing' if value is None else 'NaN'}: never promoted")
     if current_run_id is None:
         return decision(True, f"no latest.json yet: the first gated run is promoted ({metric} {value:.4f})")
+    if incomparable is not None:
+        return decision(rule.incomparable == "promote", f"current run {current_run_id} cannot score this run's rows: "
+                        f"{incomparable}; promote_if_incomparable={rule.incomparable}")
     if current_value is None or math.isnan(current_value):
         shown = "has no" if current_value is None else "has a NaN"
-        return decision(True, f"current run {current_run_id} {shown} {metric}: {value:.4f} replaces it")
+        return decision(True, f"current run {current_run_id} {shown} {metric}{rows}: {value:.4f} replaces it")
+    if rule.rule == "better" and comparison is not None:
+        low, high = comparison.interval
+        promoted = low > tolerance
+        return decision(promoted, f"{metric} {value:.4f} vs run {current_run_id}'s {current_value:.4f}{rows}: "
+                        f"improvement {comparison.improvement:+.4f}, {comparison.confidence:.0%} interval "
+                        f"[{low:+.4f}, {high:+.4f}], lower bound {'above' if promoted else 'not above'} tolerance "
+                        f"{tolerance:g} (promote_rule=better)")
     bound = current_value + tolerance if lower else current_value - tolerance
     promoted = value <= bound if lower else value >= bound
     relation = ("at most" if promoted else "above") if lower else ("at least" if promoted else "below")
-    return decision(promoted, f"{metric} {value:.4f} is {relation} run {current_run_id}'s {current_value:.4f} "
+    return decision(promoted, f"{metric} {value:.4f} is {relation} run {current_run_id}'s {current_value:.4f}{rows} "
                               f"{'+' if lower else '-'} tolerance {tolerance:g}")
 
 
@@ -90,17 +148,37 @@ class Gate:
     """What storage asks, per attempt at moving latest.json: decide, and record the decision in the files it
     then uploads; `commit` once the decision stood (manifest written, pointer moved or left)."""
 
-    def __init__(self, settings: Settings, model_dir: Path, output_data_dir: Path) -> None:
-        self.metric, self.tolerance = settings.promote_if, settings.promote_tolerance
+    def __init__(self, settings: Settings, model_dir: Path, output_data_dir: Path,
+                 compare: Callable[[str], Comparison]) -> None:
+        self.rule = Rule(settings.promote_if, settings.promote_tolerance, settings.promote_rule,
+                         settings.promote_if_incomparable)
+        self.metric = settings.promote_if
+        self.champions = parse_uri(settings.output_uri)
         self.promotion_file = Path(settings.promotion_file) if settings.promotion_file else None
         self.model_dir, self.output_data_dir = model_dir, output_data_dir
         self.value = metric_value(_read_json(model_dir / METRICS), self.metric)
+        self.compare = compare
+        self.compared: dict[str, tuple[Comparison | None, str | None]] = {}  # a lost race re-decides: score once
         self.decision: Decision | None = None
+
+    def _compared(self, run_id: str) -> tuple[Comparison | None, str | None]:
+        """The current run scored on this run's rows, or why it could not be: never an exception after training."""
+        if run_id not in self.compared:
+            try:
+                self.compared[run_id] = self.compare(self.champions.join(run_id)), None
+            except Incomparable as err:
+                self.compared[run_id] = None, str(err)
+            except Exception as err:  # noqa: BLE001 - the run is published either way; the record says why
+                self.compared[run_id] = None, f"scoring it failed ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
+        return self.compared[run_id]
 
     def decide(self, current: Current) -> bool:
         raw = current.read(METRICS, READ_LIMIT) if current.run_id else None
-        current_value = usable(self.metric, metric_value(_parse(raw), self.metric)) if raw is not None else None
-        self.decision = decide(self.metric, self.value, current.run_id, current_value, self.tolerance)
+        published = usable(self.metric, metric_value(_parse(raw), self.metric)) if raw is not None else None
+        comparison, incomparable = self._compared(current.run_id) if current.run_id else (None, None)
+        value = comparison.challenger if comparison else self.value
+        self.decision = decide(self.rule, value, current.run_id, comparison.champion if comparison else None,
+                               comparison, incomparable, published)
         record = self.decision.record()
         for path in (self.model_dir / METRICS, self.model_dir / RUN_MANIFEST):
             artifacts.write_json(path, {**_read_json(path), "promotion": record})
@@ -115,9 +193,11 @@ class Gate:
             artifacts.write_atomic(self.promotion_file, decision.outcome.encode())
 
 
-def gate(settings: Settings, model_dir: Path, output_data_dir: Path) -> Gate | None:
-    """The gate for this run's publish; None when promote_if=none (latest.json moves to every run)."""
-    return None if settings.promote_if == "none" else Gate(settings, model_dir, output_data_dir)
+def gate(settings: Settings, model_dir: Path, output_data_dir: Path,
+         compare: Callable[[str], Comparison]) -> Gate | None:
+    """The gate for this run's publish; None when promote_if=none (latest.json moves to every run). `compare` scores
+    the current run (by its URI) on this run's rows."""
+    return None if settings.promote_if == "none" else Gate(settings, model_dir, output_data_dir, compare)
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:

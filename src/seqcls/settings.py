@@ -173,6 +173,17 @@ class Settings:
                                        "moves it", math=False)
     promote_tolerance: float = _setting(0.0, "With promote_if: promote a run at most this much worse than the current "
                                              "latest run (0: at least as good)", bounds=NON_NEGATIVE, math=False)
+    promote_rule: str = _setting("not_worse", "With promote_if, both runs scored on this run's rows: not_worse (this "
+                                              "run at most promote_tolerance worse) or better (the bootstrap interval "
+                                              "of the improvement lies above promote_tolerance)",
+                                 choices=("not_worse", "better"), math=False)
+    promote_confidence: float = _setting(0.95, "With promote_rule=better: the confidence of the paired bootstrap "
+                                               "interval (1,000 resamples of the rows, seeded)",
+                                         bounds=FRACTION_OPEN, math=False)
+    promote_if_incomparable: str = _setting("keep", "With promote_if: when the current latest run cannot score this "
+                                                    "run's rows (other labels or problem type, missing or failing "
+                                                    "files): keep it or promote this run", choices=("keep", "promote"),
+                                            math=False)
     promotion_file: str = _setting("", "With promote_if: also write the outcome, promoted or kept (no newline), to this "
                                        "file (a KFP OutputPath); empty: none", math=False)
     s3_sse_kms_id: str = _setting("", "KMS key id or ARN for SSE-KMS on S3 uploads (an identifier, logged); empty: "
