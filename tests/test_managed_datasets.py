@@ -105,3 +105,70 @@ def test_a_gs_glob_on_the_command_line_means_its_files_too(tmp_path, cola_dir, t
     ready = next(e for e in outcome.events if e.get("event") == "data_ready")
     held_out = ready["rows"]["validation"]
     assert ready["rows"]["train"] + held_out == 2 * SHARD_ROWS and ready["rows"]["test"] == SHARD_ROWS
+
+
+# --- Vertex's text-dataset schema ----------------------------------------------------------------------------------
+# "Prepare text training data for classification", JSON Lines:
+# https://cloud.google.com/vertex-ai/docs/text-data/classification/prepare-data
+# {"classificationAnnotation": {"displayName": ...}, "textContent": ..., "dataItemResourceLabels":
+#  {"aiplatform.googleapis.com/ml_use": "training|test|validation"}}; multi-label: "classificationAnnotations": [...].
+
+def vertex_jsonl(path: Path, cola_dir: Path, uses: list[str | None], multi: bool = False) -> list[dict]:
+    """CoLA sentences in Vertex's text schema, one row per entry of `uses` (its ml_use, or none)."""
+    rows = [line.split("\t") for line in cola_rows(cola_dir, "in_domain_train.tsv", len(uses)).splitlines()]
+    records = []
+    for (_, label, _, text), use in zip(rows, uses):
+        name = "acceptable" if label == "1" else "unacceptable"
+        record: dict = {"textContent": text}
+        if multi:
+            record["classificationAnnotations"] = [{"displayName": name}] + ([{"displayName": "short"}] if len(text) < 30 else [])
+        else:
+            record["classificationAnnotation"] = {"displayName": name}
+        if use:
+            record["dataItemResourceLabels"] = {"aiplatform.googleapis.com/ml_use": use}
+        records.append(record)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return records
+
+
+def test_vertex_text_rows_are_read_by_their_keys_and_each_channel_keeps_its_ml_use(tmp_path, cola_dir):
+    uses = ["training"] * 6 + ["validation"] * 2 + ["test"] * 3 + [None]
+    records = vertex_jsonl(tmp_path / "dataset.jsonl", cola_dir, uses)
+    for channel, use in (("train", "training"), ("validation", "validation"), ("test", "test")):
+        read = data.read_channel(tmp_path / "dataset.jsonl", channel, Settings(), explicit=())
+        expected = [r for r, u in zip(records, uses) if u in (use, None)]
+        assert list(read.frame[data.TEXT]) == [r["textContent"] for r in expected]
+        assert list(read.frame[data.LABEL]) == [r["classificationAnnotation"]["displayName"] for r in expected]
+
+
+def test_vertex_multi_label_rows_give_tag_sets(tmp_path, cola_dir):
+    records = vertex_jsonl(tmp_path / "tags.jsonl", cola_dir, ["training"] * 8, multi=True)
+    read = data.read_channel(tmp_path / "tags.jsonl", "train", Settings(problem_type="multi_label"), explicit=())
+    assert list(read.frame[data.LABEL]) == [tuple(sorted(a["displayName"] for a in r["classificationAnnotations"]))
+                                            for r in records]
+    with pytest.raises(DataError, match="holds classificationAnnotations .*: set problem_type=multi_label"):
+        data.read_channel(tmp_path / "tags.jsonl", "train", Settings(), explicit=())
+
+
+def test_vertex_rows_without_inline_text_or_for_no_row_of_the_split_are_refused(tmp_path, cola_dir):
+    (tmp_path / "uris.jsonl").write_text(json.dumps({"textGcsUri": "gs://b/doc.txt",
+                                                     "classificationAnnotation": {"displayName": "a"}}) + "\n")
+    with pytest.raises(DataError, match="reads inline textContent only"):
+        data.read_channel(tmp_path / "uris.jsonl", "train", Settings(), explicit=())
+    vertex_jsonl(tmp_path / "train-only.jsonl", cola_dir, ["training"] * 4)
+    with pytest.raises(DataError, match="no row is for the test split .*the file has training"):
+        data.read_channel(tmp_path / "train-only.jsonl", "test", Settings(), explicit=())
+
+
+@pytest.mark.slow
+def test_one_vertex_file_with_every_split_trains_tests_and_validates_on_its_own_rows(tmp_path, cola_dir, tiny_model,
+                                                                                   monkeypatch, capsys):
+    dataset = tmp_path / "dataset.jsonl"
+    vertex_jsonl(dataset, cola_dir, ["training"] * 60 + ["validation"] * 20 + ["test"] * 25)
+    args = ["--train", str(dataset), "--validation", str(dataset), "--test", str(dataset), "--model_name_or_path",
+            str(tiny_model), "--output_dir", str(tmp_path / "out"), *FAST]
+    outcome = run_inprocess(tmp_path / "ml", args, {}, monkeypatch, capsys)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    ready = next(e for e in outcome.events if e.get("event") == "data_ready")
+    assert ready["rows"] == {"train": 60, "validation": 20, "test": 25}
+    assert ready["split_checks"]["overlap"] == {"validation": 0, "test": 0}

@@ -401,6 +401,46 @@ def _channel_columns(chosen: list[tuple[Path, Columns]], channel: str) -> Column
     return first
 
 
+# Vertex AI's text classification datasets as JSON lines (import and export), "Prepare text training data for
+# classification": https://cloud.google.com/vertex-ai/docs/text-data/classification/prepare-data
+VERTEX_TEXT, VERTEX_GCS_TEXT = "textContent", "textGcsUri"
+VERTEX_SINGLE, VERTEX_MULTI = "classificationAnnotation", "classificationAnnotations"
+VERTEX_RESOURCE_LABELS, VERTEX_ML_USE = "dataItemResourceLabels", "aiplatform.googleapis.com/ml_use"
+ML_USE = {"train": "training", "validation": "validation", "test": "test"}  # channel -> its ml_use value
+
+
+def _vertex_text_rows(frame: pd.DataFrame, path: Path, channel: str, problem_type: str) -> pd.DataFrame:
+    """A Vertex text dataset file (detected by its keys) as columns text and label: the displayName, or for
+    classificationAnnotations the list of them. Rows whose ml_use names another split are left to that channel."""
+    if not {VERTEX_TEXT, VERTEX_GCS_TEXT} & set(frame.columns):
+        return frame
+    if VERTEX_TEXT not in frame.columns or frame[VERTEX_TEXT].isna().any():
+        raise DataError(f"{path}: a Vertex text dataset row names its text by {VERTEX_GCS_TEXT} (a file in Cloud Storage); "
+                        f"seqcls reads inline {VERTEX_TEXT} only: export the dataset with the text inline")
+    out = pd.DataFrame({TEXT: frame[VERTEX_TEXT]})
+    if VERTEX_MULTI in frame.columns:
+        if problem_type != "multi_label":
+            raise DataError(f"{path} holds {VERTEX_MULTI} (several labels per text): set problem_type=multi_label")
+        out[LABEL] = [[a.get("displayName") for a in annotations if isinstance(a, dict)]
+                      if isinstance(annotations, list) else [] for annotations in frame[VERTEX_MULTI]]
+    elif VERTEX_SINGLE in frame.columns:
+        names = [a.get("displayName") if isinstance(a, dict) else None for a in frame[VERTEX_SINGLE]]
+        out[LABEL] = [[name] if name else [] for name in names] if problem_type == "multi_label" else names
+    uses = (frame[VERTEX_RESOURCE_LABELS].map(lambda labels: labels.get(VERTEX_ML_USE) if isinstance(labels, dict) else None)
+            if VERTEX_RESOURCE_LABELS in frame.columns else pd.Series([None] * len(frame)))
+    wanted = ML_USE.get(channel)
+    mine = (uses.isna() | (uses == wanted)).to_numpy() if wanted else np.ones(len(frame), dtype=bool)
+    if not mine.any():
+        found = ", ".join(sorted(map(str, set(uses.dropna()))))
+        raise DataError(f"{path}: no row is for the {channel} split (ml_use {wanted}; the file has {found}): give the "
+                        f"{channel} channel the file of its split")
+    if not mine.all():
+        logs.event("ml_use_rows", f"{channel}: {path.name} keeps {int(mine.sum())} of {len(frame)} rows (ml_use "
+                   f"{wanted}); the others name another split", channel=channel, path=str(path), kept=int(mine.sum()),
+                   rows=len(frame), ml_use=wanted)
+    return out[mine].reset_index(drop=True)
+
+
 def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = True,
                  explicit: Collection[str] | None = None) -> Channel:
     """Read every file of a channel into one frame; rows with empty text are dropped and counted.
@@ -411,6 +451,7 @@ def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = 
     frames, files, kinds, chosen = [], [], {}, []
     for file in channel_files(path, channel):
         frame, cola = _read_file(file, rule)
+        frame = _vertex_text_rows(frame, file, channel, settings.problem_type)
         columns = _file_columns(frame, file, rule, labelled, cola)
         frame, kind = _canonical(frame, file, columns, settings)
         frames.append(frame)
