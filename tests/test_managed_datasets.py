@@ -62,7 +62,7 @@ def test_a_wildcard_cannot_reach_a_file_outside_its_folder_through_a_symlink(tmp
     secret = tmp_path / "elsewhere.csv"
     secret.write_text("text,label\nx,1\n")
     (tmp_path / "export" / "training-00002-of-00002.csv").symlink_to(secret)
-    with pytest.raises(DataError, match="is a symlink to .*elsewhere.csv, outside its folder"):
+    with pytest.raises(DataError, match="is a symlink to .*elsewhere.csv, outside the channel folder"):
         data.channel_files(tmp_path / "export" / "training-*", "train")
 
 

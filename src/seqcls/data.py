@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
+import fnmatch
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -161,28 +161,20 @@ def matching_files(pattern: Path, channel: str) -> list[Path]:
     """A wildcard means exactly the files it matches, in name order, never their folder: Vertex hands a managed
     dataset over as `gs://…/training-*`, `validation-*` and `test-*`, all in one folder ("Use managed datasets",
     https://cloud.google.com/vertex-ai/docs/training/using-managed-datasets), so the folder holds every split."""
-    matches = sorted(Path(found) for found in glob.glob(str(pattern)))
-    files = [p for p in matches if p.is_file() and not p.name.startswith(".")]
+    folder = pattern.parent
+    listed = visible_files(folder, recursive=False) if folder.is_dir() else []
+    files = [p for p in listed if fnmatch.fnmatchcase(p.name, pattern.name)]
     if not files:
         raise DataError(f"{channel} channel {pattern}: no files match the wildcard")
     unsupported = [p.name for p in files if p.suffix.lower() not in SUPPORTED_SUFFIXES]
     if unsupported:
         raise DataError(f"{channel} channel {pattern} matches files of unsupported type ({', '.join(unsupported[:3])}); "
                         f"use one of {', '.join(SUPPORTED_SUFFIXES)}")
-    for file in files:
-        target = file.resolve()
-        if not target.is_relative_to(file.parent.resolve()):
-            raise DataError(f"{channel} file {file} is a symlink to {target}, outside its folder: "
-                            "copy the file there instead")
-    return files
+    return _inside(files, folder, channel)
 
 
 def channel_files(path: Path, channel: str) -> list[Path]:
-    """A channel is one file, a folder of files (hidden files and unsupported suffixes skipped) or a wildcard.
-
-    Files in a folder must stay inside it: a symlink to elsewhere on the host is refused, so a channel
-    (possibly assembled by someone else) cannot make the job read files it was not given.
-    """
+    """A channel is one file, a folder of files (hidden files and unsupported suffixes skipped) or a wildcard."""
     if not path.exists() and any(ch in path.name for ch in WILDCARD_CHARS):
         return matching_files(path, channel)
     if not path.exists():
@@ -197,13 +189,19 @@ def channel_files(path: Path, channel: str) -> list[Path]:
     if not supported:
         listing = ", ".join(p.name for p in files[:5]) or "no files"
         raise DataError(f"{channel} channel {path} holds no {'/'.join(SUPPORTED_SUFFIXES)} files (found: {listing})")
-    root = path.resolve()
-    for file in supported:
+    return _inside(supported, path, channel)
+
+
+def _inside(files: list[Path], folder: Path, channel: str) -> list[Path]:
+    """Files of a folder or wildcard must stay inside that folder: a symlink to elsewhere on the host is refused,
+    so a channel (possibly assembled by someone else) cannot make the job read files it was not given."""
+    root = folder.resolve()
+    for file in files:
         target = file.resolve()
         if not target.is_relative_to(root):
-            raise DataError(f"{channel} file {file} is a symlink to {target}, outside the channel folder {path}: "
+            raise DataError(f"{channel} file {file} is a symlink to {target}, outside the channel folder {folder}: "
                             "copy the file into the channel instead")
-    return supported
+    return files
 
 
 def _is_cola_layout(first_line: str, rule: ColumnRule) -> bool:
