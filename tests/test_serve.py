@@ -107,7 +107,10 @@ def test_bad_serving_variables_are_clear_errors(env, message) -> None:
 @pytest.mark.parametrize("body, content_type, status, reason", [
     (b"{not json", "application/json", 400, "body is not JSON"),
     ({"instances": []}, "application/json", 400, "instances is empty"),
-    ({"inputs": "a text"}, "application/json", 400, 'body must be a JSON object {"instances": [...]}'),
+    ({"inputs": 5}, "application/json", 400, 'body must be a JSON object {"instances": [...]} or {"inputs": [...]}'),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "body is not JSON: RecursionError"),
+    (b'"fine"\n{"text": 3}\n', "application/jsonlines", 400, "line 2.text must be a non-empty string"),
+    (b'"fine"\n{oops\n', "application/jsonlines", 400, "line 2 is not JSON"),
     ([1, 2], "application/json", 400, 'body must be a JSON object'),
     ({"instances": ["fine", 3]}, "application/json", 400, "instances[1] must be a string"),
     ({"instances": ["fine", " "]}, "application/json", 400, "instances[1].text must be a non-empty string"),
@@ -126,6 +129,34 @@ def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(bod
     # The same 32 rows as predict's batch: in bf16 a row's score moves in the 4th decimal with its batch's padding.
     assert post(client, {"instances": served_models["binary"].texts}).json() == {
         "predictions": served_models["binary"].expected}
+
+
+def test_hugging_face_inputs_are_answered_like_instances(served_models, loaded) -> None:
+    """AWS's Hugging Face containers and text-embeddings-inference take {"inputs": [...]} (or one string)."""
+    model = served_models["binary"]
+    client = client_for(loaded["binary"])
+    assert post(client, {"inputs": model.texts}).json() == {"predictions": model.expected}
+    assert post(client, {"inputs": model.texts[0]}).json() == {"predictions": model.expected[:1]}
+
+
+def test_json_lines_get_one_answer_per_line_as_batch_transform_joins_them(served_models, loaded) -> None:
+    """SageMaker Batch Transform, SplitType=Line with BatchStrategy=MultiRecord, posts several input lines in one
+    request and, with AssembleWith=Line, writes the answers line by line: one record per line, in order."""
+    model = served_models["binary"]
+    client = client_for(loaded["binary"])
+    body = "".join(json.dumps(text) + "\n" for text in model.texts).encode()
+    response = post(client, body, content_type="application/jsonlines")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/jsonlines")
+    assert [json.loads(line) for line in response.text.splitlines()] == model.expected
+    many = "".join(json.dumps({"text": f"sentence {i}."}) + "\n" for i in range(1500)).encode()
+    assert len(post(client, many, content_type="application/jsonlines").text.splitlines()) == 1500  # no 1,024 cap
+
+
+def test_batch_transform_reads_its_execution_parameters(loaded) -> None:
+    """Batch Transform asks GET /execution-parameters when MaxConcurrentTransforms is left unset (CreateTransformJob)."""
+    response = client_for(loaded["binary"]).get("/execution-parameters")
+    assert response.status_code == 200
+    assert response.json() == {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
 
 
 def test_a_body_over_the_limit_is_refused(loaded) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from . import evaluate, logs, outbound
@@ -31,7 +31,14 @@ from .runtime import Serving
 MAX_BODY_BYTES = 6 * 1024 * 1024
 MAX_INSTANCES = 1024
 DRAIN_FACTOR = 4
-JSON_TYPES = ("application/json", "application/jsonlines", "")
+JSON_TYPES = ("application/json", "")
+# SageMaker Batch Transform with SplitType=Line sends several input lines in one request (BatchStrategy=MultiRecord)
+# and joins the answers by line (AssembleWith=Line): one JSON record per line in, one per line out.
+JSON_LINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
+# Answered on GET /execution-parameters, which Batch Transform reads when MaxConcurrentTransforms is left unset:
+# one request at a time (the model runs one batch at a time), as many lines as fit the body limit.
+EXECUTION_PARAMETERS = {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD",
+                        "MaxPayloadInMB": MAX_BODY_BYTES // 2**20}
 
 
 class BadRequest(Exception):
@@ -52,24 +59,49 @@ class State:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one batch at a time: torch uses every core
 
 
-def parse_instances(body: bytes, pairs: bool | None, max_instances: int = MAX_INSTANCES) -> pd.DataFrame:
-    """`{"instances": [...], "parameters": {}}` (Vertex's shape, also taken on /invocations) into the frame
-    predict.predict_frame reads; each instance is a string or {"text": ..., "text_pair": ...}."""
+def _json(text: bytes | str, what: str) -> object:
+    """One JSON value; a body that is not JSON, or nested too deeply to parse, is the client's error (400)."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise BadRequest(400, f"body is not JSON: {err}") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-        raise BadRequest(400, 'body must be a JSON object {"instances": [...]} (each a string or {"text": ..., "text_pair": ...})')
-    unknown = sorted(set(payload) - {"instances", "parameters"})
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise BadRequest(400, f"{what} is not JSON: {type(err).__name__ if isinstance(err, RecursionError) else err}") from None
+
+
+def parse_instances(body: bytes, pairs: bool | None, max_instances: int = MAX_INSTANCES) -> pd.DataFrame:
+    """`{"instances": [...], "parameters": {}}` (Vertex's shape, also taken on /invocations), or Hugging Face's
+    `{"inputs": [...]}` / `{"inputs": "..."}` (AWS's Hugging Face containers, text-embeddings-inference), into the
+    frame predict.predict_frame reads; each instance is a string or {"text": ..., "text_pair": ...}."""
+    payload = _json(body, "body")
+    key = "inputs" if isinstance(payload, dict) and "inputs" in payload and "instances" not in payload else "instances"
+    if key == "inputs" and isinstance(payload["inputs"], (str, dict)):
+        payload = {**payload, "inputs": [payload["inputs"]]}
+    if not isinstance(payload, dict) or not isinstance(payload.get(key), list):
+        raise BadRequest(400, 'body must be a JSON object {"instances": [...]} or {"inputs": [...]} (each a string or '
+                              '{"text": ..., "text_pair": ...})')
+    unknown = sorted(set(payload) - {key, "parameters"})
     if unknown or payload.get("parameters") not in (None, {}):
         raise BadRequest(400, f"unsupported fields {unknown or ['parameters']}: this model takes no parameters")
-    instances = payload["instances"]
+    instances = payload[key]
     if not instances:
-        raise BadRequest(400, "instances is empty: send at least one text")
+        raise BadRequest(400, f"{key} is empty: send at least one text")
     if len(instances) > max_instances:
-        raise BadRequest(413, f"{len(instances)} instances in one request; at most {max_instances}")
-    rows = [_instance(i, item) for i, item in enumerate(instances)]
+        raise BadRequest(413, f"{len(instances)} {key} in one request; at most {max_instances}")
+    return _frame([_instance(f"{key}[{i}]", item) for i, item in enumerate(instances)], pairs)
+
+
+def parse_lines(body: bytes, pairs: bool | None) -> pd.DataFrame:
+    """JSON lines (Batch Transform's MultiRecord): one instance per non-blank line, a string or {"text": ...}; as
+    many as the body limit allows."""
+    try:
+        lines = [line for line in body.decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise BadRequest(400, f"body is not UTF-8: {err}") from None
+    if not lines:
+        raise BadRequest(400, "body holds no lines: send one JSON record per line")
+    return _frame([_instance(f"line {n}", _json(line, f"line {n}")) for n, line in enumerate(lines, 1)], pairs)
+
+
+def _frame(rows: list[dict[str, str]], pairs: bool | None) -> pd.DataFrame:
     with_pair = {PAIR in row for row in rows}
     if len(with_pair) > 1:
         raise BadRequest(400, "some instances have text_pair and some do not")
@@ -79,13 +111,13 @@ def parse_instances(body: bytes, pairs: bool | None, max_instances: int = MAX_IN
     return pd.DataFrame(rows, columns=[TEXT, PAIR] if with_pair == {True} else [TEXT])
 
 
-def _instance(index: int, item: object) -> dict[str, str]:
+def _instance(where: str, item: object) -> dict[str, str]:
     row = {TEXT: item} if isinstance(item, str) else item
     if not isinstance(row, dict) or not set(row) <= {TEXT, PAIR} or TEXT not in row:
-        raise BadRequest(400, f'instances[{index}] must be a string or {{"text": ..., "text_pair": ...}}')
+        raise BadRequest(400, f'{where} must be a string or {{"text": ..., "text_pair": ...}}')
     for key, value in row.items():
         if not isinstance(value, str) or not value.strip():
-            raise BadRequest(400, f"instances[{index}].{key} must be a non-empty string")
+            raise BadRequest(400, f"{where}.{key} must be a non-empty string")
     return row
 
 
@@ -103,15 +135,16 @@ def prediction_records(predictions, label_map) -> list[dict[str, object]]:
     return [{key: name, "scores": row} for name, row in zip(names, scores)]
 
 
-def answer(state: State, body: bytes) -> dict[str, object]:
-    """The predict route's work, run in a worker thread (tokenizing and the forward pass block)."""
+def answer(state: State, body: bytes, lines: bool = False) -> list[dict[str, object]]:
+    """The predict route's work, run in a worker thread (tokenizing and the forward pass block): one record per
+    instance, or per line of a JSON-lines body."""
     from . import predict
 
     loaded = state.loaded
-    frame = parse_instances(body, loaded.pairs)
+    frame = parse_lines(body, loaded.pairs) if lines else parse_instances(body, loaded.pairs)
     with state.lock:
         predictions = predict.predict_frame(loaded, frame)
-    return {"predictions": prediction_records(predictions, loaded.label_map)}
+    return prediction_records(predictions, loaded.label_map)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -154,17 +187,25 @@ def create_app(serving: Serving, state: State, max_body_bytes: int = MAX_BODY_BY
             return JSONResponse({"error": "the model is not loaded yet"}, status_code=503)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
-            if content_type not in JSON_TYPES:
-                raise BadRequest(415, f"content type {content_type!r} is not supported: send application/json")
+            if content_type not in JSON_TYPES + JSON_LINES_TYPES:
+                raise BadRequest(415, f"content type {content_type!r} is not supported: send application/json "
+                                      "or application/jsonlines")
             body = await read_body(request, max_body_bytes)
-            return JSONResponse(await run_in_threadpool(answer, state, body))
+            if content_type in JSON_LINES_TYPES:
+                records = await run_in_threadpool(answer, state, body, True)
+                return Response("".join(outbound.dumps(r) + "\n" for r in records), media_type="application/jsonlines")
+            return JSONResponse({"predictions": await run_in_threadpool(answer, state, body)})
         except BadRequest as err:
             return refused(err)
         except SeqclsError as err:
             return refused(BadRequest(400, str(err)))
 
+    async def execution_parameters() -> JSONResponse:
+        return JSONResponse(EXECUTION_PARAMETERS)
+
     for route in serving.health_routes:
         app.add_api_route(route, health, methods=["GET"])
+    app.add_api_route("/execution-parameters", execution_parameters, methods=["GET"])
     for route in serving.predict_routes:
         app.add_api_route(route, invoke, methods=["POST"])
 
