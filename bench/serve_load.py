@@ -3,7 +3,9 @@
 Starts the real server (`python -m seqcls serve`) on a free port, waits for /ping, sends the requests over
 keep-alive connections (one per client thread), and reports how many came back 200 with one prediction each,
 p50/p90/p99/max latency and requests per second. Bounded: every request has a timeout and the whole run a
-deadline; the server is stopped (SIGTERM) at the end.
+deadline; the server is stopped (SIGTERM) at the end. Two servers in turn, same model and requests: one pass of
+the model per request (`--max_batch_rows 1`, how the server answered before dynamic batching) and the default
+(concurrent requests share passes); the ratio of their requests per second is printed last.
 
   python bench/serve_load.py --model runs/<run>/model              # a trained run
   python bench/serve_load.py                                      # trains MiniLM 1 epoch on 320 CoLA rows first
@@ -103,35 +105,43 @@ def main() -> None:
     sentences = [line.split("\t")[3] for line in (args.cola / "out_of_domain_dev.tsv").read_text(encoding="utf-8").splitlines()]
     with tempfile.TemporaryDirectory(prefix="seqcls-load-") as scratch:
         model = args.model or train_minilm(args.cola, Path(scratch))
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "seqcls", "serve", "--model", str(model), "--port", str(port)],
-                                  stdout=subprocess.DEVNULL)
-        try:
-            ready_s = wait_ready(port, server)
-            work: queue.Queue = queue.Queue()
-            for i in range(args.requests):
-                work.put(sentences[i % len(sentences)])
-            results: list = []
-            threads = [threading.Thread(target=client, args=(port, work, results, args.timeout)) for _ in range(args.clients)]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=args.timeout * args.requests)
-            wall = time.perf_counter() - started
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        reports = {name: load(model, extra, sentences, args) for name, extra in
+                   (("one pass per request", ["--max_batch_rows", "1"]), ("shared passes (default)", []))}
+    for name, report in reports.items():
+        print(json.dumps({"server": name, "cpu": cpu_model(), "cores": os.cpu_count(),
+                          "model": str(args.model or "MiniLM, 1 epoch on 320 CoLA rows"), **report}, indent=1))
+    slow, fast = (report["requests_per_s"] for report in reports.values())
+    print(f"requests/s: shared passes {fast} vs one pass per request {slow}: {fast / slow:.2f}x")
+    sys.exit(1 if any(report["lost"] for report in reports.values()) else 0)
+
+
+def load(model: Path, extra: list[str], sentences: list[str], args: argparse.Namespace) -> dict:
+    """One server, the requests from the client threads, its numbers."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "seqcls", "serve", "--model", str(model), "--port", str(port), *extra],
+                              stdout=subprocess.DEVNULL)
+    try:
+        ready_s = wait_ready(port, server)
+        work: queue.Queue = queue.Queue()
+        for i in range(args.requests):
+            work.put(sentences[i % len(sentences)])
+        results: list = []
+        threads = [threading.Thread(target=client, args=(port, work, results, args.timeout)) for _ in range(args.clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=args.timeout * args.requests)
+        wall = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
     latencies = np.array([seconds for ok, seconds in results if ok]) * 1000
-    lost = args.requests - len(latencies)
-    print(json.dumps({
-        "cpu": cpu_model(), "cores": os.cpu_count(), "model": str(args.model or "MiniLM, 1 epoch on 320 CoLA rows"),
-        "requests": args.requests, "clients": args.clients, "ok": int(len(latencies)), "lost": lost,
-        "ready_s": round(ready_s, 1), "wall_s": round(wall, 1), "requests_per_s": round(len(latencies) / wall, 1),
-        **{f"p{q}_ms": round(float(np.percentile(latencies, q)), 1) for q in (50, 90, 99)},
-        "max_ms": round(float(latencies.max()), 1),
-    }, indent=1))
-    sys.exit(1 if lost else 0)
+    return {"requests": args.requests, "clients": args.clients, "ok": int(len(latencies)),
+            "lost": args.requests - len(latencies), "ready_s": round(ready_s, 1), "wall_s": round(wall, 1),
+            "requests_per_s": round(len(latencies) / wall, 1),
+            **{f"p{q}_ms": round(float(np.percentile(latencies, q)), 1) for q in (50, 90, 99)},
+            "max_ms": round(float(latencies.max()), 1)}
 
 
 if __name__ == "__main__":

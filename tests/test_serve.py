@@ -12,6 +12,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import sys
 import time
 import urllib.error
@@ -249,6 +250,42 @@ def test_the_real_server_refuses_bad_bodies_and_keeps_serving(served_models) -> 
     assert names[:1] == ["serve_start"] and "serve_ready" in names and names.count("request_refused") == 3, names
     ready = next(e for e in events if e["event"] == "serve_ready")
     assert ready["problem_type"] == "multi_label" and ready["routes"] == ["/ping", "/invocations"]
+
+
+@pytest.mark.slow
+def test_concurrent_requests_share_passes_and_each_gets_its_own_answers(served_models) -> None:
+    """16 clients at once against the real server: every answer is what the same request gets alone, and the
+    requests shared passes of the model (serve_stop counts them). fp32, so a row's scores do not move with
+    the padding of the pass it lands in."""
+    model = served_models["binary"]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(["--model", str(model.folder), "--port", str(port), "--precision", "fp32"])
+    bodies = [json.dumps({"instances": model.texts[2 * n:2 * n + 2]}).encode() for n in range(16)]
+    try:
+        wait_ready(url, server)
+        alone = [http(f"{url}/invocations", body) for body in bodies]
+        together: list = [None] * len(bodies)
+        start = threading.Barrier(len(bodies))
+
+        def client(n: int) -> None:
+            start.wait()
+            together[n] = http(f"{url}/invocations", bodies[n])
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(len(bodies))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    assert all(status == 200 for status, _ in alone + together), err[-2000:]
+    for (_, one), (_, shared) in zip(alone, together):
+        for a, b in zip(one["predictions"], shared["predictions"]):
+            assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=2e-6)
+    [stop] = [json.loads(line) for line in out.splitlines() if '"serve_stop"' in line]
+    assert stop["requests"] == 32 and stop["passes"] < 32, stop
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from . import logs, outbound
 from . import runtime
-from .errors import Interrupted, SeqclsError, UserError
+from .errors import Interrupted, SeqclsError, SettingsError, UserError
 
 FAILURE_REASON_LIMIT = 1024
 USAGE = """usage: seqcls train [--train PATH] [--validation PATH] [--test PATH] [--model PATH] [--output_dir DIR] [--<hyperparameter> VALUE ...]
@@ -149,6 +149,8 @@ def serve_command(argv: Sequence[str]) -> int:
                                         "else /opt/ml/model as SageMaker unpacks it)")
     parser.add_argument("--port", type=int, help="default: AIP_HTTP_PORT, SAGEMAKER_BIND_TO_PORT or 8080")
     parser.add_argument("--max_body_bytes", type=int, help="largest request body accepted (default: 6 MiB, SageMaker's limit)")
+    parser.add_argument("--max_batch_rows", type=int, help="rows of queued requests one pass takes at most (default 256)")
+    parser.add_argument("--max_queue_rows", type=int, help="rows that may wait; more get 503 + Retry-After (default 8192)")
     for name in ("device", "precision", "eval_batch_size"):
         parser.add_argument(f"--{name}", help="default: auto" if name != "eval_batch_size" else "default: the training run's")
     args = parser.parse_args(list(argv))
@@ -158,7 +160,12 @@ def serve_command(argv: Sequence[str]) -> int:
 
     try:
         where = runtime.serving(args.model, args.port)
-        return serve.run(where, overrides, args.max_body_bytes or serve.MAX_BODY_BYTES)
+        for name in ("max_body_bytes", "max_batch_rows", "max_queue_rows"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise SettingsError(f"--{name}={getattr(args, name)} must be at least 1")
+        return serve.run(where, overrides, args.max_body_bytes or serve.MAX_BODY_BYTES,
+                         args.max_batch_rows or serve.batching.MAX_BATCH_ROWS,
+                         args.max_queue_rows or serve.batching.MAX_QUEUE_ROWS)
     except BaseException as err:  # noqa: BLE001 - same single handler as train
         return _failed(err, None)
 

@@ -10,18 +10,20 @@ connection; a model that cannot load stops the server with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from . import evaluate, logs, outbound
+from . import batching, evaluate, logs, outbound
 from .data import PAIR, TEXT
 from .errors import SeqclsError
 from .runtime import Serving
@@ -52,11 +54,24 @@ class BadRequest(Exception):
 
 @dataclass
 class State:
-    """What the routes share: the loaded model once the loader thread has it, or why it failed."""
+    """What the routes share: the loaded model once the loader thread has it, or why it failed, and the batcher
+    that merges concurrent requests into shared passes through predict's batch function."""
 
     loaded: Any = None
     error: BaseException | None = None  # why the model could not be loaded
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one batch at a time: torch uses every core
+    max_batch_rows: int = batching.MAX_BATCH_ROWS
+    max_queue_rows: int = batching.MAX_QUEUE_ROWS
+    batcher: batching.Batcher | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards creating the batcher
+
+    def queue(self) -> batching.Batcher:
+        from . import predict
+
+        with self.lock:
+            if self.batcher is None:
+                self.batcher = batching.Batcher(functools.partial(predict.predict_frame, self.loaded),
+                                                self.max_batch_rows, self.max_queue_rows)
+            return self.batcher
 
 
 def _json(text: bytes | str, what: str) -> object:
@@ -135,16 +150,13 @@ def prediction_records(predictions, label_map) -> list[dict[str, object]]:
     return [{key: name, "scores": row} for name, row in zip(names, scores)]
 
 
-def answer(state: State, body: bytes, lines: bool = False) -> list[dict[str, object]]:
-    """The predict route's work, run in a worker thread (tokenizing and the forward pass block): one record per
-    instance, or per line of a JSON-lines body."""
-    from . import predict
-
+async def answer(state: State, body: bytes, lines: bool = False) -> list[dict[str, object]]:
+    """The predict route's work: parse (in a worker thread), queue the rows for the batcher's next shared pass,
+    one record per instance, or per line of a JSON-lines body."""
     loaded = state.loaded
-    frame = parse_lines(body, loaded.pairs) if lines else parse_instances(body, loaded.pairs)
-    with state.lock:
-        predictions = predict.predict_frame(loaded, frame)
-    return prediction_records(predictions, loaded.label_map)
+    frame = await run_in_threadpool(parse_lines if lines else parse_instances, body, loaded.pairs)
+    predictions = await asyncio.wrap_future(state.queue().submit(frame))
+    return await run_in_threadpool(prediction_records, predictions, loaded.label_map)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -172,7 +184,14 @@ def refused(err: BadRequest) -> JSONResponse:
 
 def create_app(serving: Serving, state: State, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The routes: SageMaker's /ping and /invocations, and Vertex's AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE."""
-    app = FastAPI(title="seqcls", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield  # on shutdown (SIGTERM), before uvicorn re-raises the signal: how the requests shared passes
+        requests, passes = (state.batcher.requests, state.batcher.passes) if state.batcher else (0, 0)
+        logs.event("serve_stop", f"answered {requests} requests in {passes} passes of the model",
+                   requests=requests, passes=passes)
+
+    app = FastAPI(title="seqcls", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     async def health() -> JSONResponse:
         if state.loaded is None:
@@ -192,11 +211,14 @@ def create_app(serving: Serving, state: State, max_body_bytes: int = MAX_BODY_BY
                                       "or application/jsonlines")
             body = await read_body(request, max_body_bytes)
             if content_type in JSON_LINES_TYPES:
-                records = await run_in_threadpool(answer, state, body, True)
+                records = await answer(state, body, True)
                 return Response("".join(outbound.dumps(r) + "\n" for r in records), media_type="application/jsonlines")
-            return JSONResponse({"predictions": await run_in_threadpool(answer, state, body)})
+            return JSONResponse({"predictions": await answer(state, body)})
         except BadRequest as err:
             return refused(err)
+        except batching.Busy as err:
+            logs.warning("request_refused", str(err), status=503)
+            return JSONResponse({"error": str(err)}, status_code=503, headers={"Retry-After": "1"})
         except SeqclsError as err:
             return refused(BadRequest(400, str(err)))
 
@@ -241,12 +263,13 @@ def load_in_background(serving: Serving, state: State, overrides: dict[str, str]
     return thread
 
 
-def run(serving: Serving, overrides: dict[str, str], max_body_bytes: int = MAX_BODY_BYTES) -> int:
+def run(serving: Serving, overrides: dict[str, str], max_body_bytes: int = MAX_BODY_BYTES,
+        max_batch_rows: int = batching.MAX_BATCH_ROWS, max_queue_rows: int = batching.MAX_QUEUE_ROWS) -> int:
     """Listen on 0.0.0.0 (both platforms probe the container's address) until SIGTERM; 0 after a clean stop,
     the loader's error (the CLI turns it into job_failed and an exit code) when the model could not be loaded."""
     import uvicorn
 
-    state = State()
+    state = State(max_batch_rows=max_batch_rows, max_queue_rows=max_queue_rows)
     # log_config=None: uvicorn keeps its loggers off stdout's JSON lines; access_log off: one line per request
     # would drown the events (refusals and failures are logged as events).
     config = uvicorn.Config(create_app(serving, state, max_body_bytes), host="0.0.0.0", port=serving.port,
