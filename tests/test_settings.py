@@ -186,7 +186,7 @@ def test_only_settings_marked_math_make_a_checkpoint_unresumable() -> None:
         "eval_batch_size", "device", "cuda_graphs", "output_uri", "run_id", "publish_latest", "s3_sse_kms_id",
         "s3_expected_bucket_owner", "checkpoint_every_steps", "checkpoint_dir", "ignore_checkpoint",
         "distributed_timeout_s", "log_every_steps", "base_model", "label_names", "export_onnx",
-        "promote_if", "promote_tolerance", "promotion_file",
+        "promote_if", "promote_tolerance", "promote_rule", "promote_confidence", "promote_if_incomparable", "promotion_file",
         "gradient_checkpointing"}
 
 

@@ -92,5 +92,5 @@ def test_step_level_evaluations_report_the_optimizer_step_as_global_step(tmp_pat
 def test_select_best_and_the_promotion_gate_agree_on_which_way_is_better(name):
     """One list of lower-is-better metrics: an epoch ranked best must also be the run the gate prefers."""
     _, goal = evaluate.objective(name, SELECT_BEST[name] or "single_label")
-    lower_wins = promotion.decide(f"validation_{name}", 1.0, "champion", 2.0, tolerance=0.0).promoted
+    lower_wins = promotion.decide(promotion.Rule(f"validation_{name}"), 1.0, "champion", 2.0).promoted
     assert (goal == "MINIMIZE") == lower_wins
