@@ -115,7 +115,8 @@ def test_bad_serving_variables_are_clear_errors(env, message) -> None:
     ([1, 2], "application/json", 400, 'body must be a JSON object'),
     ({"instances": ["fine", 3]}, "application/json", 400, "instances[1] must be a string"),
     ({"instances": ["fine", " "]}, "application/json", 400, "instances[1].text must be a non-empty string"),
-    ({"instances": [{"text": "a", "label": "1"}]}, "application/json", 400, "instances[0] must be a string or"),
+    ({"instances": [{"txt": "a"}]}, "application/json", 400, "instances[0] must be a string, an object with"),
+    ({"instances": [["a", "b", "c"]]}, "application/json", 400, "or an array [text] or [text, text_pair]"),
     ({"instances": [{"text": "a", "text_pair": "b"}]}, "application/json", 400, "trained on single texts"),
     ({"instances": ["a"], "parameters": {"top_k": 2}}, "application/json", 400, "this model takes no parameters"),
     ({"instances": ["a"] * 1025}, "application/json", 413, "1025 instances in one request; at most 1024"),
@@ -130,6 +131,17 @@ def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(bod
     # The same 32 rows as predict's batch: in bf16 a row's score moves in the 4th decimal with its batch's padding.
     assert post(client, {"instances": served_models["binary"].texts}).json() == {
         "predictions": served_models["binary"].expected}
+
+
+def test_the_instance_shapes_vertex_batch_prediction_sends_are_answered_alike(served_models, loaded) -> None:
+    """BatchPredictionJob.InstanceConfig: JSONL lines arrive as they are (objects may carry other fields, such as an
+    id or a label: ignored), CSV and BigQuery rows as arrays in column order ([text], or [text, text_pair]);
+    keyField's column is taken out by Vertex before the instance is sent."""
+    model = served_models["binary"]
+    client = client_for(loaded["binary"])
+    shapes = [{"text": text, "id": n, "label": "1"} for n, text in enumerate(model.texts)]
+    assert post(client, {"instances": shapes}).json() == {"predictions": model.expected}
+    assert post(client, {"instances": [[text] for text in model.texts]}).json() == {"predictions": model.expected}
 
 
 def test_hugging_face_inputs_are_answered_like_instances(served_models, loaded) -> None:

@@ -127,9 +127,19 @@ def _frame(rows: list[dict[str, str]], pairs: bool | None) -> pd.DataFrame:
 
 
 def _instance(where: str, item: object) -> dict[str, str]:
-    row = {TEXT: item} if isinstance(item, str) else item
-    if not isinstance(row, dict) or not set(row) <= {TEXT, PAIR} or TEXT not in row:
-        raise BadRequest(400, f'{where} must be a string or {{"text": ..., "text_pair": ...}}')
+    """An instance as Vertex batch prediction may send it (docs/serving.md): a string; an object, whose `text`
+    and `text_pair` are read and other fields (ids, labels) ignored; an array `[text]` or `[text, text_pair]`
+    (a CSV or BigQuery row, in column order)."""
+    if isinstance(item, str):
+        row = {TEXT: item}
+    elif isinstance(item, list) and 1 <= len(item) <= 2:
+        row = dict(zip((TEXT, PAIR), item))
+    elif isinstance(item, dict) and TEXT in item:
+        row = {key: item[key] for key in (TEXT, PAIR) if key in item}
+    else:
+        raise BadRequest(400, f'{where} must be a string, an object with "text" (and "text_pair"), or an array '
+                              "[text] or [text, text_pair] (from CSV or BigQuery: set instanceConfig.includedFields "
+                              "to those columns)")
     for key, value in row.items():
         if not isinstance(value, str) or not value.strip():
             raise BadRequest(400, f"{where}.{key} must be a non-empty string")
