@@ -130,3 +130,34 @@ def test_tuning_trials_keep_their_checkpoints_apart(tmp_path):
     assert runtime.detect([], env).checkpoint_dir == tmp_path / "checkpoints" / "hpo-001-3f2a"
     (config / "hyperparameters.json").write_text(json.dumps({"epochs": "2"}))
     assert runtime.detect([], env).checkpoint_dir == tmp_path / "checkpoints"  # a plain job: SageMaker's own folder
+
+
+# SageMaker's inputdataconfig.json ("How Amazon SageMaker Provides Training Information",
+# https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-training-algo-running-container.html).
+def _sagemaker_tree(root, channels: dict, hosts: list[str]) -> dict[str, str]:
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "data" / "train").mkdir(parents=True)
+    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(channels))
+    (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps({"current_host": hosts[0], "hosts": hosts}))
+    return {"SEQCLS_OPT_ML": str(root), "TRAINING_JOB_NAME": "job-1"}
+
+
+@pytest.mark.parametrize("spec, hosts", [
+    ({"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"}, ["algo-1", "algo-2"]),
+    ({"TrainingInputMode": "FastFile", "S3DistributionType": "FullyReplicated"}, ["algo-1", "algo-2"]),
+    ({"TrainingInputMode": "File", "S3DistributionType": "ShardedByS3Key"}, ["algo-1"]),  # one host: every file
+    ({"ContentType": "text/csv"}, ["algo-1", "algo-2"]),  # what the SDK's local mode writes: the defaults apply
+])
+def test_sagemaker_channels_read_as_files_are_accepted(spec, hosts, tmp_path):
+    env = _sagemaker_tree(tmp_path, {"train": spec}, hosts)
+    assert runtime.detect([], env).channels["train"] == tmp_path / "input" / "data" / "train"
+
+
+@pytest.mark.parametrize("spec, hosts, message", [
+    ({"TrainingInputMode": "Pipe"}, ["algo-1"], "channel train uses TrainingInputMode=Pipe: seqcls reads files"),
+    ({"S3DistributionType": "ShardedByS3Key"}, ["algo-1", "algo-2"], "ShardedByS3Key across 2 hosts"),
+])
+def test_sagemaker_channels_seqcls_cannot_read_whole_are_refused_by_name(spec, hosts, message, tmp_path):
+    env = _sagemaker_tree(tmp_path, {"train": spec}, hosts)
+    with pytest.raises(SettingsError, match=message):
+        runtime.detect([], env)

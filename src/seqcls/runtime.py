@@ -52,6 +52,10 @@ GCS_FUSE_OVERRIDE = "SEQCLS_GCS_ROOT"
 # Distributed launch: SageMaker describes the cluster in resourceconfig.json, Vertex in CLUSTER_SPEC;
 # torchrun marks the processes it starts with LOCAL_RANK.
 SM_RESOURCE_CONFIG = ("input", "config", "resourceconfig.json")
+# How each channel reaches the container ("How Amazon SageMaker Provides Training Information",
+# https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-training-algo-running-container.html):
+# TrainingInputMode File or FastFile gives files in /opt/ml/input/data/<channel>/ (read alike); Pipe gives FIFOs.
+SM_INPUT_CONFIG = ("input", "config", "inputdataconfig.json")
 VERTEX_CLUSTER_SPEC = "CLUSTER_SPEC"
 VERTEX_POOLS = ("workerpool0", "workerpool1")
 NPROC_OVERRIDE = "SEQCLS_NPROC_PER_NODE"
@@ -236,6 +240,25 @@ def _channels(name: str, root: Path, cli_paths: Mapping[str, str], env: Mapping[
     return channels
 
 
+def check_sagemaker_inputs(root: Path) -> None:
+    """Channels seqcls can read as SageMaker delivers them: File and FastFile (plain files) are; Pipe (FIFOs) is
+    refused; ShardedByS3Key across several hosts is refused, since every host must read the whole channel (the
+    label map, the held-out validation rows and the row order are computed from all rows, the same on every rank)."""
+    config_path, resources = root.joinpath(*SM_INPUT_CONFIG), root.joinpath(*SM_RESOURCE_CONFIG)
+    if not config_path.is_file():
+        return
+    hosts = len(json.loads(resources.read_text()).get("hosts", [])) if resources.is_file() else 1
+    for channel, spec in json.loads(config_path.read_text()).items():
+        mode, sharding = spec.get("TrainingInputMode", "File"), spec.get("S3DistributionType", "FullyReplicated")
+        if mode == "Pipe":
+            raise SettingsError(f"channel {channel} uses TrainingInputMode=Pipe: seqcls reads files; give the channel "
+                                "input_mode='File' or 'FastFile' (TrainingInput(..., input_mode=...))")
+        if sharding == "ShardedByS3Key" and hosts > 1:
+            raise SettingsError(f"channel {channel} is ShardedByS3Key across {hosts} hosts: each host would see other "
+                                "rows, and every host must read the whole channel (labels, validation split and row "
+                                "order come from all rows); use distribution='FullyReplicated'")
+
+
 def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platform:
     """Work out the platform from the environment and the command line."""
     env = dict(os.environ if env is None else env)
@@ -244,6 +267,8 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
 
     name = _platform_name(env)
     root = _root(name, cli_paths.get("output_dir", ""), env, timestamp)
+    if name == "sagemaker":
+        check_sagemaker_inputs(root)
 
     channels = _channels(name, root, cli_paths, env)
 
