@@ -283,3 +283,22 @@ def test_sharded_row_losses_give_the_global_batch_gradient(problem_type, outputs
     whole = grad(np.arange(batch), 1.0)
     averaged = sum(grad(*shard(np.arange(batch), World(rank, 4))) for rank in range(4)) / 4
     assert torch.allclose(averaged, whole, atol=1e-6)
+
+
+def test_a_classifier_fine_tuned_for_other_labels_starts_with_a_fresh_head(tmp_path, capsys) -> None:
+    """Fine-tuning a 2-label checkpoint for 3 labels: transformers refuses the mismatched head (RuntimeError, which
+    used to end the job as an internal error); the encoder is kept, the head starts afresh, and a warning says so."""
+    from jobtools import build_tiny_model, minilm_folder
+    from seqcls import logs, model
+
+    source = build_tiny_model(tmp_path / "two-labels", minilm_folder())
+    logs.setup()
+    config = model.load_config(str(source), data.LabelMap(["a", "b", "c"]))
+    loaded = model.load_model(str(source), config, seed=0)
+    assert loaded.classifier.out_features == 3
+    from safetensors.torch import load_file
+
+    saved = load_file(str(source / "model.safetensors"))
+    assert torch.equal(loaded.bert.embeddings.word_embeddings.weight, saved["bert.embeddings.word_embeddings.weight"])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["outputs"] for e in events if e.get("event") == "classifier_head_reset"] == [3]

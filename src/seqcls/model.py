@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
 
+from . import logs
 from .data import LabelMap
 from .errors import ModelError, SettingsError
 from .settings import PROBLEM_TYPES
@@ -110,11 +111,22 @@ def load_tokenizer(source: str):
 def load_model(source: str, config: PretrainedConfig, seed: int, gradient_checkpointing: bool = False) -> torch.nn.Module:
     """Pretrained encoder plus a classification head initialised from the seed; with gradient_checkpointing,
     switched to recomputing activations in backward (before any training, so an unsupported model fails fast)."""
-    torch.manual_seed(seed)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+    def load(reset_head: bool) -> torch.nn.Module:
+        torch.manual_seed(seed)  # the new head's initialisation, the same on every attempt
+        return AutoModelForSequenceClassification.from_pretrained(
             source, config=config, use_safetensors=True, trust_remote_code=False, dtype=torch.float32,
-        )
+            ignore_mismatched_sizes=reset_head)
+
+    try:
+        try:
+            model = load(reset_head=False)
+        except RuntimeError as err:  # a classifier fine-tuned for another number of labels: transformers refuses
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            model = load(reset_head=True)
+            logs.warning("classifier_head_reset", f"model {source} has a classification head for other labels; it is "
+                         f"initialised afresh for this run's {config.num_labels} outputs (the encoder is kept)",
+                         model=source, outputs=config.num_labels)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load weights of {source!r}: {str(err).splitlines()[0][:300]}") from None
     if gradient_checkpointing:
