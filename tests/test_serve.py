@@ -120,7 +120,8 @@ def test_bad_serving_variables_are_clear_errors(env, message) -> None:
     ({"instances": [{"text": "a", "text_pair": "b"}]}, "application/json", 400, "trained on single texts"),
     ({"instances": ["a"], "parameters": {"top_k": 2}}, "application/json", 400, "this model takes no parameters"),
     ({"instances": ["a"] * 1025}, "application/json", 413, "1025 instances in one request; at most 1024"),
-    (b"text,label\nfine,1\n", "text/csv", 415, "content type 'text/csv' is not supported"),
+    (b"fine\na,b,c\n", "text/csv", 400, "line 2 has 3 fields: a record is the text, or text,text_pair"),
+    (b"<xml/>", "application/xml", 415, "content type 'application/xml' is not supported"),
 ])
 def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(body, content_type, status, reason,
                                                                              served_models, loaded) -> None:
@@ -163,6 +164,36 @@ def test_json_lines_get_one_answer_per_line_as_batch_transform_joins_them(served
     assert [json.loads(line) for line in response.text.splitlines()] == model.expected
     many = "".join(json.dumps({"text": f"sentence {i}."}) + "\n" for i in range(1500)).encode()
     assert len(post(client, many, content_type="application/jsonlines").text.splitlines()) == 1500  # no 1,024 cap
+
+
+def test_csv_records_are_answered_per_line_in_the_accept_type(served_models, loaded) -> None:
+    """Batch Transform from a CSV file (ContentType=text/csv, SplitType=Line): no header, one record per line; the
+    answer is JSON lines by default, or CSV lines with Accept: text/csv (predict's `predicted` and `prob_<label>`
+    columns, no header)."""
+    import csv
+    import io
+
+    model = served_models["binary"]
+    client = client_for(loaded["binary"])
+    body = io.StringIO()
+    csv.writer(body, lineterminator="\n").writerows([text] for text in model.texts)
+    as_lines = post(client, body.getvalue().encode(), content_type="text/csv")
+    assert [json.loads(line) for line in as_lines.text.splitlines()] == model.expected
+    as_csv = client.post("/invocations", content=body.getvalue().encode(),
+                         headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(as_csv.text)))
+    labels = list(model.expected[0]["scores"])
+    assert [row[0] for row in rows] == [record["label"] for record in model.expected]
+    for row, record in zip(rows, model.expected):
+        assert [float(value) for value in row[1:]] == pytest.approx([record["scores"][label] for label in labels], abs=1e-6)
+    refused = client.post("/invocations", content=b"a\n", headers={"Content-Type": "text/csv", "Accept": "image/png"})
+    assert refused.status_code == 406 and "accept type 'image/png' is not supported" in refused.json()["error"]
+
+
+def test_batch_transforms_payload_limit_is_the_body_limit() -> None:
+    assert runtime.serving(None, None, {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"}).max_body_bytes == 20 * 2**20
+    assert runtime.serving(None, None, {}).max_body_bytes is None
 
 
 def test_batch_transform_reads_its_execution_parameters(loaded) -> None:

@@ -163,7 +163,7 @@ def serve_command(argv: Sequence[str]) -> int:
         for name in ("max_body_bytes", "max_batch_rows", "max_queue_rows"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise SettingsError(f"--{name}={getattr(args, name)} must be at least 1")
-        return serve.run(where, overrides, args.max_body_bytes or serve.MAX_BODY_BYTES,
+        return serve.run(where, overrides, args.max_body_bytes or where.max_body_bytes or serve.MAX_BODY_BYTES,
                          args.max_batch_rows or serve.batching.MAX_BATCH_ROWS,
                          args.max_queue_rows or serve.batching.MAX_QUEUE_ROWS)
     except BaseException as err:  # noqa: BLE001 - same single handler as train

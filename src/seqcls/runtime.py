@@ -56,6 +56,8 @@ SM_RESOURCE_CONFIG = ("input", "config", "resourceconfig.json")
 # https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-training-algo-running-container.html):
 # TrainingInputMode File or FastFile gives files in /opt/ml/input/data/<channel>/ (read alike); Pipe gives FIFOs.
 SM_INPUT_CONFIG = ("input", "config", "inputdataconfig.json")
+# Batch Transform tells the container its MaxPayloadInMB (and SAGEMAKER_BATCH=true) in the environment.
+SM_MAX_PAYLOAD_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 VERTEX_CLUSTER_SPEC = "CLUSTER_SPEC"
 VERTEX_POOLS = ("workerpool0", "workerpool1")
 NPROC_OVERRIDE = "SEQCLS_NPROC_PER_NODE"
@@ -475,6 +477,7 @@ class Serving:
     predict_routes: tuple[str, ...]
     model_uri: str
     platform: str  # "vertex" | "sagemaker" | "local"
+    max_body_bytes: int | None = None  # Batch Transform's MaxPayloadInMB (SAGEMAKER_MAX_PAYLOAD_IN_MB), when it says
 
 
 def _route(value: str, name: str) -> str:
@@ -502,4 +505,8 @@ def serving(model_arg: str | None, port_arg: int | None, env: Mapping[str, str] 
                                                      if env.get(AIP_PREDICT_ROUTE) else [])])
     root = Path(env.get(OPT_ML_OVERRIDE) or OPT_ML_DEFAULT)
     model_uri = model_arg or env.get(AIP_STORAGE_URI) or str(root / "model")
-    return Serving(port, tuple(health), tuple(predict), model_uri, platform)
+    payload = env.get(SM_MAX_PAYLOAD_MB, "")
+    if payload and not payload.isdigit():
+        raise SettingsError(f"{SM_MAX_PAYLOAD_MB}={payload!r} must be a whole number of MB")
+    return Serving(port, tuple(health), tuple(predict), model_uri, platform,
+                   int(payload) * 2**20 if payload and int(payload) > 0 else None)

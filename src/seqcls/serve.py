@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import functools
+import io
 import json
 import logging
 import threading
@@ -37,10 +39,10 @@ JSON_TYPES = ("application/json", "")
 # SageMaker Batch Transform with SplitType=Line sends several input lines in one request (BatchStrategy=MultiRecord)
 # and joins the answers by line (AssembleWith=Line): one JSON record per line in, one per line out.
 JSON_LINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
+CSV_TYPE = "text/csv"  # one record per line, no header: the text, or text,text_pair
 # Answered on GET /execution-parameters, which Batch Transform reads when MaxConcurrentTransforms is left unset:
-# one request at a time (the model runs one batch at a time), as many lines as fit the body limit.
-EXECUTION_PARAMETERS = {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD",
-                        "MaxPayloadInMB": MAX_BODY_BYTES // 2**20}
+# one request at a time (the model runs one pass at a time), as many lines as fit the body limit (MaxPayloadInMB).
+EXECUTION_PARAMETERS = {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD"}
 
 
 class BadRequest(Exception):
@@ -116,6 +118,30 @@ def parse_lines(body: bytes, pairs: bool | None) -> pd.DataFrame:
     return _frame([_instance(f"line {n}", _json(line, f"line {n}")) for n, line in enumerate(lines, 1)], pairs)
 
 
+def parse_csv(body: bytes, pairs: bool | None) -> pd.DataFrame:
+    """CSV records (Batch Transform from a CSV file, SplitType=Line): no header, one record per line, the text or
+    text,text_pair, quoted as CSV quotes."""
+    try:
+        records = [row for row in csv.reader(io.StringIO(body.decode("utf-8"))) if row]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise BadRequest(400, f"body is not UTF-8 CSV: {err}") from None
+    if not records:
+        raise BadRequest(400, "body holds no lines: send one CSV record per line")
+    for number, row in enumerate(records, 1):
+        if len(row) > 2:
+            raise BadRequest(400, f"line {number} has {len(row)} fields: a record is the text, or text,text_pair")
+    return _frame([_instance(f"line {n}", row) for n, row in enumerate(records, 1)], pairs)
+
+
+def csv_lines(predictions, label_map, delimiter: str) -> str:
+    """One CSV line per row, no header (answers to one request are joined with other requests' lines): the
+    `predicted` and `prob_<label>` columns `seqcls predict` writes, in that order."""
+    from .artifacts import prediction_columns
+
+    frame = pd.DataFrame(prediction_columns(predictions, label_map, delimiter))
+    return frame.to_csv(index=False, header=False, lineterminator="\n")
+
+
 def _frame(rows: list[dict[str, str]], pairs: bool | None) -> pd.DataFrame:
     with_pair = {PAIR in row for row in rows}
     if len(with_pair) > 1:
@@ -160,13 +186,23 @@ def prediction_records(predictions, label_map) -> list[dict[str, object]]:
     return [{key: name, "scores": row} for name, row in zip(names, scores)]
 
 
-async def answer(state: State, body: bytes, lines: bool = False) -> list[dict[str, object]]:
+PARSERS = {**dict.fromkeys(JSON_TYPES, parse_instances), **dict.fromkeys(JSON_LINES_TYPES, parse_lines), CSV_TYPE: parse_csv}
+
+
+async def answer(state: State, body: bytes, content_type: str, accept: str) -> Response:
     """The predict route's work: parse (in a worker thread), queue the rows for the batcher's next shared pass,
-    one record per instance, or per line of a JSON-lines body."""
+    then answer in the type asked for: JSON for a JSON body, else one line per record (JSON lines, or CSV when
+    `Accept: text/csv`)."""
     loaded = state.loaded
-    frame = await run_in_threadpool(parse_lines if lines else parse_instances, body, loaded.pairs)
+    frame = await run_in_threadpool(PARSERS[content_type], body, loaded.pairs)
     predictions = await asyncio.wrap_future(state.queue().submit(frame))
-    return await run_in_threadpool(prediction_records, predictions, loaded.label_map)
+    if accept == CSV_TYPE:
+        text = await run_in_threadpool(csv_lines, predictions, loaded.label_map, loaded.settings.label_delimiter)
+        return Response(text, media_type=CSV_TYPE)
+    records = await run_in_threadpool(prediction_records, predictions, loaded.label_map)
+    if content_type in JSON_TYPES and accept not in JSON_LINES_TYPES:
+        return JSONResponse({"predictions": records})
+    return Response("".join(outbound.dumps(r) + "\n" for r in records), media_type="application/jsonlines")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -215,15 +251,16 @@ def create_app(serving: Serving, state: State, max_body_bytes: int = MAX_BODY_BY
         if state.loaded is None:
             return JSONResponse({"error": "the model is not loaded yet"}, status_code=503)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        accept = request.headers.get("accept", "").split(";")[0].split(",")[0].strip().lower()
         try:
-            if content_type not in JSON_TYPES + JSON_LINES_TYPES:
-                raise BadRequest(415, f"content type {content_type!r} is not supported: send application/json "
-                                      "or application/jsonlines")
+            if content_type not in PARSERS:
+                raise BadRequest(415, f"content type {content_type!r} is not supported: send application/json, "
+                                      "application/jsonlines or text/csv")
+            if accept not in ("", "*/*", CSV_TYPE, *JSON_TYPES, *JSON_LINES_TYPES):
+                raise BadRequest(406, f"accept type {accept!r} is not supported: application/json, "
+                                      "application/jsonlines or text/csv")
             body = await read_body(request, max_body_bytes)
-            if content_type in JSON_LINES_TYPES:
-                records = await answer(state, body, True)
-                return Response("".join(outbound.dumps(r) + "\n" for r in records), media_type="application/jsonlines")
-            return JSONResponse({"predictions": await answer(state, body)})
+            return await answer(state, body, content_type, accept)
         except BadRequest as err:
             return refused(err)
         except batching.Busy as err:
@@ -233,7 +270,7 @@ def create_app(serving: Serving, state: State, max_body_bytes: int = MAX_BODY_BY
             return refused(BadRequest(400, str(err)))
 
     async def execution_parameters() -> JSONResponse:
-        return JSONResponse(EXECUTION_PARAMETERS)
+        return JSONResponse({**EXECUTION_PARAMETERS, "MaxPayloadInMB": max(1, max_body_bytes // 2**20)})
 
     for route in serving.health_routes:
         app.add_api_route(route, health, methods=["GET"])
