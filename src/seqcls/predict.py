@@ -19,10 +19,11 @@ import pandas as pd
 import torch
 from transformers import AutoConfig
 
-from . import artifacts, data, devices, evaluate, logs, model, storage
+from . import artifacts, atomic, data, devices, evaluate, logs, model, storage
 from . import settings as hyperparameters
 from .errors import ModelError, SettingsError
 
+CHUNK_ROWS = 50_000  # rows scored and written at a time: bounds the token arrays and scores, paces the progress events
 # Settings that describe the input and the model, taken from the training run when it recorded them.
 INHERITED = ("max_length", "text_column", "text_pair_column", "eval_batch_size", "label_delimiter")
 
@@ -33,6 +34,14 @@ class Summary:
     output: Path
     labels: list[str]
     seconds: float
+
+
+def _progress(done: int, rows: int, seconds: float) -> None:
+    rate = done / seconds if seconds > 0 else 0.0
+    left = (rows - done) / rate if rate else None
+    logs.event("predict_progress", f"{done:,} of {rows:,} rows scored ({rate:,.0f} rows/s"
+               + (f", {left:.0f}s left)" if left is not None else ")"), rows_done=done, rows=rows,
+               rows_per_s=round(rate, 1), seconds_left=None if left is None else round(left, 1))
 
 
 def _training_settings(folder: Path) -> dict[str, object]:
@@ -60,13 +69,12 @@ def _trained_on_pairs(folder: Path) -> bool | None:
     return any(c.get(data.PAIR) for c in columns) if columns else None
 
 
-def _write(path: Path, frame: pd.DataFrame) -> None:
-    """JSON lines for .jsonl/.json, CSV otherwise; written atomically like every other artifact."""
-    if path.suffix.lower() in (".jsonl", ".json"):
-        payload = frame.to_json(orient="records", lines=True, force_ascii=False)
-    else:
-        payload = frame.to_csv(index=False)
-    artifacts.write_atomic(path, payload.encode())
+def _serialise(frame: pd.DataFrame, as_json: bool, header: bool) -> str:
+    """JSON lines for .jsonl/.json, CSV otherwise: chunk after chunk, the same text as the whole frame at once."""
+    if as_json:
+        text = frame.to_json(orient="records", lines=True, force_ascii=False)
+        return text if text.endswith("\n") else text + "\n"
+    return frame.to_csv(index=False, header=header)
 
 
 @dataclass(frozen=True)
@@ -121,18 +129,27 @@ def predict_frame(loaded: Loaded, frame: pd.DataFrame) -> evaluate.Predictions:
     return dataclasses.replace(predictions, threshold=loaded.threshold)
 
 
-def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[str, str]) -> Summary:
-    """Load the model, read the input without labels, write one prediction per row."""
+def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[str, str],
+        chunk_rows: int = CHUNK_ROWS) -> Summary:
+    """Load the model, read the input without labels, then score and write it `chunk_rows` rows at a time (token
+    arrays and scores stay bounded, `predict_progress` reports rows/s and the time left); the output file
+    appears complete or not at all."""
     started = time.perf_counter()
     loaded = load(model_uri, overrides)
     channel = data.read_channel(input_path, "input", loaded.settings, labelled=False, explicit=loaded.explicit)
-    predictions = predict_frame(loaded, channel.frame)
-    label_map = loaded.label_map
-    frame = channel.frame.copy()  # text, [text_pair]
-    for column, values in artifacts.prediction_columns(predictions, label_map, loaded.settings.label_delimiter).items():
-        frame[column] = values
-    _write(output_path, frame)
-    summary = Summary(len(frame), output_path, label_map.labels, round(time.perf_counter() - started, 2))
+    label_map, rows = loaded.label_map, len(channel.frame)
+    as_json = output_path.suffix.lower() in (".jsonl", ".json")
+    scoring = time.perf_counter()
+    with atomic.replacing(output_path) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
+        for start in range(0, rows, chunk_rows):
+            frame = channel.frame.iloc[start:start + chunk_rows].copy()  # text, [text_pair]
+            predictions = predict_frame(loaded, frame)
+            for column, values in artifacts.prediction_columns(predictions, label_map,
+                                                               loaded.settings.label_delimiter).items():
+                frame[column] = values
+            out.write(_serialise(frame, as_json, header=start == 0))
+            _progress(start + len(frame), rows, time.perf_counter() - scoring)
+    summary = Summary(rows, output_path, label_map.labels, round(time.perf_counter() - started, 2))
     logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
                model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
                labels=label_map.labels, problem_type=label_map.problem_type, device=loaded.compute.device.type,
