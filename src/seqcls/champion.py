@@ -58,8 +58,8 @@ def gate_rows(metric: str, splits: Splits, encoded: dict[str, Encoded], test: Pr
     split = "test" if metric.startswith("test_") else "validation"
     channel = splits.test if split == "test" else splits.validation
     predictions = test if split == "test" else validation()
-    if channel is None or predictions is None:
-        return None
+    if channel is None or predictions is None or len(channel.frame) != len(predictions.logits):
+        return None  # no such split, or a rank that holds its arrays but not its text (data.Prepared.without_text)
     columns = [column for column in (TEXT, PAIR) if column in channel.frame]
     return GateRows(split, channel.frame[columns], encoded[split].labels, splits.label_map, predictions)
 
