@@ -168,16 +168,22 @@ def _index_to(folder: Path, shard: str) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(names, shard)}))
 
 
+def _pickle_shard_folder(tiny: Path, folder: Path, marker: Path) -> Path:
+    """The probe: an index whose only shard is weights.bin, a torch.save-style pickle that writes `marker` if opened."""
+    copy_folder(tiny, folder)
+    _index_to(folder, "weights.bin")
+    (folder / "model.safetensors").unlink()
+    (folder / "weights.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    return folder
+
+
 def test_an_index_naming_a_pickle_shard_is_refused_before_any_load(tmp_path: Path, tiny: Path) -> None:
     from seqcls import model
     from seqcls.data import LabelMap
     from seqcls.errors import ModelError
 
     marker = tmp_path / "PWNED"
-    folder = copy_folder(tiny, tmp_path / "indexed")
-    _index_to(folder, "weights.bin")
-    (folder / "model.safetensors").unlink()
-    (folder / "weights.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    folder = _pickle_shard_folder(tiny, tmp_path / "indexed", marker)
     with pytest.raises(ModelError, match=r"names shard 'weights\.bin'.*pickle weights are refused"):
         model.load_config(str(folder), LabelMap(["0", "1"]))
     assert not marker.exists()
@@ -209,10 +215,7 @@ def test_a_sharded_safetensors_model_still_loads(tmp_path: Path, tiny: Path) -> 
 
 def test_predict_refuses_a_pickle_shard_with_exit_2_naming_the_file(tmp_path: Path, tiny: Path) -> None:
     marker = tmp_path / "PWNED"
-    folder = copy_folder(tiny, tmp_path / "indexed")
-    _index_to(folder, "weights.bin")
-    (folder / "model.safetensors").unlink()
-    (folder / "weights.bin").write_bytes(pickle.dumps(_Payload(marker)))
+    folder = _pickle_shard_folder(tiny, tmp_path / "indexed", marker)
     rows = tmp_path / "rows.csv"
     rows.write_text("text\nhello there\n")
     done = run_cli(["predict", "--model", str(folder), "--input", str(rows), "--output", str(tmp_path / "out.csv")])
