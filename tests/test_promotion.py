@@ -181,3 +181,15 @@ def test_no_champion_file_crashes_or_freezes_the_gate(champion: bytes, tmp_path)
 def test_a_usable_published_value_is_recorded_for_reference(tmp_path) -> None:
     decision = _gate_against(tmp_path, b'{"test": {"mcc": 0.3}}')
     assert decision.current_published_value == 0.3 and decision.current_value is None
+
+
+@pytest.mark.parametrize("name", ["mcc", "accuracy", "f1", "precision", "recall"])
+@pytest.mark.parametrize("labels", [["a", "b"], ["a", "b", "c"]])
+def test_the_gate_scores_rows_with_the_runs_own_metric_definitions(name, labels) -> None:
+    """Same rows, same numbers as metrics.json would give: a macro average counts a label the rows lack."""
+    from seqcls import champion
+    from seqcls.data import LabelMap
+
+    truth, predicted = np.array([0, 1, 1, 0, 1, 0]), np.array([0, 1, 0, 0, 1, 1])  # no row of label 2
+    gate = champion._metric(name, truth, LabelMap(labels))(predicted, None)
+    assert gate == pytest.approx(evaluate.classification_metrics(truth, predicted, len(labels))[name])

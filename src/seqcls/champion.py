@@ -148,11 +148,14 @@ def _per_row(name: str, labels: np.ndarray, predictions: Predictions, problem_ty
 def _metric(name: str, labels: np.ndarray, label_map: LabelMap) -> Callable[[np.ndarray, np.ndarray | None], float]:
     """The metric on all rows (idx None) or on a resample; the same functions the run's own metrics use."""
     problem_type, num_labels = label_map.problem_type, len(label_map.labels)
-    average = "binary" if num_labels == 2 else "macro"
+    # As evaluate.classification_metrics averages them: every label counts in a macro average, also one a
+    # resample happens to lack.
+    kind = evaluate.f1_average(num_labels)
+    average = {"average": kind, "zero_division": 0, "labels": list(range(num_labels)) if kind == "macro" else None}
     direct = {"mcc": matthews_corrcoef, "accuracy": accuracy_score,
-              "f1": lambda y, p: f1_score(y, p, average=average, zero_division=0),
-              "precision": lambda y, p: precision_score(y, p, average=average, zero_division=0),
-              "recall": lambda y, p: recall_score(y, p, average=average, zero_division=0)}
+              "f1": lambda y, p: f1_score(y, p, **average),
+              "precision": lambda y, p: precision_score(y, p, **average),
+              "recall": lambda y, p: recall_score(y, p, **average)}
 
     def value(per_row: np.ndarray, idx: np.ndarray | None) -> float:
         chosen = per_row if idx is None else per_row[idx]

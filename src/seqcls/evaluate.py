@@ -132,14 +132,14 @@ def resolve_threshold(model: torch.nn.Module, validation: Encoded, pad_token_id:
     return threshold
 
 
-def _average(num_labels: int) -> str:
+def f1_average(num_labels: int) -> str:
     """F1, precision and recall are binary for 2 labels, macro otherwise."""
     return "binary" if num_labels == 2 else "macro"
 
 
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray, num_labels: int) -> dict[str, object]:
-    """MCC is the headline (CoLA's metric); F1/precision/recall as `_average` says."""
-    average = _average(num_labels)
+    """MCC is the headline (CoLA's metric); F1/precision/recall as `f1_average` says."""
+    average = f1_average(num_labels)
     precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, average=average, zero_division=0,
                                                                labels=list(range(num_labels)) if average == "macro" else None)
     return {
@@ -194,7 +194,7 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
         return {"val_loss": predictions.loss, **{f"val_{k}": found[k] for k in ("f1_micro", "f1_macro", "subset_accuracy")}}
     if predictions.problem_type == "regression":
         return {"val_loss": predictions.loss, **{f"val_{k}": v for k, v in regression_metrics(labels, predicted).items()}}
-    average = _average(num_labels)
+    average = f1_average(num_labels)
     return {
         "val_loss": predictions.loss,
         "val_accuracy": float(accuracy_score(labels, predicted)),
