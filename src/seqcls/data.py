@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import fnmatch
 import hashlib
+import tempfile
 import weakref
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import logs
+from . import bigquery, logs
 from .atomic import visible_files
 from . import splitcheck
 from .errors import DataError, SettingsError
@@ -440,15 +441,35 @@ def _vertex_text_rows(frame: pd.DataFrame, path: Path, channel: str, problem_typ
     return out[mine].reset_index(drop=True)
 
 
-def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = True,
+def read_channel(source: Path | bigquery.Table, channel: str, settings: Settings, labelled: bool = True,
                  explicit: Collection[str] | None = None) -> Channel:
-    """Read every file of a channel into one frame; rows with empty text are dropped and counted.
+    """Read every file of a channel (or a BigQuery table) into one frame; rows with empty text are dropped and counted.
 
     `explicit`: the column settings the user gave (None: all); the others are chosen from each file's header.
     """
+    if isinstance(source, bigquery.Table):
+        return _read_table(source, channel, settings, labelled, explicit)
+    return _read_files(channel_files(source, channel), source, channel, settings, labelled, explicit)
+
+
+def _read_table(table: bigquery.Table, channel: str, settings: Settings, labelled: bool,
+                explicit: Collection[str] | None) -> Channel:
+    """The table's rows exported to a temporary Parquet file, then read as a file; messages and the manifest
+    name the table, never the temporary file."""
+    with tempfile.TemporaryDirectory(prefix="seqcls-bq-") as folder:
+        file = bigquery.export(table, Path(folder), channel)
+        try:
+            read = _read_files([file], table, channel, settings, labelled, explicit)
+        except DataError as err:
+            raise DataError(str(err).replace(str(file), str(table))) from None
+    return dataclasses.replace(read, files=[{**f, "path": str(table)} for f in read.files])
+
+
+def _read_files(found: list[Path], source: Path | bigquery.Table, channel: str, settings: Settings, labelled: bool,
+                explicit: Collection[str] | None) -> Channel:
     rule = ColumnRule.from_settings(settings, explicit)
     frames, files, kinds, chosen = [], [], {}, []
-    for file in channel_files(path, channel):
+    for file in found:
         frame, cola = _read_file(file, rule)
         frame = _vertex_text_rows(frame, file, channel, settings.problem_type)
         columns = _file_columns(frame, file, rule, labelled, cola)
@@ -471,7 +492,7 @@ def read_channel(path: Path, channel: str, settings: Settings, labelled: bool = 
                      channel=channel, dropped=int(empty.sum()))
         combined = combined[~empty].reset_index(drop=True)
     if len(combined) == 0:
-        raise DataError(f"{channel} channel {path} has no rows with text")
+        raise DataError(f"{channel} channel {source} has no rows with text")
     return Channel(channel, combined, files, columns)
 
 
@@ -764,7 +785,7 @@ class Splits:
     split_checks: splitcheck.SplitReport | None = None  # overlap across splits, conflicting labels in train
 
 
-def load_splits(channels: dict[str, Path], settings: Settings, explicit: Collection[str] | None = None) -> Splits:
+def load_splits(channels: dict[str, Path | bigquery.Table], settings: Settings, explicit: Collection[str] | None = None) -> Splits:
     """Read train (+ validation, test); map labels from train; hold out a seeded validation share if needed.
 
     `explicit`: the settings the user gave; column settings left at their defaults are chosen from each header.

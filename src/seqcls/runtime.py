@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import bigquery
 from .errors import DataError, SettingsError
 from .settings import FIELDS, check_scalar_values, load_hyperparameters_json, unknown_name
 
@@ -87,7 +88,7 @@ class Platform:
 
     name: str  # "sagemaker" | "vertex" | "local"
     root: Path  # the SageMaker-style tree this run writes into
-    channels: dict[str, Path]  # channel name -> file or folder (only channels that exist)
+    channels: dict[str, Path | bigquery.Table]  # channel name -> file, folder or table (only those given)
     model_dir: Path
     output_data_dir: Path
     failure_file: Path
@@ -175,9 +176,12 @@ def _existing(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
-def _vertex_channel(uri: str, fuse_root: str) -> Path | None:
+def _vertex_channel(uri: str, fuse_root: str) -> Path | bigquery.Table:
     """AIP_*_DATA_URI (or a gs:// path argument) through the /gcs mount: a file, a folder or a wildcard, which
-    data.channel_files expands to exactly the files it matches (exported managed datasets)."""
+    data.channel_files expands to exactly the files it matches (exported managed datasets); a bq:// table
+    (AIP_DATA_FORMAT=bigquery) is read through BigQuery's API."""
+    if bigquery.is_uri(uri):
+        return bigquery.parse(uri)
     if uri.startswith("gs://") and not Path(fuse_root).is_dir():
         raise DataError(f"{uri} is a gs:// URI but the Vertex GCS FUSE mount {fuse_root} is not present")
     return Path(gcs_to_fuse(uri, fuse_root))
@@ -222,10 +226,11 @@ def exec_env(added: Mapping[str, str]) -> dict[str, str]:
     return {**os.environ, **added}
 
 
-def _channels(name: str, root: Path, cli_paths: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Path]:
-    """Each channel's file, folder or wildcard: SageMaker's mounted folders, then Vertex's AIP_*_DATA_URI, then the
-    command line's paths (a gs:// one read through the /gcs mount), later ones winning."""
-    channels: dict[str, Path] = {}
+def _channels(name: str, root: Path, cli_paths: Mapping[str, str],
+              env: Mapping[str, str]) -> dict[str, Path | bigquery.Table]:
+    """Each channel's file, folder, wildcard or BigQuery table: SageMaker's mounted folders, then Vertex's
+    AIP_*_DATA_URI, then the command line's paths (a gs:// one read through the /gcs mount), later ones winning."""
+    channels: dict[str, Path | bigquery.Table] = {}
     for channel in CHANNELS:
         found = _existing(root / "input" / "data" / channel)
         if found is not None:
@@ -238,7 +243,10 @@ def _channels(name: str, root: Path, cli_paths: Mapping[str, str], env: Mapping[
     for channel in CHANNELS:
         given = cli_paths.get(channel)
         if given:
-            channels[channel] = _vertex_channel(given, fuse_root) if given.startswith("gs://") else Path(given).absolute()
+            remote = given.startswith("gs://") or bigquery.is_uri(given)
+            channels[channel] = _vertex_channel(given, fuse_root) if remote else Path(given).absolute()
+    if isinstance(channels.get("model"), bigquery.Table):
+        raise SettingsError(f"the model channel cannot be a BigQuery table ({channels['model']}): give a model folder")
     return channels
 
 
