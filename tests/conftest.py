@@ -11,7 +11,7 @@ from jobtools import COLA_DIR
 # Test lanes by cost (pyproject's markers): `make check` runs the unit lane alone. A test is `server` when it
 # needs a fixture that starts a storage server or trains the served models, `e2e` when marked slow or when its
 # module runs the CLI or a DAG in subprocesses; every other test is `unit`.
-SERVER_FIXTURES = {"s3", "aws", "gcs", "gcs_client", "servers", "backend", "served_models", "loaded"}
+SERVER_FIXTURES = {"s3", "aws", "gcs", "gcs_client", "servers", "backend", "served_models", "loaded", "mlflow_server"}
 E2E_MODULES = {"test_bad_inputs", "test_gpu_detection", "test_security", "test_model_card", "test_airflow",
                "test_scripts", "test_gpu_check"}
 LANES = ("e2e", "server", "image", "cuda")

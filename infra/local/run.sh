@@ -7,11 +7,13 @@
 # Each data path (file or folder) is mounted read-only at /opt/ml/input/data/<channel>/; hyperparameters
 # go to <output>/input/config/hyperparameters.json as strings, exactly as SageMaker writes them; the
 # model, output/data, output/failure and checkpoints land under --output. GPUS=none runs on CPU,
-# GPUS='"device=1"' picks a GPU; DRY_RUN=1 prints the docker command.
+# GPUS='"device=1"' picks a GPU; DRY_RUN=1 prints the docker command. MLflow's variables that are set here
+# (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, MLFLOW_TRACKING_TOKEN, ...) pass into the container, for
+# --hp report_to=mlflow (docs/tracking.md).
 set -euo pipefail
 
 usage() {
-    sed -n '2,11s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,13s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -53,10 +55,14 @@ with open(sys.argv[1], "w", encoding="utf-8") as handle:
     json.dump(pairs, handle, indent=2)
 PY
 
+declare -a tracking=()
+while IFS= read -r name; do
+    tracking+=(-e "$name")  # docker run -e NAME: the caller's value, never written into the command line
+done < <(compgen -e | grep '^MLFLOW_' || true)
 gpus=(--gpus "${GPUS:-all}")
 [[ "${GPUS:-all}" != none ]] || gpus=()
 cmd=(docker run --rm "${gpus[@]}" --shm-size 2g
-    --user "$(id -u):$(id -g)" -e HOME=/tmp
+    --user "$(id -u):$(id -g)" -e HOME=/tmp "${tracking[@]}"
     -v "$output/input/config:/opt/ml/input/config:ro"
     -v "$output/model:/opt/ml/model"
     -v "$output/output:/opt/ml/output"

@@ -28,6 +28,8 @@ from infra.common import (
     parse_pairs,
     run_cli,
 )
+from seqcls import bigquery
+from seqcls.errors import SettingsError
 from seqcls.runtime import CHANNELS, gcs_to_fuse
 from seqcls.uris import is_bucket_uri
 
@@ -110,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--replica-count", type=int, default=1, help="replicas in all (the chief plus workers)")
     p.add_argument("--boot-disk-gb", type=int, default=100)
     for channel in CHANNELS:
-        p.add_argument(f"--{channel}", metavar="GS_URI", help=f"gs:// file or folder for the {channel} data")
+        p.add_argument(f"--{channel}", metavar="URI", help=f"gs:// file, folder or wildcard for the {channel} data"
+                                                           + ("" if channel == "model" else ", or a bq:// table"))
     p.add_argument("--base-output-dir", required=True, metavar="GS_URI",
                    help="AIP_MODEL_DIR, AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR go under it")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="a seqcls hyperparameter (repeat)")
@@ -127,13 +130,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_table(option: str, uri: str) -> None:
+    try:
+        bigquery.parse(uri)
+    except SettingsError as err:
+        raise SubmitError(f"{option}: {err}") from None
+
+
 def job_from_args(args: argparse.Namespace) -> VertexJob:
     channels = {c: getattr(args, c) for c in CHANNELS if getattr(args, c)}
     if "train" not in channels:
         raise SubmitError("--train is required: the job has no training data otherwise")
     for option, uri in [*((f"--{c}", u) for c, u in channels.items()), ("--base-output-dir", args.base_output_dir)]:
-        if not is_bucket_uri(uri, "gs"):
-            raise SubmitError(f"{option} {uri!r}: expected a gs://bucket/path URI (the job reads it through /gcs)")
+        if bigquery.is_uri(uri) and option in ("--train", "--validation", "--test"):
+            _check_table(option, uri)  # the job reads the table through BigQuery's API
+        elif not is_bucket_uri(uri, "gs"):
+            table = " or a bq://project.dataset.table" if option in ("--train", "--validation", "--test") else ""
+            raise SubmitError(f"{option} {uri!r}: expected a gs://bucket/path URI (the job reads it through /gcs){table}")
     if args.replica_count < 1:
         raise SubmitError("--replica-count must be at least 1")
     if args.accelerator_count < 0:

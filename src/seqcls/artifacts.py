@@ -382,11 +382,11 @@ def device_record(device: torch.device, precision: str) -> dict[str, object]:
 
 def run_manifest(run: dict[str, object], model_source: str, channels: list[Channel],
                  data_facts: dict[str, object]) -> dict[str, object]:
-    """run_manifest.json: `run` (id, platform, commit, settings, device, timing, partial) plus the inputs
+    """run_manifest.json: `run` (id, platform, commit, settings, device, timing, partial, trackers) plus the inputs
     with their digests, what the data stage settled (rows per split, validation source, the max_length
     used) and the package versions: enough to rerun the job, or to predict like it, from this file alone."""
     return {**{k: run[k] for k in ("run_id", "platform", "git_commit", "settings")},
             "model_source": model_source, "model_source_files": model_source_files(model_source),
             "data": {"files": [f for channel in channels for f in channel.files], **data_facts},
             "packages": package_versions(),
-            **{k: run[k] for k in ("device", "timing", "partial")}}
+            **{k: run[k] for k in ("device", "timing", "partial", "trackers") if k in run}}

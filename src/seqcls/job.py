@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, atomic, checkpoint, data, devices, distributed, evaluate, logs, model, scalars, storage, train
-from . import champion, hostdata, promotion, runtime, tuning
+from . import artifacts, atomic, checkpoint, data, devices, distributed, evaluate, logs, model, storage, train
+from . import champion, hostdata, promotion, runtime, tracking, tuning
 from . import settings as hyperparameters
 from .errors import Interrupted, SettingsError
 
@@ -31,10 +31,10 @@ def run(where: runtime.Platform) -> Path:
     resolved = hyperparameters.resolve(where.hyperparameter_layers)
     settings = resolved.settings
     where = _settled(where, settings)
-    compute = _start(where, resolved, world)
+    model_source = str(where.channels.get("model") or settings.model_name_or_path)
+    compute, trackers = _start(where, resolved, world, model_source)
 
     # Step 2: data, read and tokenized once per host (its other ranks map the arrays); then the model's config.
-    model_source = str(where.channels.get("model") or settings.model_name_or_path)
     prepared = hostdata.once_per_host(world, functools.partial(_read_and_tokenize, where, resolved, model_source),
                                       where.run_id, settings.distributed_timeout_s)
     splits, max_length, encoded = prepared.splits, prepared.max_length, prepared.encoded
@@ -72,7 +72,7 @@ def run(where: runtime.Platform) -> Path:
     # Step 5: save the model and everything a person needs to judge it (nothing half-written).
     manifest = artifacts.run_manifest(
         {"run_id": where.run_id, "platform": where.name, "git_commit": where.git_commit, "settings": resolved.snapshot(),
-         "device": artifacts.device_record(compute.device, compute.precision), "partial": partial,
+         "device": artifacts.device_record(compute.device, compute.precision), "partial": partial, "trackers": trackers.record(),
          "timing": {"train_seconds": round(outcome.train_seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1)}},
         model_source, [s for s in (splits.train, splits.validation, splits.test) if s],
         {"rows": {name: len(e) for name, e in encoded.items()}, "validation_source": splits.validation_source,
@@ -87,7 +87,7 @@ def run(where: runtime.Platform) -> Path:
                         _publish_options(settings), promotion.gate(settings, where.model_dir, where.output_data_dir,
                                                                    champion.comparer(settings, gate_rows)))
     checkpointer.remove()  # published: nothing is left for a later run in the same folder to resume
-    _log_end(where, metrics, started, settings.problem_type)
+    _log_end(where, metrics, started, settings.problem_type, trackers)
     return where.model_dir
 
 
@@ -103,8 +103,11 @@ def _read_and_tokenize(where: runtime.Platform, resolved: hyperparameters.Resolv
     return data.encode_splits(tokenizer, splits, max_length)
 
 
-def _log_end(where: runtime.Platform, metrics: dict, started: float, problem_type: str) -> None:
-    """job_end with the problem type's test headline (test_mcc, test_f1_micro or test_pearson)."""
+def _log_end(where: runtime.Platform, metrics: dict, started: float, problem_type: str,
+             trackers: tracking.Trackers) -> None:
+    """The trackers take the last of the run (bounded by tracker_timeout_s); then job_end with the problem type's
+    test headline (test_mcc, test_f1_micro or test_pearson)."""
+    trackers.finish()
     tested = evaluate.test_headline(metrics, problem_type)
     logs.event("job_end", f"done in {time.perf_counter() - started:.1f}s" + "".join(
         f", {name} {value:.4f}" for name, value in tested.items() if value is not None),
@@ -125,9 +128,10 @@ def _settled(where: runtime.Platform, settings: hyperparameters.Settings) -> run
                                checkpoint_dir=Path(settings.checkpoint_dir) if settings.checkpoint_dir else where.checkpoint_dir)
 
 
-def _start(where: runtime.Platform, resolved: hyperparameters.Resolved, world: distributed.World) -> devices.Compute:
-    """Device and processes, `job_start`, the listeners that feed TensorBoard and a tuning service, and
-    the publish targets checked: a bad output location, wrong credentials or a taken run id fail before training."""
+def _start(where: runtime.Platform, resolved: hyperparameters.Resolved, world: distributed.World,
+           model_source: str) -> tuple[devices.Compute, tracking.Trackers]:
+    """Device and processes, `job_start`, the listeners that feed the trackers (report_to) and a tuning service,
+    and the publish targets checked: a bad output location, wrong credentials or a taken run id fail before training."""
     settings = resolved.settings
     if world.is_main and settings.checkpoint_dir:
         atomic.check_writable([where.checkpoint_dir])
@@ -141,10 +145,11 @@ def _start(where: runtime.Platform, resolved: hyperparameters.Resolved, world: d
                world_size=world.size, torch_threads=torch.get_num_threads(),
                channels={k: str(v) for k, v in where.channels.items()},
                settings=resolved.snapshot(), ignored_hyperparameters=where.ignored_hyperparameters)
+    trackers = tracking.Trackers({})
     if world.is_main:
-        logs.subscribe(scalars.TensorBoardScalars(where.tensorboard_dir, settings.epochs))
         if where.tuning_metric_file:
             logs.subscribe(tuning.ObjectiveReport(where.tuning_metric_file, where.trial_id, settings.select_best,
                                                   settings.problem_type))
         storage.preflight_run(where.model_uri, settings.output_uri, where.run_id, _publish_options(settings))
-    return compute
+        trackers = tracking.start(resolved, where, model_source)
+    return compute, trackers

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -57,15 +58,21 @@ def setup(rank: int = 0, level: int = logging.INFO) -> logging.Logger:
     hf_logging.disable_default_handler()
     hf_logging.disable_progress_bar()
     for name in ("transformers", "huggingface_hub"):
-        lib = logging.getLogger(name)
-        lib.handlers[:] = [handler]
-        lib.setLevel(logging.ERROR)
-        lib.propagate = False
+        adopt(name)
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")
     warnings_logger.handlers[:] = [handler]
     warnings_logger.propagate = False
     return _log
+
+
+def adopt(library: str) -> None:
+    """A library's logger speaks only for errors, as JSON on our stdout: call after importing a library that
+    installs its own handler on import (transformers, mlflow)."""
+    lib = logging.getLogger(library)
+    lib.handlers[:] = [h for h in _log.handlers if not isinstance(h, _Subscription)]
+    lib.setLevel(logging.ERROR)
+    lib.propagate = False
 
 
 def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -91,10 +98,18 @@ class Listener(Protocol):
 
 
 class _Subscription(logging.Handler):
+    """Hands the subscribing thread's events to one listener. Events from other threads (a tracker's own
+    worker reporting on itself) are left out: a listener's close may wait for that worker, under this
+    handler's lock, so taking the lock from the worker would deadlock."""
+
     def __init__(self, listener: Listener) -> None:
         super().__init__()
         self.listener = listener
         self.closed = False
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread and bool(super().filter(record))
 
     def emit(self, record: logging.LogRecord) -> None:
         name = getattr(record, "event", None)

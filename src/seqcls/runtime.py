@@ -74,6 +74,14 @@ SM_EFA_NCCL_INSTANCES = frozenset({
     "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.trn1.32xlarge", "ml.p6e-gb200.36xlarge"})
 SM_EFA_RDMA_INSTANCES = frozenset({"ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.trn1.32xlarge", "ml.p6e-gb200.36xlarge"})
 
+# MLflow's own variables (mlflow/environment_variables.py): where runs go, the experiment, a run to log into.
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+# MLflow's defaults suit a notebook; a job's stdout is JSON lines only (no "View run" links) and a dead server
+# should answer within seconds (3 retries, 2 s backoff factor: 2+4+8 s), not MLflow's 7 retries of up to 120 s.
+# Set only where the user has not: their own values win.
+MLFLOW_JOB_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
 ENV_PREFIX = "SEQCLS_"
 DEBUG = "SEQCLS_DEBUG"  # 1: tracebacks on stderr for user errors too
 ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT", NPROC_OVERRIDE, GCS_FUSE_OVERRIDE, DEBUG}
@@ -102,6 +110,7 @@ class Platform:
     model_uri: str = ""  # a folder the platform reads as the model itself (Vertex AIP_MODEL_DIR): published flat
     tuning_metric_file: Path | None = None  # where a tuning trial reports its objective (Vertex)
     trial_id: str = ""
+    tracking_env: dict[str, str] = field(default_factory=dict)  # the MLFLOW_ENV variables that are set
 
     @property
     def output_folders(self) -> list[Path]:
@@ -221,6 +230,12 @@ def process_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int, int]:
     return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
 
 
+def mlflow_job_defaults() -> None:
+    """MLFLOW_JOB_DEFAULTS into this process's environment, where unset (MLflow reads them per request)."""
+    for name, value in MLFLOW_JOB_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def exec_env(added: Mapping[str, str]) -> dict[str, str]:
     """This process's environment plus what a launch adds (torchrun inherits it)."""
     return {**os.environ, **added}
@@ -307,6 +322,7 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         hyperparameter_layers=layers,
         ignored_hyperparameters=ignored,
         git_commit=_git_commit(env),
+        tracking_env={name: env[name] for name in MLFLOW_ENV if env.get(name)},
         **fields,
     )
 

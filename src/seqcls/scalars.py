@@ -25,38 +25,58 @@ TEST = {"test_loss": "test/loss", "test_accuracy": "test/accuracy", "test_mcc": 
 FLUSH_SECS = 30
 
 
+class Points:
+    """The scalars an event carries, as (tag, value, x): the one mapping every tracker plots (TensorBoard, MLflow)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self._last_step: int | None = None  # of the last step-level evaluation: where test metrics go
+
+    def of(self, name: str, fields: dict[str, Any]) -> list[tuple[str, float, int]]:
+        if name == "train_progress":
+            return _points(TRAIN, fields, int(fields["step"]))
+        if name in ("epoch_end", "evaluation"):
+            x = int(fields["step"] if name == "evaluation" else fields["epoch"])
+            self._last_step = x if name == "evaluation" else None
+            return _points(EPOCH, fields, x)
+        if name == "test_metrics":
+            return _points(TEST, fields, self.epochs if self._last_step is None else self._last_step)
+        return []
+
+
+def _points(tags: dict[str, str], fields: dict[str, Any], x: int) -> list[tuple[str, float, int]]:
+    return [(tag, float(fields[field]), x) for field, tag in tags.items() if fields.get(field) is not None]
+
+
 class TensorBoardScalars:
     """A logs.Listener; the event file opens with the first scalar, so a job that fails early leaves none."""
 
     def __init__(self, directory: Path, epochs: int) -> None:
         self.directory = directory
-        self.epochs = epochs
+        self.points = Points(epochs)
         self._writer = None
         self._purge_step: int | None = None
-        self._last_step: int | None = None  # of the last step-level evaluation: where test metrics go
 
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
         if name == "resumed":
             # Steps logged after the checkpoint by the run that stopped are logged again: TensorBoard drops the old ones.
             self._purge_step = int(fields["step"]) + 1
-        elif name == "train_progress":
-            self._add(TRAIN, fields, int(fields["step"]))
-        elif name in ("epoch_end", "evaluation"):
-            x = int(fields["step"] if name == "evaluation" else fields["epoch"])
-            self._last_step = x if name == "evaluation" else None
-            self._add(EPOCH, fields, x)
-            self._writer.flush()
-        elif name == "test_metrics":
-            self._add(TEST, fields, self.epochs if self._last_step is None else self._last_step)
-
-    def _add(self, tags: dict[str, str], fields: dict[str, Any], step: int) -> None:
-        if self._writer is None:
+        points = self.points.of(name, fields)
+        if points and self._writer is None:
             from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when there is something to write
 
             self._writer = SummaryWriter(log_dir=str(self.directory), purge_step=self._purge_step, flush_secs=FLUSH_SECS)
-        for field, tag in tags.items():
-            if fields.get(field) is not None:
-                self._writer.add_scalar(tag, float(fields[field]), step)
+        for tag, value, x in points:
+            self._writer.add_scalar(tag, value, x)
+        if name in ("epoch_end", "evaluation") and self._writer is not None:
+            self._writer.flush()
+
+    def record(self) -> dict[str, Any]:
+        return {"directory": str(self.directory)}
+
+    def finish(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:

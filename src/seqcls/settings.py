@@ -21,6 +21,7 @@ from .uris import parse_uri
 from .errors import SettingsError
 
 DEFAULT_MODEL = "bert-base-uncased"
+REPORTERS = ("tensorboard", "mlflow")  # report_to's trackers (tracking.py)
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # export_onnx: torch's exporter and the check's runtime
 SECRET_MARKERS = ("key", "secret", "token", "password", "credential")
 
@@ -232,6 +233,19 @@ class Settings:
     label_names: str = _setting("", "Readable class or tag names for config.json's id2label: a JSON list in label id order "
                                     "(the labels sorted) or a JSON object {\"label\": \"name\"} naming every label; "
                                     "empty: the labels as found. Not for regression", math=False)
+    report_to: str = _setting("tensorboard", "Where the run is tracked, comma-separated: tensorboard (event files in "
+                                             "the platform's folder), mlflow (MLFLOW_TRACKING_URI: a server, a SageMaker "
+                                             "MLflow ARN or a folder; docs/tracking.md); none: nowhere", math=False)
+    mlflow_experiment: str = _setting("", "report_to=mlflow: the experiment; empty: MLFLOW_EXPERIMENT_NAME, else "
+                                          "seqcls", math=False)
+    mlflow_registered_model: str = _setting("", "report_to=mlflow: register every published run as a version of this "
+                                                "model and move its alias champion to runs the promotion gate promotes "
+                                                "(every run without promote_if); empty: no registry", math=False)
+    mlflow_log_model: bool = _setting(False, "report_to=mlflow: also upload the model folder to the run's artifacts "
+                                             "(always with mlflow_registered_model)", math=False)
+    tracker_timeout_s: int = _setting(120, "How long the end of the job waits for trackers to take the last of the run "
+                                           "(the model upload included) before it warns and exits as it would have",
+                                      bounds=Bounds(1, 86400), math=False)
     export_onnx: bool = _setting(False, "Also save model.onnx (dynamic batch and sequence axes), checked against the "
                                         "PyTorch logits on held-out rows before anything is published", math=False)
 
@@ -435,6 +449,11 @@ def _validate_training_rules(s: Settings) -> None:
     missing = [name for name in ONNX_MODULES if s.export_onnx and importlib.util.find_spec(name) is None]
     _check(not missing, "export_onnx", s.export_onnx, f"needs {', '.join(missing)}: pip install 'seqcls[onnx]' "
                                                       "(the image has them)")
+    trackers = report_targets(s.report_to)
+    _check("mlflow" not in trackers or importlib.util.find_spec("mlflow") is not None, "report_to", s.report_to,
+           "needs the MLflow client: pip install 'seqcls[tracking]' (the image has it)")
+    for name in ("mlflow_experiment", "mlflow_registered_model", "mlflow_log_model"):
+        _check(not getattr(s, name) or "mlflow" in trackers, name, getattr(s, name), "needs report_to to include mlflow")
     label_name_map(s.label_names)
     _check(not s.label_names or s.problem_type != "regression", "label_names", s.label_names,
            "names classes or tags; a regression model has one output, a score")
@@ -448,6 +467,18 @@ def _validate_training_rules(s: Settings) -> None:
     for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5), ("label_smoothing", 0.0)):
         _check(getattr(s, name) == unset or s.problem_type == "single_label", name, getattr(s, name),
                f"needs problem_type=single_label (it weighs, decides or smooths classes), not {s.problem_type}")
+
+
+def report_targets(value: str) -> tuple[str, ...]:
+    """report_to as a tuple of trackers, in the order given; `none` (alone) is the empty tuple."""
+    names = tuple(dict.fromkeys(name.strip().lower() for name in value.split(",") if name.strip()))
+    if names == ("none",):
+        return ()
+    unknown = [name for name in names if name not in REPORTERS]
+    _check(bool(names) and not unknown, "report_to", value,
+           f"must be none or a comma-separated list of {', '.join(REPORTERS)}"
+           + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return names
 
 
 def _check_select_best(s: Settings) -> None:

@@ -154,3 +154,15 @@ def test_wait_reports_the_final_status(aws_offline: None, capsys: pytest.Capture
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["status"] == "Completed"
     assert result["training_job_arn"].startswith("arn:aws:sagemaker:eu-west-1:")
+
+
+def test_mlflow_tracking_reaches_the_training_job(aws_offline: None) -> None:
+    """A SageMaker managed MLflow server's ARN in the job's environment, report_to as a hyperparameter
+    (docs/tracking.md); botocore's model accepts the request."""
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/team-a"
+    request = submit.dry_run(_job([*BASE, "--hp", "report_to=tensorboard,mlflow", "--hp", "mlflow_registered_model=cola",
+                                   "--env", f"MLFLOW_TRACKING_URI={arn}"]))
+    report = ParamValidator().validate(request, _create_training_job_shape())
+    assert not report.has_errors(), report.generate_report()
+    assert request["Environment"] == {"MLFLOW_TRACKING_URI": arn}
+    assert request["HyperParameters"] == {"report_to": "tensorboard,mlflow", "mlflow_registered_model": "cola"}

@@ -137,3 +137,19 @@ def test_local_run_mirrors_the_sagemaker_tree(tmp_path: Path) -> None:
     assert raw == {"epochs": "2", "text_column": "my sentence", "group_by_length": "false"}
     resolved = settings.resolve([("hyperparameters.json", raw)]).settings
     assert (resolved.epochs, resolved.text_column, resolved.group_by_length) == (2, "my sentence", False)
+
+
+def test_local_run_passes_mlflow_variables_by_name_never_by_value(tmp_path: Path) -> None:
+    data = tmp_path / "train.tsv"
+    data.write_text("x\t1\t\tA sentence.\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    token = "s3cr3t-token"
+    done = subprocess.run(
+        [str(ROOT / "infra/local/run.sh"), "--image", "seqcls:test", "--train", str(data), "--output", str(tmp_path / "o"),
+         "--hp", "report_to=mlflow"], capture_output=True, text=True, check=False,
+        env=env | {"DRY_RUN": "1", "MLFLOW_TRACKING_URI": "https://mlflow.example.com", "MLFLOW_TRACKING_TOKEN": token})
+    assert done.returncode == 0, done.stderr
+    argv = shlex.split(done.stdout)
+    passed = {argv[i + 1] for i, a in enumerate(argv) if a == "-e"}
+    assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"} <= passed  # docker copies the caller's values
+    assert token not in done.stdout

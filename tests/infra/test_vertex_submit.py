@@ -87,3 +87,19 @@ def test_submit_sends_the_dry_run_spec() -> None:
 def test_bad_options_fail_before_any_call(extra: list[str], message: str) -> None:
     with pytest.raises(SubmitError, match=re.escape(message)):
         _job([*BASE, *extra])
+
+
+def test_a_bigquery_table_and_mlflow_tracking_pass_through_to_the_container() -> None:
+    """AIP_DATA_FORMAT=bigquery's URIs (docs/contract.md, Data) go to the job as they are; report_to and the
+    tracking server reach it as a hyperparameter and an environment variable (docs/tracking.md)."""
+    job = _job([*BASE[:6], "--train", "bq://my-proj.cola.train", "--test", "bq://my-proj.cola.test",
+                "--base-output-dir", "gs://seqcls-out/run1", "--hp", "report_to=tensorboard,mlflow",
+                "--env", "MLFLOW_TRACKING_URI=https://mlflow.example.com"])
+    paths, hyperparameters = runtime.parse_cli(job.container_args())
+    assert paths == {"train": "bq://my-proj.cola.train", "test": "bq://my-proj.cola.test"}
+    assert hyperparameters == {"report_to": "tensorboard,mlflow"}
+    assert job.environment == {"MLFLOW_TRACKING_URI": "https://mlflow.example.com"}
+    with pytest.raises(SubmitError, match="--train: bq://my-proj.cola is not a BigQuery table"):
+        _job([*BASE[:6], "--train", "bq://my-proj.cola", "--base-output-dir", "gs://seqcls-out/run1"])
+    with pytest.raises(SubmitError, match="--model 'bq://p.d.t': expected a gs://bucket/path URI"):
+        _job([*BASE, "--model", "bq://p.d.t"])
