@@ -97,8 +97,8 @@ def client(uri: str):
 def test_report_to_is_a_list_of_known_trackers_or_none():
     assert settings.report_targets("tensorboard, MLflow") == ("tensorboard", "mlflow")
     assert settings.report_targets("none") == ()
-    for bad in ("wandb", "none,mlflow", ""):
-        with pytest.raises(SettingsError, match="report_to.*must be none or a comma-separated list of tensorboard, mlflow"):
+    for bad in ("comet", "none,mlflow", ""):
+        with pytest.raises(SettingsError, match="report_to.*must be none or a comma-separated list of tensorboard, mlflow, wandb"):
             settings.report_targets(bad)
     with pytest.raises(SettingsError, match="mlflow_registered_model.*needs report_to to include mlflow"):
         settings.resolve([("cli", {"mlflow_registered_model": "cola"})])
@@ -289,3 +289,63 @@ def test_a_sagemaker_mlflow_arn_reaches_its_regional_endpoint_with_sigv4_signed_
     assert "/eu-west-1/sagemaker-mlflow/aws4_request" in signed.headers["Authorization"]
     lock = Path(__file__).parents[1].joinpath("container", "requirements.txt").read_text()
     assert "\nsagemaker-mlflow==" in lock and "\nmlflow-skinny==" in lock
+
+
+# --- Weights & Biases, offline ---------------------------------------------------------------------------------------
+
+def wandb_records(run_file: Path) -> list:
+    """The protobuf Records of an offline run file, as `wandb sync` reads them: a 7-byte header (":W&B", 0xBEE1,
+    version 0), then LevelDB-log blocks of 32 KiB whose records are CRC32, length (2 bytes), type (1 FULL, 2 FIRST,
+    3 MIDDLE, 4 LAST) and payload (wandb's former sdk/internal/datastore.py; the Go core writes the same format)."""
+    from wandb.proto import wandb_internal_pb2
+
+    raw = run_file.read_bytes()
+    assert raw[:7] == b":W&B\xe1\xbe\x00", raw[:7]
+    records, pending, offset, block = [], b"", 7, 32768
+    while offset + 7 <= len(raw):
+        if block - offset % block < 7:  # a block's tail too short for a header is padding
+            offset += block - offset % block
+            continue
+        length, kind = int.from_bytes(raw[offset + 4:offset + 6], "little"), raw[offset + 6]
+        payload, offset = raw[offset + 7:offset + 7 + length], offset + 7 + length
+        if kind == 0 and length == 0:
+            break
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+@pytest.mark.slow
+def test_an_offline_wandb_run_holds_the_config_metric_history_and_summary(tmp_path, cola_dir, tiny_model, job_env,
+                                                                           monkeypatch, capsys):
+    train, test = cola_files(tmp_path / "data", cola_dir)
+    args = ["--train", str(train), "--test", str(test), "--model", str(tiny_model), *FAST, "--report_to", "wandb",
+            "--run_id", "wandb-1"]
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"), "WANDB_PROJECT": "cola"}
+    outcome = run_inprocess(tmp_path / "ml", args, env, monkeypatch, capsys)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    assert all(line.startswith("{") for line in outcome.stdout.splitlines() if line.strip())
+    [run_file] = (tmp_path / "wandb" / "wandb").glob("offline-run-*-wandb-1/run-wandb-1.wandb")
+    records = wandb_records(run_file)
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert (run.run_id, run.display_name, run.project) == ("wandb-1", "wandb-1", "cola")
+    config = {i.key: json.loads(i.value_json) for i in run.config.update}
+    assert config["learning_rate"] == 2e-05 and config["seqcls/run_id"] == "wandb-1"
+    rows = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
+    progress = [e for e in outcome.events if e.get("event") == "train_progress"]
+    assert [(row["global_step"], row["train/loss"]) for row in rows if "train/loss" in row] == [
+        (e["step"], e["loss"]) for e in progress]
+    epochs = [e for e in outcome.events if e.get("event") == "epoch_end"]
+    assert [(row["epoch"], row["val/mcc"]) for row in rows if "val/mcc" in row] == [(e["epoch"], e["val_mcc"]) for e in epochs]
+    summary = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in records
+               if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+    metrics = json.loads((tmp_path / "ml" / "model" / "metrics.json").read_text())
+    assert summary["test/mcc"] == pytest.approx(metrics["test"]["mcc"])
+    manifest = json.loads((tmp_path / "ml" / "model" / "run_manifest.json").read_text())
+    assert manifest["trackers"]["wandb"]["run_id"] == "wandb-1"
+    exits = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+    assert exits == [0]

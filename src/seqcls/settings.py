@@ -21,7 +21,7 @@ from .uris import parse_uri
 from .errors import SettingsError
 
 DEFAULT_MODEL = "bert-base-uncased"
-REPORTERS = ("tensorboard", "mlflow")  # report_to's trackers (tracking.py)
+REPORTERS = ("tensorboard", "mlflow", "wandb")  # report_to's trackers (tracking.py)
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # export_onnx: torch's exporter and the check's runtime
 SECRET_MARKERS = ("key", "secret", "token", "password", "credential")
 
@@ -235,7 +235,8 @@ class Settings:
                                     "empty: the labels as found. Not for regression", math=False)
     report_to: str = _setting("tensorboard", "Where the run is tracked, comma-separated: tensorboard (event files in "
                                              "the platform's folder), mlflow (MLFLOW_TRACKING_URI: a server, a SageMaker "
-                                             "MLflow ARN or a folder; docs/tracking.md); none: nowhere", math=False)
+                                             "MLflow ARN or a folder), wandb (WANDB_PROJECT, WANDB_MODE=offline...; "
+                                             "docs/tracking.md); none: nowhere", math=False)
     mlflow_experiment: str = _setting("", "report_to=mlflow: the experiment; empty: MLFLOW_EXPERIMENT_NAME, else "
                                           "seqcls", math=False)
     mlflow_registered_model: str = _setting("", "report_to=mlflow: register every published run as a version of this "
@@ -452,6 +453,8 @@ def _validate_training_rules(s: Settings) -> None:
     trackers = report_targets(s.report_to)
     _check("mlflow" not in trackers or importlib.util.find_spec("mlflow") is not None, "report_to", s.report_to,
            "needs the MLflow client: pip install 'seqcls[tracking]' (the image has it)")
+    _check("wandb" not in trackers or importlib.util.find_spec("wandb") is not None, "report_to", s.report_to,
+           "needs wandb: pip install wandb (not in the image: build FROM it and add it)")
     for name in ("mlflow_experiment", "mlflow_registered_model", "mlflow_log_model"):
         _check(not getattr(s, name) or "mlflow" in trackers, name, getattr(s, name), "needs report_to to include mlflow")
     label_name_map(s.label_names)

@@ -1,9 +1,10 @@
-"""Experiment trackers (report_to), each a listener on the log's event bus: TensorBoard event files and MLflow.
+"""Experiment trackers (report_to), each a listener on the log's event bus: TensorBoard event files, MLflow and
+Weights & Biases.
 
 A tracker sees the events stdout carries, so it holds exactly the JSON log's values. A tracker never costs the
-run: MLflow's calls run in order on a thread of their own, so a slow server never holds the training loop; the
-first failure stops the tracker with one `tracker_failed` warning naming the reason, and at the job's end it
-has tracker_timeout_s to take the last of the run before the job exits as it would have. run_manifest.json
+run: MLflow's and W&B's calls run in order on a thread of their own, so a slow server never holds the training
+loop; the first failure stops the tracker with one `tracker_failed` warning naming the reason, and at the job's
+end it has tracker_timeout_s to take the last of the run before the job exits as it would have. run_manifest.json
 records each tracker as it stood when the model was saved (`trackers`).
 """
 
@@ -13,6 +14,7 @@ import functools
 import hashlib
 import json
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -252,6 +254,83 @@ class MlflowTracker:
         self.client.set_terminated(self.mlflow_run_id, status)
 
 
+class WandbTracker:
+    """One W&B run per job, id'd by the run id so a restarted job resumes it: config is the settings, history the
+    events' scalars (train scalars against `global_step`, per-epoch ones against `epoch`), summary the test metrics
+    and the promotion. WANDB_MODE=offline writes the run under WANDB_DIR for `wandb sync`."""
+
+    def __init__(self, context: RunContext, directory: Path, epochs: int, timeout_s: float) -> None:
+        self.context, self.directory, self.timeout_s = context, directory, timeout_s
+        self.points = scalars.Points(epochs)
+        self.run: Any = None
+        self.opened = threading.Event()
+        self.worker = _Worker("wandb")
+        self.worker.submit("start the W&B run", self._open)
+
+    def on_event(self, name: str, fields: dict[str, Any]) -> None:
+        points = self.points.of(name, fields)
+        if name == "test_metrics" or name == "promotion" or name == "artifacts_published":
+            summary = {tag: value for tag, value, _ in points}
+            if name == "promotion":
+                summary["promotion"] = "promoted" if fields["promoted"] else "kept"
+            elif name == "artifacts_published":
+                summary["published_uri"] = outbound.mask(str(fields["uri"]))
+            self.worker.submit(f"update the summary from {name}", functools.partial(self._summary, summary))
+        elif points:
+            axis = "epoch" if name == "epoch_end" else "global_step"
+            self.worker.submit(f"log {name}", functools.partial(self._log, points, axis))
+        elif name == "job_failed":
+            self.worker.submit("finish the W&B run", functools.partial(self._end, 1))
+
+    def finish(self) -> None:
+        self.worker.submit("finish the W&B run", functools.partial(self._end, 0))
+        self.worker.finish(self.timeout_s)
+
+    def close(self) -> None:
+        self.worker.finish(self.timeout_s)
+
+    def record(self) -> dict[str, Any]:
+        self.opened.wait(self.timeout_s)
+        return {"run_id": self.run.id if self.run else None, "project": self.run.project if self.run else None,
+                "directory": str(self.directory),
+                "status": f"failed: {self.worker.failure}" if self.worker.failure else
+                          "receiving" if self.run else "connecting"}
+
+    # --- on the worker thread -----------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            import wandb
+
+            logs.adopt("wandb")
+            c = self.context
+            self.directory.mkdir(parents=True, exist_ok=True)
+            config = {name: entry["value"] for name, entry in c.settings.items()}
+            config.update({"seqcls/run_id": c.run_id, "seqcls/platform": c.platform, "seqcls/git_commit": c.git_commit,
+                           "seqcls/model_source": c.model_source, "seqcls/output_uri": outbound.mask(c.output_uri)})
+            self.run = wandb.init(name=c.run_id, id=re.sub(r"[^A-Za-z0-9_-]", "-", c.run_id), resume="allow",
+                                  dir=str(self.directory), config=config, job_type="train",
+                                  tags=[c.platform] + ([f"trial-{c.trial_id}"] if c.trial_id else []),
+                                  settings=wandb.Settings(console="off", silent=True))  # stdout stays JSON lines
+            for axis in ("global_step", "epoch"):
+                self.run.define_metric(axis, hidden=True)
+            logs.event("tracker_attached", f"wandb: run {self.run.id} in project {self.run.project}", tracker="wandb",
+                       wandb_run_id=self.run.id, project=self.run.project)
+        finally:
+            self.opened.set()
+
+    def _log(self, points: list[tuple[str, float, int]], axis: str) -> None:
+        for tag, _, _ in points:
+            self.run.define_metric(tag, step_metric=axis)
+        self.run.log({**{tag: value for tag, value, _ in points}, axis: points[0][2]})
+
+    def _summary(self, values: dict[str, Any]) -> None:
+        self.run.summary.update(values)
+
+    def _end(self, exit_code: int) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
 class Tracker(logs.Listener, Protocol):
     def record(self) -> dict[str, Any]:
         """How the tracker stands, for run_manifest.json."""
@@ -290,10 +369,18 @@ def start(resolved: Resolved, where: runtime.Platform, model_source: str) -> Tra
             raise SettingsError("report_to=mlflow needs MLFLOW_TRACKING_URI: a tracking server's URL, a SageMaker "
                                 "MLflow tracking server's ARN, or a folder (docs/tracking.md)")
         runtime.mlflow_job_defaults()
-        context = RunContext(where.run_id, where.name, where.git_commit, where.trial_id, model_source,
-                             settings.output_uri or where.model_uri, resolved.snapshot(), where.model_dir,
-                             where.output_data_dir, where.tracking_env)
+        context = _context(resolved, where, model_source)
         experiment = settings.mlflow_experiment or where.tracking_env.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         listeners["mlflow"] = MlflowTracker(context, experiment, settings.mlflow_registered_model,
                                             settings.mlflow_log_model, settings.epochs, settings.tracker_timeout_s)
+    if "wandb" in chosen:
+        directory = Path(where.tracking_env.get("WANDB_DIR") or where.root / "output" / "wandb")
+        listeners["wandb"] = WandbTracker(_context(resolved, where, model_source), directory, settings.epochs,
+                                          settings.tracker_timeout_s)
     return Trackers(listeners)
+
+
+def _context(resolved: Resolved, where: runtime.Platform, model_source: str) -> RunContext:
+    return RunContext(where.run_id, where.name, where.git_commit, where.trial_id, model_source,
+                      resolved.settings.output_uri or where.model_uri, resolved.snapshot(), where.model_dir,
+                      where.output_data_dir, where.tracking_env)
