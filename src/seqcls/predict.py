@@ -92,6 +92,10 @@ class Loaded:
     compute: devices.Compute
     pairs: bool | None = None  # trained on text pairs (run_manifest.json); None when the folder does not say
 
+    @property
+    def backend(self) -> str:
+        return "onnx" if isinstance(self.classifier, model.OnnxClassifier) else "torch"
+
 
 def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
     """Fetch (and verify) the model, settle the settings it was trained with, load it onto its device."""
@@ -109,14 +113,27 @@ def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot read the config of {model_uri}: {str(err).splitlines()[0][:300]}") from None
         tokenizer = model.load_tokenizer(str(folder))
-        classifier = model.load_model(str(folder), config, settings.seed)
+        classifier, compute = _classifier(folder, config, settings, model_uri)
         pairs = _trained_on_pairs(folder)
     label_map = data.LabelMap([config.id2label[i] for i in range(config.num_labels)],
                               hyperparameters.problem_type_of(config.problem_type))
-    device = devices.pick_device(settings)
-    compute = devices.Compute(device, devices.pick_precision(settings, device))
-    return Loaded(model_uri, settings, frozenset(resolved.explicit), tokenizer, classifier.to(device).eval(), label_map,
+    return Loaded(model_uri, settings, frozenset(resolved.explicit), tokenizer, classifier, label_map,
                   getattr(config, "decision_threshold", None), compute, pairs)
+
+
+def _classifier(folder: Path, config, settings: hyperparameters.Settings,
+                model_uri: str) -> tuple[torch.nn.Module, devices.Compute]:
+    """inference_backend=onnx: the run's model.onnx on the CPU in fp32 (a run without one: a warning, then torch);
+    torch: the safetensors weights on the settings' device and precision."""
+    onnx_file = folder / artifacts.ONNX_FILE
+    if settings.inference_backend == "onnx" and onnx_file.is_file():
+        return model.OnnxClassifier(onnx_file, config).eval(), devices.Compute(torch.device("cpu"), "fp32")
+    if settings.inference_backend == "onnx":
+        logs.warning("onnx_missing", f"{model_uri} has no {artifacts.ONNX_FILE} (trained without export_onnx=true): "
+                                     "scoring with PyTorch", model=model_uri)
+    device = devices.pick_device(settings)
+    return (model.load_model(str(folder), config, settings.seed).to(device).eval(),
+            devices.Compute(device, devices.pick_precision(settings, device)))
 
 
 def predict_frame(loaded: Loaded, frame: pd.DataFrame) -> evaluate.Predictions:
@@ -153,5 +170,6 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
     logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
                model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
                labels=label_map.labels, problem_type=label_map.problem_type, device=loaded.compute.device.type,
+               backend=loaded.backend,
                seconds=summary.seconds)
     return summary

@@ -504,6 +504,11 @@ class Serving:
     model_uri: str
     platform: str  # "vertex" | "sagemaker" | "local"
     max_body_bytes: int | None = None  # Batch Transform's MaxPayloadInMB (SAGEMAKER_MAX_PAYLOAD_IN_MB), when it says
+    settings: dict[str, str] = field(default_factory=dict)  # SEQCLS_<NAME> of SERVING_SETTINGS (an endpoint has no args)
+
+
+# What an endpoint may set in its container environment as SEQCLS_<NAME> (the command line's --name wins).
+SERVING_SETTINGS = ("device", "precision", "eval_batch_size", "inference_backend")
 
 
 def _route(value: str, name: str) -> str:
@@ -534,5 +539,6 @@ def serving(model_arg: str | None, port_arg: int | None, env: Mapping[str, str] 
     payload = env.get(SM_MAX_PAYLOAD_MB, "")
     if payload and not payload.isdigit():
         raise SettingsError(f"{SM_MAX_PAYLOAD_MB}={payload!r} must be a whole number of MB")
+    chosen = {name: value for name, value in _env_hyperparameters(env).items() if name in SERVING_SETTINGS}
     return Serving(port, tuple(health), tuple(predict), model_uri, platform,
-                   int(payload) * 2**20 if payload and int(payload) > 0 else None)
+                   int(payload) * 2**20 if payload and int(payload) > 0 else None, chosen)

@@ -247,6 +247,9 @@ class Settings:
     tracker_timeout_s: int = _setting(120, "How long the end of the job waits for trackers to take the last of the run "
                                            "(the model upload included) before it warns and exits as it would have",
                                       bounds=Bounds(1, 86400), math=False)
+    inference_backend: str = _setting("torch", "seqcls predict and serve: torch (the safetensors weights) or onnx (the "
+                                               "run's model.onnx in onnxruntime on the CPU, fp32; a run saved without "
+                                               "export_onnx warns and uses torch)", choices=("torch", "onnx"), math=False)
     export_onnx: bool = _setting(False, "Also save model.onnx (dynamic batch and sequence axes), checked against the "
                                         "PyTorch logits on held-out rows before anything is published", math=False)
 
