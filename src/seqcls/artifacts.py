@@ -7,14 +7,11 @@ so a crash never leaves a half-written artifact, or half a set, where the platfo
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import platform as host_platform
 import shutil
-import sys
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata, resources
@@ -28,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from . import card, logs, outbound
+from . import card, logs, onnxmodel, outbound
 from .atomic import current_umask, replacing, visible_files
 from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
@@ -36,8 +33,6 @@ from .settings import problem_type_of
 from .evaluate import EpochStats, Predictions, probability_columns, validation_metrics
 
 RELOAD_CHECK_ROWS = 8
-ONNX_FILE = "model.onnx"
-ONNX_ATOL = 1e-4  # most any logit of model.onnx (onnxruntime, CPU) may differ from PyTorch's on the check rows
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -241,42 +236,6 @@ def _problem_record(config) -> tuple[object, object]:
     return config.problem_type, getattr(config, "label_thresholds", None)
 
 
-def export_onnx(model: torch.nn.Module, tokenizer, folder: Path) -> str:
-    """model.onnx beside the safetensors, from torch's own exporter (torch.onnx.export, dynamo: the one torch
-    keeps developing), with batch and sequence as dynamic axes; the reload check then compares it with PyTorch."""
-    inputs = dict(tokenizer(["an export example", "a longer example sentence for the export"], padding=True,
-                            return_tensors="pt").to(next(model.parameters()).device))
-    batch, sequence = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
-    was_training = model.training
-    model.eval()
-    try:
-        # The exporter prints progress (stdout is for JSON lines only) and warns about its own internals.
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (), str(folder / ONNX_FILE), kwargs=inputs, input_names=list(inputs),
-                              output_names=["logits"], dynamic_shapes={name: {0: batch, 1: sequence} for name in inputs},
-                              dynamo=True, external_data=False, verbose=False)
-    except Exception as err:  # noqa: BLE001 - any exporter failure becomes one clear line; nothing is saved
-        raise SeqclsError(f"export_onnx: torch.onnx.export could not export this {model.config.model_type} model: "
-                          f"{str(err).splitlines()[0][:300] if str(err) else type(err).__name__}") from err
-    finally:
-        model.train(was_training)
-    return ONNX_FILE
-
-
-def check_onnx(path: Path, inputs: dict[str, torch.Tensor], expected: torch.Tensor) -> None:
-    """model.onnx run by onnxruntime on the reload check's rows gives PyTorch's logits within ONNX_ATOL."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {i.name: inputs[i.name].cpu().numpy() for i in session.get_inputs()}
-    got = torch.from_numpy(session.run(["logits"], feed)[0])
-    worst = float((got - expected.float().cpu()).abs().max())
-    if not worst <= ONNX_ATOL:
-        raise SeqclsError(f"reload check failed: {path.name} (onnxruntime) differs from the PyTorch logits by up to "
-                          f"{worst:.3g} on {len(expected)} held-out rows (tolerance {ONNX_ATOL:g}); nothing was saved")
-
-
 @torch.no_grad()
 def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Channel) -> int:
     """Reload the saved folder as a consumer would and check it predicts what the trained model predicts,
@@ -303,8 +262,8 @@ def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Ch
     if not _agree(expected, got, problem_type):
         raise SeqclsError(f"reload check failed: the saved model in {model_dir} predicts {_shown(got, problem_type)} "
                           f"but the trained model predicts {_shown(expected, problem_type)} on the same {len(texts)} rows")
-    if (model_dir / ONNX_FILE).exists():
-        check_onnx(model_dir / ONNX_FILE, dict(inputs), expected)
+    if (model_dir / onnxmodel.ONNX_FILE).exists():
+        onnxmodel.check(model_dir / onnxmodel.ONNX_FILE, dict(inputs), expected)
     return len(texts)
 
 
@@ -318,8 +277,8 @@ class RunRecord:
     stats: list[EpochStats]
     label_map: LabelMap
     test: tuple[Channel, np.ndarray, Predictions] | None = None  # rows, label ids, predictions
-    check_rows: Channel | None = None  # rows for the reload check
-    export_onnx: bool = False  # also model.onnx, checked like the safetensors
+    check_rows: Channel | None = None  # held-out rows (test, else validation) for the reload and int8 checks
+    onnx: tuple[str, ...] = ()  # "onnx": also model.onnx, checked like the safetensors; "onnx_int8": model.int8.onnx
 
 
 def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str], facts: dict[str, Any]) -> dict[str, Any]:
@@ -343,8 +302,11 @@ def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir
     model folder's file names."""
     with staged(model_dir) as staged_model, staged(output_data_dir) as out:
         saved = save_model(model, tokenizer, staged_model) + [write_inference_hook(staged_model)]
-        if record.export_onnx:
-            saved.append(export_onnx(model, tokenizer, staged_model))
+        if "onnx" in record.onnx:
+            saved.append(onnxmodel.export(model, tokenizer, staged_model))
+        if "onnx_int8" in record.onnx:
+            record.manifest["onnx_int8"] = onnxmodel.quantize_int8(model, tokenizer, staged_model, record.check_rows)
+            saved += [onnxmodel.ONNX_INT8_FILE] if record.manifest["onnx_int8"]["kept"] else []
         write_json(staged_model / "metrics.json", record.metrics)
         write_training_stats(out / "training_stats.csv", record.stats)
         plot_loss_curve(out / "loss_curve.png", record.stats)

@@ -129,7 +129,7 @@ def predict_command(argv: Sequence[str]) -> int:
         parser.add_argument(f"--{name}", help="default: the training run's value (from run_manifest.json)")
     for name in ("device", "precision"):
         parser.add_argument(f"--{name}", help="default: auto")
-    parser.add_argument("--inference_backend", choices=("torch", "onnx"), help="default: torch (docs/serving.md)")
+    parser.add_argument("--inference_backend", choices=("torch", "onnx", "onnx_int8"), help="default: torch (docs/serving.md)")
     args = parser.parse_args(list(argv))
     overrides = {name: value for name, value in vars(args).items()
                  if name not in ("model", "input", "output") and value is not None}
@@ -154,7 +154,7 @@ def serve_command(argv: Sequence[str]) -> int:
     parser.add_argument("--max_queue_rows", type=int, help="rows that may wait; more get 503 + Retry-After (default 8192)")
     for name in ("device", "precision", "eval_batch_size"):
         parser.add_argument(f"--{name}", help="default: auto" if name != "eval_batch_size" else "default: the training run's")
-    parser.add_argument("--inference_backend", choices=("torch", "onnx"), help="default: torch (docs/serving.md)")
+    parser.add_argument("--inference_backend", choices=("torch", "onnx", "onnx_int8"), help="default: torch (docs/serving.md)")
     args = parser.parse_args(list(argv))
     given = {name: getattr(args, name) for name in runtime.SERVING_SETTINGS if getattr(args, name) is not None}
     from . import serve  # heavy imports only once the arguments are known

@@ -78,7 +78,7 @@ def run(where: runtime.Platform) -> Path:
         {"rows": {name: len(e) for name, e in encoded.items()}, "validation_source": splits.validation_source,
          "max_length": max_length, "split_checks": splits.split_checks.record() if splits.split_checks else None})
     artifacts.save_run(classifier, tokenizer, where.model_dir, where.output_data_dir, artifacts.RunRecord(
-        metrics, manifest, outcome.stats, splits.label_map, test, splits.test or splits.validation, settings.export_onnx))
+        metrics, manifest, outcome.stats, splits.label_map, test, splits.test or splits.validation, settings.onnx_exports))
     if partial:  # the platform uploads the model folder as it is; the run still failed, and may resume
         raise Interrupted(f"{outcome.stopped}; a partial model ({partial['weights']}) was saved to {where.model_dir}")
 

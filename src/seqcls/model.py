@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PretrainedConfig
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from . import logs
 from .data import LabelMap
@@ -154,22 +153,3 @@ def pad_token_id(tokenizer) -> int:
     """The tokenizer's pad id; 0 for the few that define none (BERT's [PAD] is 0 too)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-
-class OnnxClassifier(torch.nn.Module):
-    """A run's model.onnx run by onnxruntime behind what predict's one batch function calls: `.config`, eval(), and
-    a forward taking the collated tensors and returning `.logits`; so every payload scores through the same code."""
-
-    def __init__(self, path: Path, config: PretrainedConfig) -> None:
-        super().__init__()
-        import onnxruntime
-
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for a broken file
-            raise ModelError(f"cannot load {path.name} with onnxruntime: {' '.join(str(err).split())[:300]}") from None
-        self.config = config
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def forward(self, **inputs: torch.Tensor) -> SequenceClassifierOutput:
-        feed = {name: inputs[name].cpu().numpy() for name in self.input_names}
-        return SequenceClassifierOutput(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))

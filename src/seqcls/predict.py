@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from transformers import AutoConfig
 
-from . import artifacts, atomic, data, devices, evaluate, logs, model, storage
+from . import artifacts, atomic, data, devices, evaluate, logs, model, onnxmodel, storage
 from . import settings as hyperparameters
 from .errors import ModelError, SettingsError
 
@@ -94,7 +94,9 @@ class Loaded:
 
     @property
     def backend(self) -> str:
-        return "onnx" if isinstance(self.classifier, model.OnnxClassifier) else "torch"
+        if isinstance(self.classifier, onnxmodel.OnnxClassifier):
+            return "onnx_int8" if self.classifier.path.name == onnxmodel.ONNX_INT8_FILE else "onnx"
+        return "torch"
 
 
 def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
@@ -123,14 +125,16 @@ def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
 
 def _classifier(folder: Path, config, settings: hyperparameters.Settings,
                 model_uri: str) -> tuple[torch.nn.Module, devices.Compute]:
-    """inference_backend=onnx: the run's model.onnx on the CPU in fp32 (a run without one: a warning, then torch);
+    """inference_backend=onnx (onnx_int8): the run's model.onnx (model.int8.onnx) on the CPU (a run without the
+    file: a warning, then torch);
     torch: the safetensors weights on the settings' device and precision."""
-    onnx_file = folder / artifacts.ONNX_FILE
-    if settings.inference_backend == "onnx" and onnx_file.is_file():
-        return model.OnnxClassifier(onnx_file, config).eval(), devices.Compute(torch.device("cpu"), "fp32")
-    if settings.inference_backend == "onnx":
-        logs.warning("onnx_missing", f"{model_uri} has no {artifacts.ONNX_FILE} (trained without export_onnx=true): "
-                                     "scoring with PyTorch", model=model_uri)
+    wanted = onnxmodel.FILES.get(settings.inference_backend)
+    if wanted and (folder / wanted).is_file():
+        return onnxmodel.OnnxClassifier(folder / wanted, config).eval(), devices.Compute(torch.device("cpu"), "fp32")
+    if wanted:
+        logs.warning("onnx_missing", f"{model_uri} has no {wanted} (trained without export_onnx=true, or "
+                                     "export_onnx_int8=true, or its int8 check dropped it): scoring with PyTorch",
+                     model=model_uri, file=wanted)
     device = devices.pick_device(settings)
     return (model.load_model(str(folder), config, settings.seed).to(device).eval(),
             devices.Compute(device, devices.pick_precision(settings, device)))

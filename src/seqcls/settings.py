@@ -247,14 +247,24 @@ class Settings:
     tracker_timeout_s: int = _setting(120, "How long the end of the job waits for trackers to take the last of the run "
                                            "(the model upload included) before it warns and exits as it would have",
                                       bounds=Bounds(1, 86400), math=False)
-    inference_backend: str = _setting("torch", "seqcls predict and serve: torch (the safetensors weights) or onnx (the "
-                                               "run's model.onnx in onnxruntime on the CPU, fp32; a run saved without "
-                                               "export_onnx warns and uses torch)", choices=("torch", "onnx"), math=False)
+    inference_backend: str = _setting("torch", "seqcls predict and serve: torch (the safetensors weights), onnx (the "
+                                               "run's model.onnx in onnxruntime on the CPU, fp32) or onnx_int8 "
+                                               "(model.int8.onnx); a run saved without the file warns and uses torch",
+                                      choices=("torch", "onnx", "onnx_int8"), math=False)
     export_onnx: bool = _setting(False, "Also save model.onnx (dynamic batch and sequence axes), checked against the "
                                         "PyTorch logits on held-out rows before anything is published", math=False)
+    export_onnx_int8: bool = _setting(False, "With export_onnx: also save model.int8.onnx (onnxruntime's dynamic int8 "
+                                             "quantization), kept only when its labels equal PyTorch's on at least "
+                                             "99.5% of up to 2,000 held-out rows (run_manifest.json: onnx_int8)",
+                                      math=False)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def onnx_exports(self) -> tuple[str, ...]:
+        """The ONNX files a run saves, by the inference_backend that runs each."""
+        return ("onnx",) * self.export_onnx + ("onnx_int8",) * self.export_onnx_int8
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Settings)}
@@ -450,6 +460,8 @@ def _validate_training_rules(s: Settings) -> None:
            s.early_stopping_patience, "needs select_best (mcc or loss, or the problem type's metric): it picks the "
                                       "metric that stops the run and keeps that best epoch's weights")
     class_weight_map(s.class_weights)
+    _check(s.export_onnx or not s.export_onnx_int8, "export_onnx_int8", s.export_onnx_int8,
+           "needs export_onnx=true: the int8 model is quantized from model.onnx")
     missing = [name for name in ONNX_MODULES if s.export_onnx and importlib.util.find_spec(name) is None]
     _check(not missing, "export_onnx", s.export_onnx, f"needs {', '.join(missing)}: pip install 'seqcls[onnx]' "
                                                       "(the image has them)")
