@@ -123,3 +123,35 @@ def test_vertex_local_endpoint_answers_as_seqcls_predict(name, served_models, im
     assert empty.status_code == 400 and "instances is empty" in empty.json()["error"]
     assert response.status_code == 200, response.text
     assert response.json() == {"predictions": image_reference[name]}
+
+
+def test_sagemaker_local_batch_transform_writes_one_answer_line_per_record_in_order(served_models, image_reference,
+                                                                                  tmp_path, sdk_caller) -> None:
+    """sagemaker-core's local transform job (sagemaker/core/local/entities.py `_LocalTransformJob`): runs the image
+    with `serve`, reads GET /execution-parameters (BatchStrategy, MaxPayloadInMB), splits the input file by line
+    (SplitType=Line, data.py `LineSplitter`), posts MultiRecord mini-batches of at most MaxPayloadInMB to
+    /invocations, and writes each answer followed by a newline (AssembleWith=Line) into <input>.out. A 1 MB limit
+    over ~1.5 MB of records makes it send several mini-batches."""
+    from sagemaker.core.local.local_session import LocalSession
+
+    name, repeats = "binary", 700
+    texts = served_models[name].texts
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "records.jsonl").write_text(
+        "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts * repeats)), encoding="utf-8")
+    session = LocalSession()
+    client, tag = session.sagemaker_client, f"seqcls-transform-{uuid.uuid4().hex[:6]}"
+    archive = model_tarball(served_models[name].folder, tmp_path / "artifacts")
+    client.create_model(ModelName=tag, PrimaryContainer={"Image": IMAGE, "ModelDataUrl": f"file://{archive}",
+                                                         "Environment": {}})
+    client.create_transform_job(
+        TransformJobName=tag, ModelName=tag, MaxPayloadInMB=1, BatchStrategy="MultiRecord",
+        TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"file://{tmp_path / 'in'}"}},
+                        "ContentType": "application/jsonlines", "SplitType": "Line"},
+        TransformOutput={"S3OutputPath": f"file://{tmp_path / 'out'}", "Accept": "application/jsonlines",
+                         "AssembleWith": "Line"},
+        TransformResources={"InstanceType": "local", "InstanceCount": 1})
+    assert client.describe_transform_job(TransformJobName=tag)["TransformJobStatus"] == "Completed"
+    lines = (tmp_path / "out" / "records.jsonl.out").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(texts) * repeats  # no blank line between mini-batches
+    assert [json.loads(line) for line in lines] == image_reference[name] * repeats

@@ -134,12 +134,12 @@ def parse_csv(body: bytes, pairs: bool | None) -> pd.DataFrame:
 
 
 def csv_lines(predictions, label_map, delimiter: str) -> str:
-    """One CSV line per row, no header (answers to one request are joined with other requests' lines): the
-    `predicted` and `prob_<label>` columns `seqcls predict` writes, in that order."""
+    """One CSV line per row, no header and no newline after the last (Batch Transform's AssembleWith=Line adds one
+    after each response): the `predicted` and `prob_<label>` columns `seqcls predict` writes, in that order."""
     from .artifacts import prediction_columns
 
     frame = pd.DataFrame(prediction_columns(predictions, label_map, delimiter))
-    return frame.to_csv(index=False, header=False, lineterminator="\n")
+    return frame.to_csv(index=False, header=False, lineterminator="\n").removesuffix("\n")
 
 
 def _frame(rows: list[dict[str, str]], pairs: bool | None) -> pd.DataFrame:
@@ -202,7 +202,8 @@ async def answer(state: State, body: bytes, content_type: str, accept: str) -> R
     records = await run_in_threadpool(prediction_records, predictions, loaded.label_map)
     if content_type in JSON_TYPES and accept not in JSON_LINES_TYPES:
         return JSONResponse({"predictions": records})
-    return Response("".join(outbound.dumps(r) + "\n" for r in records), media_type="application/jsonlines")
+    # Lines joined, with no newline after the last: Batch Transform's AssembleWith=Line adds one after each response.
+    return Response("\n".join(outbound.dumps(r) for r in records), media_type="application/jsonlines")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
