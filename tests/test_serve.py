@@ -110,8 +110,6 @@ def test_bad_serving_variables_are_clear_errors(env, message) -> None:
     ({"instances": []}, "application/json", 400, "instances is empty"),
     ({"inputs": 5}, "application/json", 400, 'body must be a JSON object {"instances": [...]} or {"inputs": [...]}'),
     (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "body is not JSON: RecursionError"),
-    (b'"fine"\n{"text": 3}\n', "application/jsonlines", 400, "line 2.text must be a non-empty string"),
-    (b'"fine"\n{oops\n', "application/jsonlines", 400, "line 2 is not JSON"),
     ([1, 2], "application/json", 400, 'body must be a JSON object'),
     ({"instances": ["fine", 3]}, "application/json", 400, "instances[1] must be a string"),
     ({"instances": ["fine", " "]}, "application/json", 400, "instances[1].text must be a non-empty string"),
@@ -120,8 +118,9 @@ def test_bad_serving_variables_are_clear_errors(env, message) -> None:
     ({"instances": [{"text": "a", "text_pair": "b"}]}, "application/json", 400, "trained on single texts"),
     ({"instances": ["a"], "parameters": {"top_k": 2}}, "application/json", 400, "this model takes no parameters"),
     ({"instances": ["a"] * 1025}, "application/json", 413, "1025 instances in one request; at most 1024"),
-    (b"fine\na,b,c\n", "text/csv", 400, "line 2 has 3 fields: a record is the text, or text,text_pair"),
     (b"<xml/>", "application/xml", 415, "content type 'application/xml' is not supported"),
+    (b"\xff\xfe\n", "application/jsonlines", 400, "body is not UTF-8"),
+    (b"\n\n", "text/csv", 400, "body holds no lines"),
 ])
 def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(body, content_type, status, reason,
                                                                              served_models, loaded) -> None:
@@ -132,6 +131,34 @@ def test_bad_requests_get_a_4xx_with_the_reason_and_the_server_keeps_serving(bod
     # The same 32 rows as predict's batch: in bf16 a row's score moves in the 4th decimal with its batch's padding.
     assert post(client, {"instances": served_models["binary"].texts}).json() == {
         "predictions": served_models["binary"].expected}
+
+
+@pytest.mark.parametrize("body, content_type, accept, reasons", [
+    (b'"fine"\n{"text": 3}\n{oops\n"also fine"\n', "application/jsonlines", "application/jsonlines",
+     {1: "line 2.text must be a non-empty string", 2: "line 3 is not JSON"}),
+    (b'fine\na,b,c\n"also fine"\n', "text/csv", "text/csv", {1: "line 2 has 3 fields: a record is the text, or text,text_pair"}),
+    (b'{"text": "fine", "text_pair": "no"}\n"fine"\n', "application/jsonlines", "",
+     {0: "this model was trained on single texts: text_pair is not accepted"}),
+])
+def test_a_bad_record_gets_an_error_line_in_its_place(body, content_type, accept, reasons, loaded) -> None:
+    """Batch Transform posts many records per request: one bad record must not fail the mini-batch, and with it the
+    whole transform job. Its line says why; every other record is answered in order, as alone."""
+    client = client_for(loaded["binary"])
+    response = client.post("/invocations", content=body, headers={"Content-Type": content_type, "Accept": accept})
+    assert response.status_code == 200, response.text
+    lines = response.text.split("\n")
+    expected_good = post(client, {"instances": ["fine", "also fine"][:len(lines) - len(reasons)]}).json()["predictions"]
+    good = []
+    for number, line in enumerate(lines):
+        if number in reasons:
+            shown = line if content_type == "text/csv" else json.loads(line)["error"]
+            assert reasons[number] in shown and (content_type != "text/csv" or shown.startswith('"ERROR: line'))
+        else:
+            good.append(line)
+    if content_type != "text/csv":
+        assert [json.loads(line) for line in good] == expected_good
+    else:
+        assert [row.split(",")[0] for row in good] == [p["label"] for p in expected_good]
 
 
 def test_the_instance_shapes_vertex_batch_prediction_sends_are_answered_alike(served_models, loaded) -> None:

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import pandas as pd
 from fastapi import FastAPI, Request
@@ -106,31 +106,71 @@ def parse_instances(body: bytes, pairs: bool | None, max_instances: int = MAX_IN
     return _frame([_instance(f"{key}[{i}]", item) for i, item in enumerate(instances)], pairs)
 
 
-def parse_lines(body: bytes, pairs: bool | None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Records:
+    """A line-format body (Batch Transform's MultiRecord): the rows that can be scored, and per input record either
+    its row's index or why it was refused: a bad record gets an error line in its place instead of failing the
+    mini-batch, and with it the whole transform job."""
+
+    frame: pd.DataFrame
+    order: list[int | str]
+
+    @property
+    def refused(self) -> list[str]:
+        return [item for item in self.order if isinstance(item, str)]
+
+
+def _records(items: list[dict[str, str] | str], pairs: bool | None) -> Records:
+    """Rows in one shape: the model's (text pairs or single texts), else that of the first good record."""
+    shape = pairs if pairs is not None else next((PAIR in item for item in items if isinstance(item, dict)), False)
+    rows: list[dict[str, str]] = []
+    order: list[int | str] = []
+    for item in items:
+        if isinstance(item, dict) and (PAIR in item) != shape:
+            item = "this model was trained on text pairs: give text and text_pair" if shape else (
+                "this model was trained on single texts: text_pair is not accepted")
+        order.append(item if isinstance(item, str) else len(rows))
+        rows += [] if isinstance(item, str) else [item]
+    return Records(pd.DataFrame(rows, columns=[TEXT, PAIR] if shape else [TEXT]), order)
+
+
+def _record(where: str, read: Callable[[], object]) -> dict[str, str] | str:
+    try:
+        return _instance(where, read())
+    except BadRequest as err:
+        return err.reason
+
+
+def parse_lines(body: bytes, pairs: bool | None) -> Records:
     """JSON lines (Batch Transform's MultiRecord): one instance per non-blank line, a string or {"text": ...}; as
-    many as the body limit allows."""
+    many as the body limit allows. A line that is not one gets an error line in its place."""
     try:
         lines = [line for line in body.decode("utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError as err:
         raise BadRequest(400, f"body is not UTF-8: {err}") from None
     if not lines:
         raise BadRequest(400, "body holds no lines: send one JSON record per line")
-    return _frame([_instance(f"line {n}", _json(line, f"line {n}")) for n, line in enumerate(lines, 1)], pairs)
+    return _records([_record(f"line {n}", functools.partial(_json, line, f"line {n}")) for n, line in enumerate(lines, 1)],
+                    pairs)
 
 
-def parse_csv(body: bytes, pairs: bool | None) -> pd.DataFrame:
+def _csv_fields(number: int, row: list[str]) -> list[str]:
+    if len(row) > 2:
+        raise BadRequest(400, f"line {number} has {len(row)} fields: a record is the text, or text,text_pair")
+    return row
+
+
+def parse_csv(body: bytes, pairs: bool | None) -> Records:
     """CSV records (Batch Transform from a CSV file, SplitType=Line): no header, one record per line, the text or
-    text,text_pair, quoted as CSV quotes."""
+    text,text_pair, quoted as CSV quotes. A record that is neither gets an error line in its place."""
     try:
         records = [row for row in csv.reader(io.StringIO(body.decode("utf-8"))) if row]
     except (UnicodeDecodeError, csv.Error) as err:
         raise BadRequest(400, f"body is not UTF-8 CSV: {err}") from None
     if not records:
         raise BadRequest(400, "body holds no lines: send one CSV record per line")
-    for number, row in enumerate(records, 1):
-        if len(row) > 2:
-            raise BadRequest(400, f"line {number} has {len(row)} fields: a record is the text, or text,text_pair")
-    return _frame([_instance(f"line {n}", row) for n, row in enumerate(records, 1)], pairs)
+    return _records([_record(f"line {n}", functools.partial(_csv_fields, n, row)) for n, row in enumerate(records, 1)],
+                    pairs)
 
 
 def csv_lines(predictions, label_map, delimiter: str) -> str:
@@ -192,18 +232,42 @@ PARSERS = {**dict.fromkeys(JSON_TYPES, parse_instances), **dict.fromkeys(JSON_LI
 async def answer(state: State, body: bytes, content_type: str, accept: str) -> Response:
     """The predict route's work: parse (in a worker thread), queue the rows for the batcher's next shared pass,
     then answer in the type asked for: JSON for a JSON body, else one line per record (JSON lines, or CSV when
-    `Accept: text/csv`)."""
+    `Accept: text/csv`), a refused record's line saying why."""
     loaded = state.loaded
-    frame = await run_in_threadpool(PARSERS[content_type], body, loaded.pairs)
-    predictions = await asyncio.wrap_future(state.queue().submit(frame))
-    if accept == CSV_TYPE:
-        text = await run_in_threadpool(csv_lines, predictions, loaded.label_map, loaded.settings.label_delimiter)
-        return Response(text, media_type=CSV_TYPE)
-    records = await run_in_threadpool(prediction_records, predictions, loaded.label_map)
-    if content_type in JSON_TYPES and accept not in JSON_LINES_TYPES:
-        return JSONResponse({"predictions": records})
-    # Lines joined, with no newline after the last: Batch Transform's AssembleWith=Line adds one after each response.
-    return Response("\n".join(outbound.dumps(r) for r in records), media_type="application/jsonlines")
+    parsed = await run_in_threadpool(PARSERS[content_type], body, loaded.pairs)
+    frame = parsed.frame if isinstance(parsed, Records) else parsed
+    predictions = await asyncio.wrap_future(state.queue().submit(frame)) if len(frame) else None
+    if isinstance(parsed, Records) or accept in (CSV_TYPE, *JSON_LINES_TYPES):
+        records = parsed if isinstance(parsed, Records) else Records(frame, list(range(len(frame))))
+        return await run_in_threadpool(_lines, records, predictions, loaded, accept == CSV_TYPE)
+    return JSONResponse({"predictions": await run_in_threadpool(prediction_records, predictions, loaded.label_map)})
+
+
+def _lines(records: Records, predictions, loaded, as_csv: bool) -> Response:
+    """One line per input record, in order; no newline after the last (Batch Transform's AssembleWith=Line adds
+    one after each response). A refused record's line: {"error": reason}, or one CSV field "ERROR: reason"."""
+    if as_csv:
+        scored = csv_lines(predictions, loaded.label_map, loaded.settings.label_delimiter).split("\n") if predictions else []
+        refusal = _csv_error
+    else:
+        scored = [outbound.dumps(r) for r in prediction_records(predictions, loaded.label_map)] if predictions else []
+        refusal = _json_error
+    if records.refused:
+        logs.warning("records_refused", f"{len(records.refused)} of {len(records.order)} records refused, answered "
+                                        f"with error lines: {records.refused[0]}", status=200,
+                     refused=len(records.refused), records=len(records.order))
+    lines = [scored[item] if isinstance(item, int) else refusal(item) for item in records.order]
+    return Response("\n".join(lines), media_type=CSV_TYPE if as_csv else "application/jsonlines")
+
+
+def _json_error(reason: str) -> str:
+    return outbound.dumps({"error": reason})
+
+
+def _csv_error(reason: str) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([f"ERROR: {reason}"])
+    return buffer.getvalue()
 
 
 async def read_body(request: Request, limit: int) -> bytes:
