@@ -125,20 +125,30 @@ def test_vertex_local_endpoint_answers_as_seqcls_predict(name, served_models, im
     assert response.json() == {"predictions": image_reference[name]}
 
 
-def test_sagemaker_local_batch_transform_writes_one_answer_line_per_record_in_order(served_models, image_reference,
-                                                                                  tmp_path, sdk_caller) -> None:
+@pytest.mark.parametrize("content_type", ["application/jsonlines", "text/csv"])
+def test_sagemaker_local_batch_transform_writes_one_answer_line_per_record_in_order(content_type, served_models,
+                                                                                  image_reference, tmp_path,
+                                                                                  sdk_caller) -> None:
     """sagemaker-core's local transform job (sagemaker/core/local/entities.py `_LocalTransformJob`): runs the image
     with `serve`, reads GET /execution-parameters (BatchStrategy, MaxPayloadInMB), splits the input file by line
     (SplitType=Line, data.py `LineSplitter`), posts MultiRecord mini-batches of at most MaxPayloadInMB to
     /invocations, and writes each answer followed by a newline (AssembleWith=Line) into <input>.out. A 1 MB limit
-    over ~1.5 MB of records makes it send several mini-batches."""
+    over more than 1 MB of records makes it send several mini-batches."""
+    import csv
+    import io
+
     from sagemaker.core.local.local_session import LocalSession
 
     name, repeats = "binary", 700
-    texts = served_models[name].texts
+    texts = served_models[name].texts * repeats
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "records.jsonl").write_text(
-        "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts * repeats)), encoding="utf-8")
+    if content_type == "text/csv":
+        body = io.StringIO()
+        csv.writer(body, lineterminator="\n").writerows([text] for text in texts)
+        (tmp_path / "in" / "records.csv").write_text(body.getvalue(), encoding="utf-8")
+    else:
+        (tmp_path / "in" / "records.jsonl").write_text(
+            "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
     session = LocalSession()
     client, tag = session.sagemaker_client, f"seqcls-transform-{uuid.uuid4().hex[:6]}"
     archive = model_tarball(served_models[name].folder, tmp_path / "artifacts")
@@ -147,11 +157,14 @@ def test_sagemaker_local_batch_transform_writes_one_answer_line_per_record_in_or
     client.create_transform_job(
         TransformJobName=tag, ModelName=tag, MaxPayloadInMB=1, BatchStrategy="MultiRecord",
         TransformInput={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"file://{tmp_path / 'in'}"}},
-                        "ContentType": "application/jsonlines", "SplitType": "Line"},
-        TransformOutput={"S3OutputPath": f"file://{tmp_path / 'out'}", "Accept": "application/jsonlines",
-                         "AssembleWith": "Line"},
+                        "ContentType": content_type, "SplitType": "Line"},
+        TransformOutput={"S3OutputPath": f"file://{tmp_path / 'out'}", "Accept": content_type, "AssembleWith": "Line"},
         TransformResources={"InstanceType": "local", "InstanceCount": 1})
     assert client.describe_transform_job(TransformJobName=tag)["TransformJobStatus"] == "Completed"
-    lines = (tmp_path / "out" / "records.jsonl.out").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == len(texts) * repeats  # no blank line between mini-batches
-    assert [json.loads(line) for line in lines] == image_reference[name] * repeats
+    [out] = (tmp_path / "out").glob("records.*.out")
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(texts)  # no blank line between mini-batches
+    if content_type == "text/csv":
+        assert [row[0] for row in csv.reader(lines)] == [r["label"] for r in image_reference[name]] * repeats
+    else:
+        assert [json.loads(line) for line in lines] == image_reference[name] * repeats
