@@ -137,7 +137,8 @@ EXAMPLE_GATE := --hp promote_if=test_mcc --hp output_uri=gs://example-seqcls-art
 EXAMPLE_SM_PIPELINE := $(filter-out --network-isolation,$(EXAMPLE_SAGEMAKER)) \
   --hp promote_if=test_mcc --hp output_uri=s3://example-seqcls-artifacts/published
 EXAMPLE_DOCKER := --image seqcls:latest --train /srv/seqcls/cola/in_domain_train.tsv \
-  --test /srv/seqcls/cola/out_of_domain_dev.tsv --output-dir /srv/seqcls/runs --gpus all --hp epochs=4
+  --test /srv/seqcls/cola/out_of_domain_dev.tsv --output-dir /srv/seqcls/runs --gpus all --hp epochs=4 \
+  --hp report_to=tensorboard,mlflow --env MLFLOW_TRACKING_URI=http://mlflow.internal:5000 --pass-env MLFLOW_TRACKING_TOKEN
 
 .PHONY: push-ecr push-gar run-local-gpu schedule-examples
 

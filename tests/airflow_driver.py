@@ -3,6 +3,7 @@
     airflow_driver.py dagbag DAGS_FOLDER...              -> {"bags": [{"import_errors": {...}, "dag_ids": [...]}, ...]}
     airflow_driver.py sagemaker DAGS_FOLDER CHANNELS_JSON -> dag.test() under moto; the CreateTrainingJob sent
     airflow_driver.py gate DAGS_FOLDER DESCRIPTIONS_JSON  -> the SageMaker DAG's branch for each DescribeTrainingJob
+    airflow_driver.py docker_env DAGS_FOLDER            -> the Docker DAG's train task: its environment, private_environment
     airflow_driver.py run DAGS_FOLDER DAG_ID              -> dag.test() against the real services it names
 
 Prints one JSON object as its last stdout line. Airflow and its providers are not in the project's
@@ -64,6 +65,12 @@ def sagemaker(folder: str, channels_json: str) -> dict:
     return {"sent": sent, "states": _states(run)}
 
 
+def docker_env(folder: str) -> dict:
+    """The container environment the Docker DAG's train task hands the Docker API, as this worker parses it."""
+    task = _dagbag(folder).dags["seqcls_docker_retrain"].get_task("train")
+    return {"environment": task.environment, "private_environment": task._private_environment}
+
+
 def gate(folder: str, descriptions_json: str) -> dict:
     """The SageMaker DAG's branch decision for each DescribeTrainingJob response given (its own gate_outcome)."""
     import importlib.util
@@ -89,5 +96,6 @@ def run(folder: str, dag_id: str) -> dict:
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
-    result = {"dagbag": dagbag, "sagemaker": sagemaker, "gate": gate, "run": run}[command](*rest)
+    result = {"dagbag": dagbag, "sagemaker": sagemaker, "docker_env": docker_env, "gate": gate,
+              "run": run}[command](*rest)
     print(json.dumps(result, default=str))

@@ -3,7 +3,8 @@
     python -m infra.airflow.render sagemaker <the options of infra.sagemaker.submit> > DAGS/seqcls_sagemaker.json
     python -m infra.airflow.render vertex <the options of infra.vertex.submit> > DAGS/seqcls_vertex.json
     python -m infra.airflow.render docker --image IMAGE --train PATH [--test PATH] [--model DIR] \
-        --output-dir DIR [--gpus all|none|N] [--hp NAME=VALUE ...] > DAGS/seqcls_docker.json
+        --output-dir DIR [--gpus all|none|N] [--hp NAME=VALUE ...] [--env KEY=VALUE ...] \
+        [--pass-env NAME ...] > DAGS/seqcls_docker.json
 
 The SageMaker config holds the CreateTrainingJob request `infra.sagemaker.submit --dry-run` prints and
 the Vertex config the CustomJob `infra.vertex.submit --dry-run` prints, so a DAG-run job, a scheduled
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.common import SubmitError, job_hyperparameters, parse_pairs, run_cli
+from infra.common import SubmitError, check_environment, job_hyperparameters, parse_pairs, run_cli
 from seqcls.runtime import CHANNELS
 
 
@@ -55,6 +57,11 @@ def _docker_parser() -> argparse.ArgumentParser:
                    help="folder on the Docker host; each DAG run writes <DIR>/<run id>/{model,output,checkpoints}")
     p.add_argument("--gpus", default="all", help="all, none (CPU), or a number of GPUs")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="a seqcls hyperparameter (repeat)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="container environment written into the config (repeat), e.g. MLFLOW_TRACKING_URI=http://...")
+    p.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                   help="a variable the worker's own environment passes into the container at run time, its value "
+                        "never written into the config or shown by Airflow (repeat), e.g. MLFLOW_TRACKING_TOKEN")
     return p
 
 
@@ -68,8 +75,13 @@ def docker_config(argv: Sequence[str]) -> dict[str, Any]:
             raise SubmitError(f"{option} {path!r}: give an absolute path on the Docker host (docker mounts need one)")
     if args.gpus not in ("all", "none") and not (args.gpus.isdigit() and int(args.gpus) > 0):
         raise SubmitError(f"--gpus {args.gpus!r}: expected all, none or a positive number")
+    environment = check_environment(parse_pairs(args.env, "--env"))
+    for name in args.pass_env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in environment:
+            raise SubmitError(f"--pass-env {name!r}: expected a variable name not also given with --env")
     return {"image": args.image, "channels": channels, "output_dir": args.output_dir, "gpus": args.gpus,
-            "hyperparameters": job_hyperparameters(parse_pairs(args.hp, "--hp"))}
+            "hyperparameters": job_hyperparameters(parse_pairs(args.hp, "--hp")),
+            "environment": environment, "pass_env": sorted(set(args.pass_env))}
 
 
 RENDERERS = {"sagemaker": sagemaker_config, "vertex": vertex_config, "docker": docker_config}

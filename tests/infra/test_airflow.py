@@ -126,6 +126,28 @@ def test_sagemaker_dag_sends_the_dry_run_request(aws_offline: None, airflow_home
     assert result["states"]["promoted"] == result["states"]["kept"] == "upstream_failed"
 
 
+def test_docker_dag_passes_tracking_settings_into_the_container(airflow_home: Path, tmp_path: Path) -> None:
+    """`--env` values go into the config and the container; `--pass-env` names go into the config, their values
+    come from the worker's environment at parse time (Airflow 3 parses the DAG file again in the worker before
+    it runs the task) into DockerOperator's private_environment, which the provider hands the container
+    without templating or logging it (providers/docker/.../operators/docker.py: kept as `_private_environment`, merged
+    into the container's environment only when it is created)."""
+    config = render.docker_config(["--image", "seqcls:latest", "--train", "/srv/cola/train.tsv", "--output-dir", "/srv/runs",
+                                   "--hp", "report_to=mlflow", "--env", "MLFLOW_TRACKING_URI=http://mlflow.internal:5000",
+                                   "--pass-env", "MLFLOW_TRACKING_TOKEN", "--pass-env", "WANDB_API_KEY"])
+    assert "s3cr3t" not in json.dumps(config)
+    folder = _dag_folder(tmp_path, {**_examples(), "seqcls_docker": config})
+    seen = _drive(airflow_home, folder, "docker_env", MLFLOW_TRACKING_TOKEN="s3cr3t")
+    assert seen["environment"] == {"HOME": "/tmp", "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000"}
+    assert seen["private_environment"] == {"MLFLOW_TRACKING_TOKEN": "s3cr3t"}  # WANDB_API_KEY unset on this worker
+
+
+def test_docker_render_refuses_a_name_given_both_as_value_and_as_passed(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["docker", "--image", "i", "--train", "/t.tsv", "--output-dir", "/o", "--env", "A=1", "--pass-env", "A"]
+    assert render.run_cli(render.main, argv) == 2
+    assert "--pass-env 'A'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sagemaker_dag_branches_on_the_metric_sagemaker_reads_from_the_jobs_log(job_log_lines: list[str],
                                                                               airflow_home: Path, tmp_path: Path) -> None:

@@ -53,6 +53,12 @@ def publish_folder(hyperparameters: dict[str, str]) -> str | None:
     return uri if uri.startswith("/") else None
 
 
+def worker_environment(names: list[str]) -> dict[str, str]:
+    """The named variables of the worker that runs the task (the DAG file is parsed again there), for
+    DockerOperator's private_environment: sent to the container, never rendered in the UI or the task log."""
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
 def device_requests(gpus: str) -> list[DeviceRequest] | None:
     """`docker run --gpus all|N` as the Docker API takes it; none runs on CPU."""
     if gpus == "none":
@@ -93,7 +99,8 @@ with DAG(
         + ([Mount(target=published, source=published, type="bind")] if published else []),
         device_requests=device_requests(config["gpus"]),
         user=f"{os.getuid()}:{os.getgid()}",
-        environment={"HOME": "/tmp"},
+        environment={"HOME": "/tmp", **config.get("environment", {})},
+        private_environment=worker_environment(config.get("pass_env", [])),
         shm_size=2 * 1024**3,  # DataLoader workers share tensors through /dev/shm
         mount_tmp_dir=False,
         auto_remove="success",
