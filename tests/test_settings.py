@@ -188,7 +188,7 @@ def test_only_settings_marked_math_make_a_checkpoint_unresumable() -> None:
         "distributed_timeout_s", "log_every_steps", "base_model", "label_names", "export_onnx",
         "promote_if", "promote_tolerance", "promote_rule", "promote_confidence", "promote_if_incomparable", "promotion_file",
         "gradient_checkpointing", "report_to", "mlflow_experiment", "mlflow_registered_model", "mlflow_log_model",
-        "tracker_timeout_s", "inference_backend", "export_onnx_int8"}
+        "tracker_timeout_s", "vertex_experiment", "vertex_api_endpoint", "inference_backend", "export_onnx_int8"}
 
 
 @pytest.mark.parametrize("name, raw, message", [

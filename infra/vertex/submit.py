@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from infra.common import (
 from seqcls import bigquery
 from seqcls.errors import SettingsError
 from seqcls.runtime import CHANNELS, gcs_to_fuse
+from seqcls.settings import report_targets
 from seqcls.uris import is_bucket_uri
 
 
@@ -57,6 +59,8 @@ class VertexJob:
     max_wait_s: int | None = None
     restart_on_worker_restart: bool = False
     service_account: str = ""
+    experiment: str = ""  # Vertex AI Experiments: sets AIP_EXPERIMENT_NAME in the container (report_to=vertex)
+    experiment_run: str = ""  # sets AIP_EXPERIMENT_RUN_NAME; empty with an experiment: Vertex names one
 
     def container_args(self) -> list[str]:
         """Channels as /gcs paths (the FUSE mount), then hyperparameters, all as `--name=value`."""
@@ -96,8 +100,14 @@ class VertexJob:
                 "base_output_directory": {"output_uri_prefix": self.base_output_dir},
                 "scheduling": self.scheduling(),
                 "service_account": self.service_account,
+                "experiment": self._context(self.experiment),
+                "experiment_run": self._context(f"{self.experiment}-{self.experiment_run}" if self.experiment_run else ""),
             },
         )
+
+    def _context(self, name: str) -> str:
+        """An experiment (run) as CustomJobSpec names it: its Vertex ML Metadata context."""
+        return f"projects/{self.project}/locations/{self.region}/metadataStores/default/contexts/{name}" if name else ""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-on-worker-restart", action="store_true",
                    help="restart the whole job when a worker restarts (multi-replica jobs)")
     p.add_argument("--service-account", default="", help="run-as service account e-mail")
+    p.add_argument("--experiment", default="", help="a Vertex AI experiment the job reports to (created if missing; "
+                                                    "needs --hp report_to=...,vertex)")
+    p.add_argument("--experiment-run", default="", help="the experiment run (created if missing); default: Vertex "
+                                                        "names one for the job")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the CustomJob as JSON; call no Google API")
     mode.add_argument("--wait", action="store_true", help="poll until the job ends; exit 1 unless it succeeded")
@@ -155,14 +169,32 @@ def job_from_args(args: argparse.Namespace) -> VertexJob:
         raise SubmitError("--timeout must be at least 1 second")
     if args.max_wait is not None and args.max_wait < 0:
         raise SubmitError("--max-wait must be >= 0 (0: wait indefinitely)")
+    hyperparameters = job_hyperparameters(parse_pairs(args.hp, "--hp"))
+    _check_experiment(args.experiment, args.experiment_run, hyperparameters)
     return VertexJob(
         project=args.project, region=args.region, image=args.image, base_output_dir=args.base_output_dir,
-        channels=channels, hyperparameters=job_hyperparameters(parse_pairs(args.hp, "--hp")),
+        channels=channels, hyperparameters=hyperparameters,
         environment=check_environment(parse_pairs(args.env, "--env")), display_name=args.display_name,
         machine_type=args.machine_type, accelerator_type=args.accelerator_type,
         accelerator_count=args.accelerator_count, replica_count=args.replica_count, boot_disk_gb=args.boot_disk_gb,
         timeout_s=args.timeout, spot=args.spot, max_wait_s=args.max_wait,
-        restart_on_worker_restart=args.restart_on_worker_restart, service_account=args.service_account)
+        restart_on_worker_restart=args.restart_on_worker_restart, service_account=args.service_account,
+        experiment=args.experiment, experiment_run=args.experiment_run)
+
+
+def _check_experiment(experiment: str, run: str, hyperparameters: dict[str, str]) -> None:
+    """Vertex's own rules for the names (a context id: [a-z0-9][a-z0-9-]*, at most 128 with the run's), and a job
+    that will actually log there."""
+    if run and not experiment:
+        raise SubmitError("--experiment-run needs --experiment")
+    for option, name in (("--experiment", experiment), ("--experiment-run", run)):
+        if name and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+            raise SubmitError(f"{option} {name!r}: lowercase letters, digits and hyphens, starting with a letter or digit")
+    if len(f"{experiment}-{run}") > 128:
+        raise SubmitError("--experiment and --experiment-run together must be at most 127 characters")
+    if experiment and "vertex" not in report_targets(hyperparameters.get("report_to", "tensorboard")):
+        raise SubmitError(f"--experiment {experiment}: add vertex to --hp report_to (e.g. report_to=tensorboard,vertex) "
+                          "so the job logs to it")
 
 
 def spec_json(job: VertexJob) -> str:
@@ -183,7 +215,10 @@ def submit(job: VertexJob, wait: bool, credentials: Credentials | None = None) -
         location=job.region,
         credentials=credentials,
     )
+    experiment, run = _experiment(job, credentials)
     custom_job.submit(
+        experiment=experiment,
+        experiment_run=run,
         service_account=job.service_account or None,
         timeout=job.timeout_s,
         restart_job_on_worker_restart=job.restart_on_worker_restart,
@@ -193,6 +228,19 @@ def submit(job: VertexJob, wait: bool, credentials: Credentials | None = None) -
     if wait:
         custom_job.wait_for_completion()
     return custom_job
+
+
+def _experiment(job: VertexJob, credentials: Credentials | None) -> tuple[aiplatform.Experiment | None,
+                                                                        aiplatform.ExperimentRun | None]:
+    """The experiment and run the job reports to, created when missing (CustomJob.submit takes only existing ones)."""
+    if not job.experiment:
+        return None, None
+    where = {"project": job.project, "location": job.region, "credentials": credentials}
+    experiment = aiplatform.Experiment.get_or_create(job.experiment, **where)
+    if not job.experiment_run:
+        return experiment, None
+    run = aiplatform.ExperimentRun.get(job.experiment_run, experiment=experiment, **where)
+    return experiment, run or aiplatform.ExperimentRun.create(job.experiment_run, experiment=experiment, **where)
 
 
 def main(argv: Sequence[str]) -> int:

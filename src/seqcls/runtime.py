@@ -78,6 +78,9 @@ SM_EFA_RDMA_INSTANCES = frozenset({"ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.tr
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 # W&B reads its own (WANDB_PROJECT, WANDB_MODE, WANDB_API_KEY, ...); the job only needs where it writes.
 WANDB_ENV = ("WANDB_DIR",)
+# What Vertex AI sets in a custom job's container: the experiment and run that CustomJob.run(experiment=...,
+# experiment_run=...) names (google/cloud/aiplatform/metadata/constants.py), the project and the region.
+VERTEX_EXPERIMENT_ENV = ("AIP_EXPERIMENT_NAME", "AIP_EXPERIMENT_RUN_NAME", "CLOUD_ML_PROJECT_ID", "CLOUD_ML_REGION")
 # MLflow's defaults suit a notebook; a job's stdout is JSON lines only (no "View run" links) and a dead server
 # should answer within seconds (3 retries, 2 s backoff factor: 2+4+8 s), not MLflow's 7 retries of up to 120 s.
 # Set only where the user has not: their own values win.
@@ -112,7 +115,7 @@ class Platform:
     model_uri: str = ""  # a folder the platform reads as the model itself (Vertex AIP_MODEL_DIR): published flat
     tuning_metric_file: Path | None = None  # where a tuning trial reports its objective (Vertex)
     trial_id: str = ""
-    tracking_env: dict[str, str] = field(default_factory=dict)  # the MLFLOW_ENV and WANDB_ENV variables set
+    tracking_env: dict[str, str] = field(default_factory=dict)  # the *_ENV variables of the trackers, where set
 
     @property
     def output_folders(self) -> list[Path]:
@@ -324,7 +327,7 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         hyperparameter_layers=layers,
         ignored_hyperparameters=ignored,
         git_commit=_git_commit(env),
-        tracking_env={name: env[name] for name in (*MLFLOW_ENV, *WANDB_ENV) if env.get(name)},
+        tracking_env={name: env[name] for name in (*MLFLOW_ENV, *WANDB_ENV, *VERTEX_EXPERIMENT_ENV) if env.get(name)},
         **fields,
     )
 

@@ -21,7 +21,7 @@ from .uris import parse_uri
 from .errors import SettingsError
 
 DEFAULT_MODEL = "bert-base-uncased"
-REPORTERS = ("tensorboard", "mlflow", "wandb")  # report_to's trackers (tracking.py)
+REPORTERS = ("tensorboard", "mlflow", "wandb", "vertex")  # report_to's trackers (tracking.py)
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # export_onnx: torch's exporter and the check's runtime
 SECRET_MARKERS = ("key", "secret", "token", "password", "credential")
 
@@ -235,7 +235,8 @@ class Settings:
                                     "empty: the labels as found. Not for regression", math=False)
     report_to: str = _setting("tensorboard", "Where the run is tracked, comma-separated: tensorboard (event files in "
                                              "the platform's folder), mlflow (MLFLOW_TRACKING_URI: a server, a SageMaker "
-                                             "MLflow ARN or a folder), wandb (WANDB_PROJECT, WANDB_MODE=offline...; "
+                                             "MLflow ARN or a folder), wandb (WANDB_PROJECT, WANDB_MODE=offline...), "
+                                             "vertex (Vertex AI Experiments: AIP_EXPERIMENT_NAME or vertex_experiment; "
                                              "docs/tracking.md); none: nowhere", math=False)
     mlflow_experiment: str = _setting("", "report_to=mlflow: the experiment; empty: MLFLOW_EXPERIMENT_NAME, else "
                                           "seqcls", math=False)
@@ -244,6 +245,10 @@ class Settings:
                                                 "(every run without promote_if); empty: no registry", math=False)
     mlflow_log_model: bool = _setting(False, "report_to=mlflow: also upload the model folder to the run's artifacts "
                                              "(always with mlflow_registered_model)", math=False)
+    vertex_experiment: str = _setting("", "report_to=vertex: the Vertex AI experiment (created if missing); empty: "
+                                          "AIP_EXPERIMENT_NAME, which CustomJob.run(experiment=...) sets", math=False)
+    vertex_api_endpoint: str = _setting("", "report_to=vertex: the Vertex AI API endpoint, e.g. a Private Service "
+                                            "Connect address; empty: the region's", math=False)
     tracker_timeout_s: int = _setting(120, "How long the end of the job waits for trackers to take the last of the run "
                                            "(the model upload included) before it warns and exits as it would have",
                                       bounds=Bounds(1, 86400), math=False)
@@ -470,8 +475,13 @@ def _validate_training_rules(s: Settings) -> None:
            "needs the MLflow client: pip install 'seqcls[tracking]' (the image has it)")
     _check("wandb" not in trackers or importlib.util.find_spec("wandb") is not None, "report_to", s.report_to,
            "needs wandb: pip install wandb (not in the image: build FROM it and add it)")
-    for name in ("mlflow_experiment", "mlflow_registered_model", "mlflow_log_model"):
-        _check(not getattr(s, name) or "mlflow" in trackers, name, getattr(s, name), "needs report_to to include mlflow")
+    _check("vertex" not in trackers or importlib.util.find_spec("google.cloud.aiplatform") is not None, "report_to",
+           s.report_to, "needs the Vertex AI SDK: pip install 'seqcls[tracking]' (the image has it)")
+    for name, tracker in (("mlflow_experiment", "mlflow"), ("mlflow_registered_model", "mlflow"),
+                          ("mlflow_log_model", "mlflow"), ("vertex_experiment", "vertex"),
+                          ("vertex_api_endpoint", "vertex")):
+        _check(not getattr(s, name) or tracker in trackers, name, getattr(s, name),
+               f"needs report_to to include {tracker}")
     label_name_map(s.label_names)
     _check(not s.label_names or s.problem_type != "regression", "label_names", s.label_names,
            "names classes or tags; a regression model has one output, a score")
