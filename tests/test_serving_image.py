@@ -167,4 +167,9 @@ def test_sagemaker_local_batch_transform_writes_one_answer_line_per_record_in_or
     if content_type == "text/csv":
         assert [row[0] for row in csv.reader(lines)] == [r["label"] for r in image_reference[name]] * repeats
     else:
-        assert [json.loads(line) for line in lines] == image_reference[name] * repeats
+        # Labels exactly; scores to bf16's precision: with precision=auto on a CPU with bf16 (the image's default), a
+        # row's scores move in the 4th decimal with the padded width of the pass it shares (seen: 0.284178 here vs
+        # 0.284576 from `seqcls predict` over the rows alone), and the mini-batches mix rows unlike predict's passes.
+        answers, expected = [json.loads(line) for line in lines], image_reference[name] * repeats
+        assert [a["label"] for a in answers] == [e["label"] for e in expected]
+        assert [a["scores"] for a in answers] == [pytest.approx(e["scores"], abs=5e-3) for e in expected]
