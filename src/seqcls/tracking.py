@@ -47,6 +47,11 @@ class RunContext:
     output_data_dir: Path
     tracking_env: dict[str, str]
 
+    def origin(self) -> dict[str, str]:
+        """Where the run came from, as W&B config and Vertex params carry it (MLflow has tags of its own names)."""
+        return {"seqcls/run_id": self.run_id, "seqcls/platform": self.platform, "seqcls/git_commit": self.git_commit,
+                "seqcls/model_source": self.model_source, "seqcls/output_uri": outbound.mask(self.output_uri)}
+
 
 class _Worker:
     """Runs one tracker's calls in order on a daemon thread; the first failure drops the rest, with one warning."""
@@ -92,7 +97,33 @@ class _Worker:
             self._fail(f"no answer within tracker_timeout_s={timeout_s:g}s, still waiting to {self._current}")
 
 
-class MlflowTracker:
+class _RemoteTracker:
+    """What every tracker that talks to a service shares: a worker thread whose first call opens the run, the event
+    record() waits on (the run exists, or opening it failed), its status for run_manifest.json, and close()."""
+
+    def __init__(self, tracker: str, opening: str, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.opened = threading.Event()
+        self.worker = _Worker(tracker)
+        self.worker.submit(opening, self._open)
+
+    def close(self) -> None:
+        self.worker.finish(self.timeout_s)
+
+    def _status(self, connected: bool) -> str:
+        return f"failed: {self.worker.failure}" if self.worker.failure else "receiving" if connected else "connecting"
+
+    def _open(self) -> None:
+        try:
+            self._attach()
+        finally:
+            self.opened.set()
+
+    def _attach(self) -> None:
+        raise NotImplementedError
+
+
+class MlflowTracker(_RemoteTracker):
     """One MLflow run per job: params are the settings, metrics the events' scalars at their steps, tags say where
     the run came from; at the end the run's files (and the model folder, when asked) become artifacts, and with
     mlflow_registered_model the run becomes a model version, aliased `champion` when the gate promoted it."""
@@ -100,16 +131,14 @@ class MlflowTracker:
     def __init__(self, context: RunContext, experiment: str, registered_model: str, log_model: bool,
                  epochs: int, timeout_s: float) -> None:
         self.context, self.experiment, self.registered_model = context, experiment, registered_model
-        self.log_model, self.timeout_s = log_model or bool(registered_model), timeout_s
+        self.log_model = log_model or bool(registered_model)
         self.points = scalars.Points(epochs)
         self.client: Any = None
         self.mlflow_run_id: str | None = None
         self.experiment_id: str | None = None
         self.promoted: bool | None = None  # None: no gate, so every published run is the champion
         self.published = False
-        self.opened = threading.Event()  # the run is created (or that failed): record() has its id
-        self.worker = _Worker("mlflow")
-        self.worker.submit("start the MLflow run", self._open)
+        super().__init__("mlflow", "start the MLflow run", timeout_s)
 
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
         points = self.points.of(name, fields)
@@ -134,24 +163,14 @@ class MlflowTracker:
         self.worker.submit("end the MLflow run", functools.partial(self._end, "FINISHED"))
         self.worker.finish(self.timeout_s)
 
-    def close(self) -> None:
-        self.worker.finish(self.timeout_s)
-
     def record(self) -> dict[str, Any]:
         """Waits (at most tracker_timeout_s) for the run to exist, so the manifest names it."""
         self.opened.wait(self.timeout_s)
         return {"tracking_uri": outbound.mask(self.context.tracking_env.get("MLFLOW_TRACKING_URI", "")),
                 "experiment": self.experiment, "experiment_id": self.experiment_id, "run_id": self.mlflow_run_id,
-                "status": f"failed: {self.worker.failure}" if self.worker.failure else
-                          "receiving" if self.mlflow_run_id else "connecting"}
+                "status": self._status(self.mlflow_run_id is not None)}
 
     # --- on the worker thread -----------------------------------------------------------------------------------
-
-    def _open(self) -> None:
-        try:
-            self._attach()
-        finally:
-            self.opened.set()
 
     def _attach(self) -> None:
         from mlflow import MlflowClient
@@ -254,18 +273,16 @@ class MlflowTracker:
         self.client.set_terminated(self.mlflow_run_id, status)
 
 
-class WandbTracker:
+class WandbTracker(_RemoteTracker):
     """One W&B run per job, id'd by the run id so a restarted job resumes it: config is the settings, history the
     events' scalars (train scalars against `global_step`, per-epoch ones against `epoch`), summary the test metrics
     and the promotion. WANDB_MODE=offline writes the run under WANDB_DIR for `wandb sync`."""
 
     def __init__(self, context: RunContext, directory: Path, epochs: int, timeout_s: float) -> None:
-        self.context, self.directory, self.timeout_s = context, directory, timeout_s
+        self.context, self.directory = context, directory
         self.points = scalars.Points(epochs)
         self.run: Any = None
-        self.opened = threading.Event()
-        self.worker = _Worker("wandb")
-        self.worker.submit("start the W&B run", self._open)
+        super().__init__("wandb", "start the W&B run", timeout_s)
 
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
         points = self.points.of(name, fields)
@@ -286,38 +303,29 @@ class WandbTracker:
         self.worker.submit("finish the W&B run", functools.partial(self._end, 0))
         self.worker.finish(self.timeout_s)
 
-    def close(self) -> None:
-        self.worker.finish(self.timeout_s)
-
     def record(self) -> dict[str, Any]:
         self.opened.wait(self.timeout_s)
         return {"run_id": self.run.id if self.run else None, "project": self.run.project if self.run else None,
-                "directory": str(self.directory),
-                "status": f"failed: {self.worker.failure}" if self.worker.failure else
-                          "receiving" if self.run else "connecting"}
+                "directory": str(self.directory), "status": self._status(self.run is not None)}
 
     # --- on the worker thread -----------------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        try:
-            import wandb
+    def _attach(self) -> None:
+        import wandb
 
-            logs.adopt("wandb")
-            c = self.context
-            self.directory.mkdir(parents=True, exist_ok=True)
-            config = {name: entry["value"] for name, entry in c.settings.items()}
-            config.update({"seqcls/run_id": c.run_id, "seqcls/platform": c.platform, "seqcls/git_commit": c.git_commit,
-                           "seqcls/model_source": c.model_source, "seqcls/output_uri": outbound.mask(c.output_uri)})
-            self.run = wandb.init(name=c.run_id, id=re.sub(r"[^A-Za-z0-9_-]", "-", c.run_id), resume="allow",
-                                  dir=str(self.directory), config=config, job_type="train",
-                                  tags=[c.platform] + ([f"trial-{c.trial_id}"] if c.trial_id else []),
-                                  settings=wandb.Settings(console="off", silent=True))  # stdout stays JSON lines
-            for axis in ("global_step", "epoch"):
-                self.run.define_metric(axis, hidden=True)
-            logs.event("tracker_attached", f"wandb: run {self.run.id} in project {self.run.project}", tracker="wandb",
-                       wandb_run_id=self.run.id, project=self.run.project)
-        finally:
-            self.opened.set()
+        logs.adopt("wandb")
+        c = self.context
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = {name: entry["value"] for name, entry in c.settings.items()}
+        config.update(c.origin())
+        self.run = wandb.init(name=c.run_id, id=re.sub(r"[^A-Za-z0-9_-]", "-", c.run_id), resume="allow",
+                              dir=str(self.directory), config=config, job_type="train",
+                              tags=[c.platform] + ([f"trial-{c.trial_id}"] if c.trial_id else []),
+                              settings=wandb.Settings(console="off", silent=True))  # stdout stays JSON lines
+        for axis in ("global_step", "epoch"):
+            self.run.define_metric(axis, hidden=True)
+        logs.event("tracker_attached", f"wandb: run {self.run.id} in project {self.run.project}", tracker="wandb",
+                   wandb_run_id=self.run.id, project=self.run.project)
 
     def _log(self, points: list[tuple[str, float, int]], axis: str) -> None:
         for tag, _, _ in points:
@@ -331,7 +339,7 @@ class WandbTracker:
         self.run.finish(exit_code=exit_code)
 
 
-class VertexTracker:
+class VertexTracker(_RemoteTracker):
     """One Vertex AI experiment run per job, through aiplatform's SDK over REST: the run CustomJob.run(experiment=...,
     experiment_run=...) names in AIP_EXPERIMENT_RUN_NAME, else one named after the run id (found again after a
     restart). Params are the settings, time series the events' scalars at their steps (the experiment needs a
@@ -339,14 +347,12 @@ class VertexTracker:
     promotion. A run the job created it also ends; one the CustomJob names, Vertex ends with the job."""
 
     def __init__(self, context: RunContext, experiment: str, api_endpoint: str, epochs: int, timeout_s: float) -> None:
-        self.context, self.experiment_name, self.api_endpoint, self.timeout_s = context, experiment, api_endpoint, timeout_s
+        self.context, self.experiment_name, self.api_endpoint = context, experiment, api_endpoint
         self.points = scalars.Points(epochs)
         self.run: Any = None
         self.owned = False  # created here (no AIP_EXPERIMENT_RUN_NAME): this job ends it
         self.time_series: bool | None = None  # None until the first series is written
-        self.opened = threading.Event()
-        self.worker = _Worker("vertex")
-        self.worker.submit("start the Vertex AI experiment run", self._open)
+        super().__init__("vertex", "start the Vertex AI experiment run", timeout_s)
 
     def on_event(self, name: str, fields: dict[str, Any]) -> None:
         points = self.points.of(name, fields)
@@ -369,17 +375,9 @@ class VertexTracker:
     def record(self) -> dict[str, Any]:
         self.opened.wait(self.timeout_s)
         return {"experiment": self.experiment_name, "run": self.run.resource_name if self.run else None,
-                "time_series": self.time_series,
-                "status": f"failed: {self.worker.failure}" if self.worker.failure else
-                          "receiving" if self.run else "connecting"}
+                "time_series": self.time_series, "status": self._status(self.run is not None)}
 
     # --- on the worker thread -----------------------------------------------------------------------------------
-
-    def _open(self) -> None:
-        try:
-            self._attach()
-        finally:
-            self.opened.set()
 
     def _attach(self) -> None:
         from google.cloud import aiplatform
@@ -443,9 +441,7 @@ def vertex_params(context: RunContext) -> dict[str, float | int | str]:
     for name, entry in context.settings.items():
         value = entry["value"]
         params[name] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)[:6000]
-    params.update({"seqcls/run_id": context.run_id, "seqcls/platform": context.platform,
-                   "seqcls/git_commit": context.git_commit, "seqcls/model_source": context.model_source,
-                   "seqcls/output_uri": outbound.mask(context.output_uri)})
+    params.update(context.origin())
     return params
 
 
