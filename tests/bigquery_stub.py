@@ -16,13 +16,12 @@ Every request is recorded (method, path, query, headers) so tests can assert wha
 
 from __future__ import annotations
 
-import json
-import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
+
+from json_stub import JsonHandler, serve
 
 PAGE_ROWS = 25
 TOKEN = "stub-access-token"  # the server decides the page size when the client sends no maxResults
@@ -57,18 +56,7 @@ def _cell(value: Any, repeated: bool) -> dict:
 
 
 def _handler(stub: BigQueryStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: dict) -> None:
-            raw = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
+    class Handler(JsonHandler):
         def _error(self, status: int, reason: str, state: str, message: str) -> None:
             self._send(status, {"error": {"code": status, "message": message, "status": state,
                                           "errors": [{"message": message, "domain": "global", "reason": reason}]}})
@@ -115,22 +103,6 @@ def _handler(stub: BigQueryStub) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def service_account_file(path: Path, token_uri: str) -> Path:
-    """A service-account key file (fresh RSA key) whose token_uri is the stub: what GOOGLE_APPLICATION_CREDENTIALS
-    names for Application Default Credentials."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.write_text(json.dumps({
-        "type": "service_account", "project_id": "stub-project", "private_key_id": "1", "private_key": pem.decode(),
-        "client_email": "trainer@stub-project.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri}))
-    return path
-
-
 def start(stub: BigQueryStub) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
-    stub.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, stub.endpoint = serve(_handler(stub))
     return server

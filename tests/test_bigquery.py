@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bigquery_stub import PAGE_ROWS, TOKEN, BigQueryStub, StubTable, service_account_file, start
+from bigquery_stub import PAGE_ROWS, TOKEN, BigQueryStub, StubTable, start
+from json_stub import service_account_file
 from jobtools import assert_clean_failure, build_tiny_model, cola_rows, minilm_folder, run_inprocess
 from seqcls import bigquery, data, runtime
 from seqcls.errors import DataError, SettingsError

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-import bigquery_stub
 import vertex_stub
 from infra.common import SubmitError
 from infra.vertex import submit
+from json_stub import service_account_file
 from jobtools import (assert_clean_failure, build_tiny_model, cola_rows, json_lines, minilm_folder, run_inprocess)
 from seqcls import logs, tracking
 from seqcls.errors import SettingsError
@@ -37,7 +37,7 @@ FAST = ["--epochs", "2", "--batch_size", "8", "--max_length", "32", "--log_every
 def stub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     stub = vertex_stub.VertexStub()
     server = vertex_stub.start(stub)
-    key = bigquery_stub.service_account_file(tmp_path / "key.json", f"{stub.endpoint}/token")
+    key = service_account_file(tmp_path / "key.json", f"{stub.endpoint}/token")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
     stub.seed(STORE)
     yield stub
@@ -140,6 +140,7 @@ def test_a_custom_job_run_gets_params_time_series_and_metrics_and_vertex_ends_it
     assert run["_params"]["seqcls/run_id"] == "vertex-1" and run["_params"]["report_to"] == "tensorboard,vertex"
     metrics = json.loads((tmp_path / "job" / "model" / "metrics.json").read_text())
     assert run["_metrics"]["test/mcc"] == pytest.approx(metrics["test"]["mcc"])
+    assert not [e for e in outcome.events if e.get("event") == "listener_failed"]  # closed with the job
     assert run["_state"] == "RUNNING"  # the job's run is Vertex's: it ends it with the CustomJob (jobs.py, _run)
     written = series(stub, f"{TENSORBOARD}/experiments/weekly/runs/job-7")
     progress = [e for e in outcome.events if e.get("event") == "train_progress"]

@@ -9,7 +9,7 @@ of the Vertex AI REST reference (v1), which the SDK's own REST transport parses:
 - Vertex AI TensorBoard: tensorboards (seeded: a backing TensorBoard is made by its owner, not by a job), their
   experiments, runs and timeSeries, and `runs/*:write` (writeTensorboardRunData)
   https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.tensorboards.experiments.runs/write
-- the OAuth token endpoint a service-account key file names (tests/bigquery_stub.py's service_account_file)
+- the OAuth token endpoint a service-account key file names (tests/json_stub.py's service_account_file)
 - errors: {"error": {"code", "message", "status"}}, 404 NOT_FOUND for a missing resource, 403 PERMISSION_DENIED
   for everything when `denied`
 Every request is recorded (method, path, query, JSON body) so tests can assert what the SDK sent.
@@ -18,13 +18,14 @@ Every request is recorded (method, path, query, JSON body) so tests can assert w
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from json_stub import JsonHandler, serve
 
 # A collection's key in its list response (ListTensorboardTimeSeriesResponse.tensorboard_time_series, ...).
 LIST_KEYS = {"timeSeries": "tensorboardTimeSeries", "experiments": "tensorboardExperiments", "runs": "tensorboardRuns"}
@@ -66,18 +67,7 @@ def _merge(old: dict, new: dict) -> dict:
 
 
 def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: dict) -> None:
-            raw = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
+    class Handler(JsonHandler):
         def _not_found(self, name: str) -> None:
             self._send(404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}})
 
@@ -146,7 +136,5 @@ def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
 
 
 def start(stub: VertexStub) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
-    stub.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, stub.endpoint = serve(_handler(stub))
     return server
