@@ -1,7 +1,8 @@
 """Run inside the Airflow test venv (`make airflow-venv`), driven by tests/infra/test_airflow.py.
 
     airflow_driver.py dagbag DAGS_FOLDER...              -> {"bags": [{"import_errors": {...}, "dag_ids": [...]}, ...]}
-    airflow_driver.py sagemaker DAGS_FOLDER CHANNELS_JSON -> dag.test() under moto; the CreateTrainingJob sent
+    airflow_driver.py sagemaker DAGS_FOLDER CHANNELS_JSON [LOG_JSON] -> dag.test() under moto; the CreateTrainingJob sent
+                                                          (and, given the job's log lines, the model package registered)
     airflow_driver.py gate DAGS_FOLDER DESCRIPTIONS_JSON  -> the SageMaker DAG's branch for each DescribeTrainingJob
     airflow_driver.py docker_env DAGS_FOLDER            -> the Docker DAG's train task: its environment, private_environment
     airflow_driver.py run DAGS_FOLDER DAG_ID              -> dag.test() against the real services it names
@@ -37,7 +38,29 @@ def dagbag(*folders: str) -> dict:
                       "dag_ids": sorted(bag.dag_ids)} for bag in bags]}
 
 
-def sagemaker(folder: str, channels_json: str) -> dict:
+def _final_metrics_from(log_lines: list[str], sent: list[dict]) -> None:
+    """moto completes a job at once and reports a canned FinalMetricDataList; the service reports, per metric
+    definition of the request, the last value its regex found in the job's log (DescribeTrainingJob's
+    FinalMetricDataList). Given the log of a real run, moto's job reports what the service would."""
+    import re
+
+    from moto.sagemaker.models import FakeTrainingJob
+
+    original = FakeTrainingJob.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        final = []
+        for definition in sent[-1]["AlgorithmSpecification"]["MetricDefinitions"]:
+            values = [float(m.group(1)) for line in log_lines if (m := re.search(definition["Regex"], line))]
+            if values:
+                final.append({"MetricName": definition["Name"], "Value": values[-1], "Timestamp": self.creation_time})
+        self.final_metric_data_list = final
+
+    FakeTrainingJob.__init__ = init
+
+
+def sagemaker(folder: str, channels_json: str, log_json: str = "") -> dict:
     """dag.test() with moto standing in for S3, SageMaker and CloudWatch Logs; records CreateTrainingJob's params.
 
     The recorder is a botocore handler in BUILTIN_HANDLERS, the same hook moto registers its own
@@ -51,8 +74,11 @@ def sagemaker(folder: str, channels_json: str) -> dict:
     sent: list[dict] = []
     botocore.handlers.BUILTIN_HANDLERS.append(
         ("before-parameter-build.sagemaker.CreateTrainingJob", lambda params, **_: sent.append(copy.deepcopy(params))))
+    if log_json:
+        _final_metrics_from(json.loads(log_json), sent)
     with mock_aws():
-        region = json.loads(Path(folder, "seqcls_sagemaker.json").read_text())["region"]
+        config = json.loads(Path(folder, "seqcls_sagemaker.json").read_text())
+        region = config["region"]
         s3 = boto3.client("s3", region_name=region)
         # The operator checks that every input channel's S3 prefix exists (SageMakerHook.check_training_config).
         for uri in json.loads(channels_json):
@@ -60,9 +86,30 @@ def sagemaker(folder: str, channels_json: str) -> dict:
             if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
                 s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
             s3.put_object(Bucket=bucket, Key=key + "part-0.tsv", Body=b"x")
+        output = config["request"]["OutputDataConfig"]["S3OutputPath"].removeprefix("s3://").partition("/")[0]
+        if output not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+            s3.create_bucket(Bucket=output, CreateBucketConfiguration={"LocationConstraint": region})
         dag = _dagbag(folder).dags["seqcls_sagemaker_retrain"]
         run = dag.test()
-    return {"sent": sent, "states": _states(run)}
+        return {"sent": sent, "states": _states(run), **_registered(region, config.get("model_package_group", "seqcls"))}
+
+
+def _registered(region: str, group: str) -> dict:
+    """The model package versions in the group, as DescribeModelPackage answers, and their statistics files."""
+    import boto3
+
+    sagemaker, s3 = boto3.client("sagemaker", region_name=region), boto3.client("s3", region_name=region)
+    try:
+        summaries = sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]
+    except sagemaker.exceptions.ClientError:
+        return {"packages": []}
+    packages = [sagemaker.describe_model_package(ModelPackageName=s["ModelPackageArn"]) for s in summaries]
+    statistics = {}
+    for package in packages:
+        uri = package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {}).get("S3Uri", "")
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        statistics[uri] = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) if uri else None
+    return {"packages": packages, "statistics": statistics}
 
 
 def docker_env(folder: str) -> dict:

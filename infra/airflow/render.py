@@ -1,6 +1,7 @@
 """Render the JSON config an Airflow DAG in infra/airflow/dags/ reads from beside itself.
 
-    python -m infra.airflow.render sagemaker <the options of infra.sagemaker.submit> > DAGS/seqcls_sagemaker.json
+    python -m infra.airflow.render sagemaker <the options of infra.sagemaker.submit> [--model-package-group NAME] \
+        > DAGS/seqcls_sagemaker.json
     python -m infra.airflow.render vertex <the options of infra.vertex.submit> > DAGS/seqcls_vertex.json
     python -m infra.airflow.render docker --image IMAGE --train PATH [--test PATH] [--model DIR] \
         --output-dir DIR [--gpus all|none|N] [--hp NAME=VALUE ...] [--env KEY=VALUE ...] \
@@ -29,13 +30,17 @@ from seqcls.runtime import CHANNELS
 def sagemaker_config(argv: Sequence[str]) -> dict[str, Any]:
     from infra.sagemaker import submit
 
-    args = submit._parser().parse_args(argv)
+    parser = submit._parser()
+    parser.add_argument("--model-package-group", default="seqcls",
+                        help="the Model Package Group a promoted run is registered in (created on the first one)")
+    args = parser.parse_args(argv)
     if args.dry_run or args.wait:
         raise SubmitError("--dry-run and --wait do not apply to a DAG's config")
     job = submit.job_from_args(args)
     # The DAG names each job after its run (SageMaker job names are unique), as the Step Functions schedule does.
     request = {k: v for k, v in submit.dry_run(job).items() if k != "TrainingJobName"}
-    return {"region": job.region, "base_job_name": job.base_job_name, "check_interval_s": 60, "request": request}
+    return {"region": job.region, "base_job_name": job.base_job_name, "check_interval_s": 60, "request": request,
+            "model_package_group": args.model_package_group}
 
 
 def vertex_config(argv: Sequence[str]) -> dict[str, Any]:

@@ -29,13 +29,18 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("test:accuracy", "test_metrics", "test_accuracy"),
     ("test:f1", "test_metrics", "test_f1"),
     ("test:loss", "test_metrics", "test_loss"),
-    ("promotion:promoted", "promotion", "promoted_flag"),
 )
-
 # The promotion gate's outcome (1: latest.json moved to this run, 0: kept), logged once by a gated run
 # (promote_if set); DescribeTrainingJob's FinalMetricDataList carries it, so Airflow and the SageMaker
-# console can show which way the gate went.
-_PROMOTION = METRICS[-1:]
+# console can show which way the gate went, and what it compared: both runs' metric on the same rows
+# (`value`, `current_value`: none for the first run) and the difference (`comparison.improvement`).
+_PROMOTION = (
+    ("promotion:promoted", "promotion", "promoted_flag"),
+    ("promotion:value", "promotion", "value"),
+    ("promotion:champion_value", "promotion", "current_value"),
+    ("promotion:improvement", "promotion", "improvement"),
+)
+METRICS += _PROMOTION
 _LOSSES = METRICS[:5] + (("test:loss", "test_metrics", "test_loss"),)  # train:*, validation:loss, test:loss
 # The metrics each problem_type's job logs (epoch_end's fields follow the problem type).
 METRICS_BY_PROBLEM_TYPE: dict[str, tuple[tuple[str, str, str], ...]] = {

@@ -1,4 +1,5 @@
-"""Command line: `seqcls train [--name value ...]`, `seqcls predict --model URI --input FILE` and `seqcls serve`.
+"""Command line: `seqcls train [--name value ...]`, `seqcls predict --model URI --input FILE`, `seqcls serve` and
+`seqcls register` (a promoted run into a SageMaker Model Package Group).
 
 One top-level handler turns every failure into the failure file, a `job_failed` event and a non-zero
 exit; the traceback goes to stderr only.
@@ -22,6 +23,7 @@ FAILURE_REASON_LIMIT = 1024
 USAGE = """usage: seqcls train [--train PATH] [--validation PATH] [--test PATH] [--model PATH] [--output_dir DIR] [--<hyperparameter> VALUE ...]
        seqcls predict --model s3://bucket/prefix/RUN_ID|gs://...|DIR --input FILE [--output FILE]
        seqcls serve [--model URI|DIR] [--port N]   (SageMaker: /ping, /invocations; Vertex: AIP_* routes; docs/serving.md)
+       seqcls register --model model.tar.gz|DIR --model_package_group NAME --image URI --model_data_url s3://... --statistics_uri s3://...json
 
 Fine-tune a sequence classifier. Hyperparameters, lowest precedence first: defaults <
 <root>/input/config/hyperparameters.json < SEQCLS_<NAME> environment variables < --name value.
@@ -172,6 +174,32 @@ def serve_command(argv: Sequence[str]) -> int:
         return _failed(err, None)
 
 
+def register_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqcls register", description="Register a promoted seqcls run as an "
+                                     "Approved version in a SageMaker Model Package Group (docs/publishing.md).")
+    parser.add_argument("--model", required=True, type=Path, help="the run's model.tar.gz or model folder (its records)")
+    parser.add_argument("--model_package_group", required=True, help="created on the first registration")
+    parser.add_argument("--image", required=True, help="the inference image: this image, which serves with `serve`")
+    parser.add_argument("--model_data_url", required=True, help="s3://.../model.tar.gz the endpoint loads")
+    parser.add_argument("--statistics_uri", required=True, help="s3://.../model-metrics.json: written, then named in ModelMetrics")
+    parser.add_argument("--region", help="default: the SDK's (AWS_REGION)")
+    return parser
+
+
+def register_command(argv: Sequence[str]) -> int:
+    """Register a promoted run in a SageMaker Model Package Group (the SageMaker pipeline's promoted branch)."""
+    parser = register_parser()
+    args = parser.parse_args(list(argv))
+    from . import registry
+
+    try:
+        registry.register(registry.Registration(args.model_package_group, args.image, args.model_data_url,
+                                                args.statistics_uri, args.region), args.model)
+        return 0
+    except BaseException as err:  # noqa: BLE001 - same single handler as train
+        return _failed(err, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logs.setup(rank=runtime.process_ranks()[0])
@@ -194,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return predict_command(rest)
     if command == "serve":
         return serve_command(rest)
+    if command == "register":
+        return register_command(rest)
     print(f"seqcls: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -108,7 +108,8 @@ def test_sagemaker_dag_sends_the_dry_run_request(aws_offline: None, airflow_home
     argv = _example_commands()["sagemaker"][1:]
     config = render.sagemaker_config(argv)
     config["check_interval_s"] = 1  # seconds between polls; moto completes the job at once
-    dry_run = submit.dry_run(submit.job_from_args(submit._parser().parse_args(argv)))
+    at = argv.index("--model-package-group")  # the renderer's own option; the rest are the submitter's
+    dry_run = submit.dry_run(submit.job_from_args(submit._parser().parse_args(argv[:at] + argv[at + 2:])))
     channels = [c["DataSource"]["S3DataSource"]["S3Uri"] for c in dry_run["InputDataConfig"]]
     folder = _dag_folder(tmp_path, {"seqcls_sagemaker": config})
     result = _drive(airflow_home, folder, "sagemaker", json.dumps(channels),
@@ -124,6 +125,40 @@ def test_sagemaker_dag_sends_the_dry_run_request(aws_offline: None, airflow_home
     # moto reports a canned FinalMetricDataList without the gate's metric: the branch fails loudly, no guess.
     assert result["states"]["promotion_gate"] == "failed"
     assert result["states"]["promoted"] == result["states"]["kept"] == "upstream_failed"
+    assert result["states"]["register"] == "upstream_failed" and result["packages"] == []
+
+
+@pytest.mark.slow
+def test_sagemaker_dag_registers_a_promoted_run(job_log_lines: list[str], aws_offline: None, airflow_home: Path,
+                                                tmp_path: Path) -> None:
+    """dag.test() under moto, the job reporting FinalMetricDataList as the service fills it from a real gated run's
+    log (its first run: promoted): the provider's operator registers one Approved version of the run, serving its
+    model.tar.gz with the image, with the test metrics as ModelMetrics and the gate's metric as metadata."""
+    config = _examples()["seqcls_sagemaker"]
+    config["check_interval_s"] = 1
+    channels = [c["DataSource"]["S3DataSource"]["S3Uri"] for c in config["request"]["InputDataConfig"]]
+    result = _drive(airflow_home, _dag_folder(tmp_path, {"seqcls_sagemaker": config}), "sagemaker", json.dumps(channels),
+                    json.dumps(job_log_lines), AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                    AWS_DEFAULT_REGION=config["region"])
+    states = result["states"]
+    assert states["promotion_gate"] == states["promoted"] == states["model_metrics"] == states["register"] == "success"
+    assert states["kept"] == "skipped"
+    (package,) = result["packages"]
+    job = result["sent"][0]["TrainingJobName"]
+    assert package["ModelPackageGroupName"] == config["model_package_group"] == "seqcls-cola"
+    assert package["ModelApprovalStatus"] == "Approved"
+    (container,) = package["InferenceSpecification"]["Containers"]
+    assert container["Image"] == config["request"]["AlgorithmSpecification"]["TrainingImage"]
+    assert container["ModelDataUrl"] == f"{config['request']['OutputDataConfig']['S3OutputPath']}/{job}/output/model.tar.gz"
+    assert "application/jsonlines" in package["InferenceSpecification"]["SupportedContentTypes"]
+    test_metrics = next(json.loads(line) for line in job_log_lines if json.loads(line)["event"] == "test_metrics")
+    promotion = next(json.loads(line) for line in job_log_lines if json.loads(line)["event"] == "promotion")
+    meta = package["CustomerMetadataProperties"]
+    assert meta["seqcls:run_id"] == job and meta["seqcls:metric"] == "test_mcc"
+    assert float(meta["seqcls:value"]) == pytest.approx(promotion["value"], abs=1e-6)
+    assert "seqcls:champion_value" not in meta  # the first gated run has no champion
+    statistics = result["statistics"][package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]]
+    assert statistics["multiclass_classification_metrics"]["mcc"]["value"] == pytest.approx(test_metrics["test_mcc"], abs=1e-6)
 
 
 def test_docker_dag_passes_tracking_settings_into_the_container(airflow_home: Path, tmp_path: Path) -> None:

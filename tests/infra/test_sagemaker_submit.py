@@ -103,8 +103,18 @@ def test_role_must_be_an_arn(aws_offline: None) -> None:
 @pytest.mark.slow
 def test_metric_regexes_read_real_job_logs(job_log_lines: list[str]) -> None:
     """Each regex finds its number on the lines of its event (any event with the field, where no event is
-    named: epoch_end and best_epoch_selected for the validation metrics), and only there, in a real run's stdout."""
+    named: epoch_end and best_epoch_selected for the validation metrics), and only there, in a real run's stdout.
+    The run is a first gated run (no champion: current_value and comparison null, so no value); its promotion
+    line as a second run logs it, with both filled in, gives the champion's value and the difference."""
     records = [(line, json.loads(line)) for line in job_log_lines]
+    promotion = next(record for _, record in records if record["event"] == "promotion")
+    second = {**promotion, "current_value": 0.125, "current_run_id": "week-1",
+              "comparison": {"split": "test", "rows": 64, "improvement": -0.0625, "interval": [-0.2, 0.1]}}
+    records.append((json.dumps(second), second))
+
+    def expected(record: dict, field: str) -> float | None:
+        return (record.get("comparison") or {}).get(field) if field == "improvement" else record[field]
+
     for name, event, field in METRICS:
         regex = re.compile(next(d["Regex"] for d in metric_definitions() if d["Name"] == name))
         lines = [(line, record) for line, record in records
@@ -112,8 +122,11 @@ def test_metric_regexes_read_real_job_logs(job_log_lines: list[str]) -> None:
         assert lines, f"the run logged no {event or field} event"
         for line, record in lines:
             found = regex.search(line)
+            if expected(record, field) is None:
+                assert not found, f"{name}: a null matched in {line}"
+                continue
             assert found, f"{name}: no match in {line}"
-            assert float(found.group(1)) == record[field], name
+            assert float(found.group(1)) == expected(record, field), name
         for line, record in records:
             if (line, record) not in lines:
                 assert not regex.search(line), f"{name} also matches a {record['event']} line"

@@ -7,6 +7,12 @@ the job named `<base job name>-<run's logical time>` (checkpoints under `<checkp
 the Step Functions schedule does), waits for the job, then branches on the promotion gate: the job's
 `promotion:promoted` metric (1: `latest.json` moved to this run, 0: kept the previous run), which
 SageMaker reports in DescribeTrainingJob's FinalMetricDataList from the metric definitions in the request.
+
+On the promoted branch the run is registered in the config's Model Package Group (created on the first
+one) as an `Approved` version, with the provider's SageMakerRegisterModelVersionOperator: the image as the
+inference container (it serves: `serve`), the job's model.tar.gz, its test metrics as ModelMetrics (a
+statistics JSON written beside the job's output) and what the gate compared as CustomerMetadataProperties.
+A kept run is not registered; the job's log and promotion.json (in output.tar.gz) say why.
 """
 
 from __future__ import annotations
@@ -14,12 +20,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.operators.sagemaker import (
+    ApprovalStatus,
+    SageMakerRegisterModelVersionOperator,
+    SageMakerTrainingOperator,
+)
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, task
 
 CONFIG = Path(__file__).with_suffix(".json")
 PROMOTED_METRIC = "promotion:promoted"  # infra/sagemaker/metrics.py: the `promotion` event's promoted_flag
+# What the gate compared: infra/sagemaker/metrics.py's promotion:* metrics (champion: none on a first run).
+METADATA = {"seqcls:value": "promotion:value", "seqcls:champion_value": "promotion:champion_value",
+            "seqcls:difference": "promotion:improvement"}
+# Requests and responses `seqcls serve` answers on /invocations (docs/serving.md).
+CONTENT_TYPES = ["application/json", "application/jsonlines", "text/csv"]
 SCHEDULE = "0 3 * * 1"  # Mondays 03:00 UTC; change here (or set schedule=None to trigger by hand)
 
 if not CONFIG.is_file():
@@ -47,6 +63,43 @@ def gate_outcome(description: dict) -> str:
     return "promoted" if values[-1] >= 0.5 else "kept"
 
 
+def registration(description: dict, image: str, hyperparameters: dict) -> dict:
+    """The CreateModelPackage fields beyond the operator's own: the content types `serve` takes, ModelMetrics
+    (the statistics file `statistics_object` names) and CustomerMetadataProperties from FinalMetricDataList."""
+    metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+    name = description["TrainingJobName"]
+    metadata = {"seqcls:run_id": name, "seqcls:metric": hyperparameters.get("promote_if", "").strip('"'),
+                **{key: str(metrics[metric]) for key, metric in METADATA.items() if metric in metrics}}
+    return {"InferenceSpecification": {
+                "Containers": [{"Image": image, "ModelDataUrl": description["ModelArtifacts"]["S3ModelArtifacts"]}],
+                "SupportedContentTypes": CONTENT_TYPES, "SupportedResponseMIMETypes": CONTENT_TYPES},
+            "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json",
+                                                             "S3Uri": statistics_object(description)[0]}}},
+            "CustomerMetadataProperties": metadata,
+            "ModelPackageDescription": f"seqcls run {name}, promoted by the gate on {metadata['seqcls:metric']}"}
+
+
+def statistics_object(description: dict) -> tuple[str, dict]:
+    """Where the run's model-quality statistics go (beside its output) and what they hold: the test metrics (the
+    validation ones without a test channel) in Model Monitor's shape. FinalMetricDataList carries no label
+    count, so a single-label run's block is the multiclass one, whose shape fits any number of classes."""
+    metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+    split = "test" if any(name.startswith("test:") for name in metrics) else "validation"
+    problem = description.get("HyperParameters", {}).get("problem_type", "single_label").strip('"')
+    block = {"regression": "regression_metrics", "multi_label": "multilabel_classification_metrics"}.get(
+        problem, "multiclass_classification_metrics")
+    values = {name.partition(":")[2]: {"value": value} for name, value in sorted(metrics.items())
+              if name.startswith(split + ":")}
+    uri = f"{description['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{description['TrainingJobName']}/model-metrics.json"
+    return uri, {"version": 0.0, "dataset": {"split": split}, block: values}
+
+
+class RegisterModelVersion(SageMakerRegisterModelVersionOperator):
+    """The provider's operator with `extras` templated too, so that it can take this run's fields from XCom."""
+
+    template_fields = (*SageMakerRegisterModelVersionOperator.template_fields, "extras")
+
+
 with DAG(
     dag_id="seqcls_sagemaker_retrain",
     description="Retrain seqcls on SageMaker; latest.json moves only when the promotion gate passes",
@@ -72,4 +125,28 @@ with DAG(
     promoted = EmptyOperator(task_id="promoted")  # latest.json names this run: add deploy steps after it
     kept = EmptyOperator(task_id="kept")  # latest.json still names the earlier, better run
 
+    @task(task_id="model_metrics")
+    def model_metrics(training: dict) -> dict:
+        """Write the statistics file, and return CreateModelPackage's extra fields for the register task."""
+        description = training["Training"]
+        uri, statistics = statistics_object(description)
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        S3Hook(region_name=config["region"]).load_string(json.dumps(statistics, indent=2), key=key,
+                                                         bucket_name=bucket, replace=True)
+        return registration(description, config["request"]["AlgorithmSpecification"]["TrainingImage"],
+                            config["request"].get("HyperParameters", {}))
+
+    fields = model_metrics(train.output)
+    register = RegisterModelVersion(
+        task_id="register",
+        image_uri=config["request"]["AlgorithmSpecification"]["TrainingImage"],
+        model_url="{{ ti.xcom_pull(task_ids='train')['Training']['ModelArtifacts']['S3ModelArtifacts'] }}",
+        package_group_name=config.get("model_package_group", "seqcls"),
+        package_group_desc="seqcls runs the promotion gate promoted",
+        model_approval=ApprovalStatus.APPROVED,
+        extras=fields,
+        region_name=config["region"],
+    )
+
     promotion_gate(train.output) >> [promoted, kept]
+    promoted >> fields >> register

@@ -1,0 +1,167 @@
+"""`seqcls register`: a promoted run becomes an `Approved` version in a SageMaker Model Package Group.
+
+The SageMaker pipeline runs it in this image on the gate's promoted branch (infra/sagemaker/pipeline.py),
+because SDK v3's ModelStep takes only ModelBuilder output and local pipelines run no RegisterModel step. It
+reads the run's own record from model.tar.gz (metrics.json, run_manifest.json: what the gate decided, on
+which rows), writes the test metrics as a model-quality statistics file to S3, and creates the package
+version: this image as the inference container (it serves: `serve`), the training job's model.tar.gz,
+ModelMetrics, CustomerMetadataProperties (run id, metric, both models' values, the difference) and
+`Approved`. A run the gate kept is refused: it is not registered, and its record says why.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import logs
+from .errors import UserError
+from .uris import parse_uri
+
+READ_LIMIT = 1024 * 1024  # metrics.json and run_manifest.json are a few KiB
+RECORDS = ("metrics.json", "run_manifest.json")
+# What `seqcls serve` answers on /invocations (docs/serving.md): requests and responses.
+CONTENT_TYPES = ["application/json", "application/jsonlines", "text/csv"]
+RESPONSE_TYPES = ["application/json", "application/jsonlines", "text/csv"]
+# Model Monitor's model-quality statistics name their block by problem type ("binary_classification_metrics",
+# "multiclass_classification_metrics", "regression_metrics", each metric {"value": ...}); multi-label has none of
+# its own, so it gets a block in the same shape under its own name.
+STATISTICS_BLOCK = {"regression": "regression_metrics", "multi_label": "multilabel_classification_metrics"}
+METADATA_VALUE_LIMIT = 256  # CustomerMetadataProperties values (botocore: CustomerMetadataValue max 256)
+
+
+class RegistryError(UserError):
+    kind = "registry"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where the version goes and what it serves with: the command's arguments."""
+
+    group: str
+    image: str
+    model_data_url: str
+    statistics_uri: str
+    region: str | None = None
+
+
+def read_records(model: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json and run_manifest.json from a model folder or a model.tar.gz (found by base name: the
+    service's archive holds the model folder's files at its root)."""
+    if model.is_dir():
+        found = {name: (model / name).read_bytes()[:READ_LIMIT + 1] for name in RECORDS if (model / name).is_file()}
+    else:
+        try:
+            with tarfile.open(model) as tar:
+                found = {Path(m.name).name: tar.extractfile(m).read(READ_LIMIT + 1) for m in tar.getmembers()
+                         if m.isfile() and Path(m.name).name in RECORDS}
+        except (OSError, tarfile.TarError) as err:
+            raise RegistryError(f"{model}: not a readable model.tar.gz ({err})") from None
+    missing = [name for name in RECORDS if name not in found]
+    if missing:
+        raise RegistryError(f"{model} has no {', '.join(missing)}: is it a seqcls run's model?")
+    try:
+        metrics, manifest = (json.loads(found[name]) for name in RECORDS)
+    except ValueError as err:
+        raise RegistryError(f"{model}: metrics.json or run_manifest.json is not JSON ({err})") from None
+    return metrics, manifest
+
+
+def promoted_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The gate's record; a run without one, or one the gate kept, is not registered."""
+    record = metrics.get("promotion")
+    if not isinstance(record, dict):
+        raise RegistryError("the run has no promotion record: train with promote_if set, and register promoted runs only")
+    if not record.get("promoted"):
+        raise RegistryError(f"the gate kept the current run, so this run is not registered: {record.get('reason')}")
+    return record
+
+
+def statistics(metrics: dict[str, Any], problem_type: str) -> dict[str, Any]:
+    """The test metrics (validation ones without a test split) in Model Monitor's model-quality shape."""
+    split = "test" if isinstance(metrics.get("test"), dict) else "validation"
+    values = {name.removeprefix("val_"): value for name, value in metrics.get(split, {}).items()
+              if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    labels = metrics.get("labels") or []
+    block = STATISTICS_BLOCK.get(problem_type) or ("binary_classification_metrics" if len(labels) == 2
+                                                   else "multiclass_classification_metrics")
+    return {"version": 0.0, "dataset": {"split": split, "labels": labels},
+            block: {name: {"value": value} for name, value in sorted(values.items())}}
+
+
+def problem_type(manifest: dict[str, Any]) -> str:
+    """run_manifest.json's settings snapshot holds each setting as {"value", "source"}."""
+    setting = (manifest.get("settings") or {}).get("problem_type") or {}
+    return setting.get("value", "single_label") if isinstance(setting, dict) else "single_label"
+
+
+def metadata(manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, str]:
+    """CustomerMetadataProperties: what a deployer reads in the registry without opening the run."""
+    comparison = record.get("comparison") or {}
+    fields = {"seqcls:run_id": manifest.get("run_id"), "seqcls:metric": record.get("metric"),
+              "seqcls:value": record.get("value"), "seqcls:champion_run_id": record.get("current_run_id"),
+              "seqcls:champion_value": record.get("current_value"), "seqcls:difference": comparison.get("improvement"),
+              "seqcls:interval": comparison.get("interval"), "seqcls:rows": comparison.get("rows"),
+              "seqcls:rows_sha256": comparison.get("rows_sha256"), "seqcls:rule": record.get("rule"),
+              "seqcls:reason": record.get("reason")}
+    return {key: (value if isinstance(value, str) else json.dumps(value))[:METADATA_VALUE_LIMIT]
+            for key, value in fields.items() if value is not None}
+
+
+def create_request(target: Registration, manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The CreateModelPackage request (botocore's SageMaker model: ModelPackageGroupName, InferenceSpecification,
+    ModelMetrics, CustomerMetadataProperties, ModelApprovalStatus)."""
+    return {
+        "ModelPackageGroupName": target.group,
+        "ModelPackageDescription": f"seqcls run {manifest.get('run_id')}: {record.get('reason')}"[:1024],
+        "InferenceSpecification": {
+            "Containers": [{"Image": target.image, "ModelDataUrl": target.model_data_url}],
+            "SupportedContentTypes": CONTENT_TYPES, "SupportedResponseMIMETypes": RESPONSE_TYPES},
+        "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json",
+                                                         "S3Uri": target.statistics_uri}}},
+        "CustomerMetadataProperties": metadata(manifest, record),
+        "ModelApprovalStatus": "Approved",
+    }
+
+
+def register(target: Registration, model: Path) -> str:
+    """Write the statistics, make sure the group exists, create the version; returns its ARN."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    metrics, manifest = read_records(model)
+    record = promoted_record(metrics)
+    stats_uri = parse_uri(target.statistics_uri)
+    if stats_uri.scheme != "s3" or not stats_uri.prefix.endswith(".json"):
+        raise RegistryError(f"--statistics-uri {target.statistics_uri}: must be s3://bucket/key.json")
+    session = boto3.Session(region_name=target.region)
+    try:
+        session.client("s3").put_object(Bucket=stats_uri.bucket, Key=stats_uri.prefix, ContentType="application/json",
+                                        Body=json.dumps(statistics(metrics, problem_type(manifest)),
+                                                        indent=2).encode())
+        sagemaker = session.client("sagemaker")
+        _ensure_group(sagemaker, target.group)
+        arn = sagemaker.create_model_package(**create_request(target, manifest, record))["ModelPackageArn"]
+    except (BotoCoreError, ClientError) as err:
+        raise RegistryError(f"registering run {manifest.get('run_id')} in {target.group} failed: {err}") from None
+    logs.event("model_registered", f"run {manifest.get('run_id')} registered as {arn} (Approved)",
+               model_package_arn=arn, model_package_group=target.group, run_id=manifest.get("run_id"),
+               statistics_uri=target.statistics_uri)
+    return arn
+
+
+def _ensure_group(sagemaker: Any, group: str) -> None:
+    """The first registration creates the group; DescribeModelPackageGroup answers ValidationException when
+    it does not exist (the service's documented error for a missing resource in this API)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        sagemaker.describe_model_package_group(ModelPackageGroupName=group)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("ValidationException", "ResourceNotFound"):
+            raise
+        sagemaker.create_model_package_group(ModelPackageGroupName=group,
+                                             ModelPackageGroupDescription="seqcls runs the promotion gate promoted")
