@@ -157,9 +157,9 @@ schedule-examples:
 	$(BIN)/python -m infra.schedule.aws.render $(EXAMPLE_SAGEMAKER) > infra/schedule/aws/retrain.example.asl.json
 	$(BIN)/python -m infra.vertex.submit $(EXAMPLE_VERTEX) --dry-run > infra/schedule/vertex/retrain.example.json
 	$(BIN)/python -m infra.airflow.render sagemaker $(EXAMPLE_SM_PIPELINE) --model-package-group seqcls-cola > infra/airflow/examples/seqcls_sagemaker.json
-	$(BIN)/python -m infra.airflow.render vertex $(EXAMPLE_VERTEX) > infra/airflow/examples/seqcls_vertex.json
+	$(BIN)/python -m infra.airflow.render vertex $(EXAMPLE_VERTEX) $(EXAMPLE_GATE) --model-display-name seqcls-cola > infra/airflow/examples/seqcls_vertex.json
 	$(BIN)/python -m infra.airflow.render docker $(EXAMPLE_DOCKER) > infra/airflow/examples/seqcls_docker.json
-	$(BIN)/python -m infra.vertex.pipeline $(EXAMPLE_VERTEX) $(EXAMPLE_GATE) --output infra/vertex/retrain-pipeline.example.yaml
+	$(BIN)/python -m infra.vertex.pipeline $(EXAMPLE_VERTEX) $(EXAMPLE_GATE) --model-id seqcls-cola --output infra/vertex/retrain-pipeline.example.yaml
 	$(BIN)/python -m infra.sagemaker.pipeline $(EXAMPLE_SM_PIPELINE) --dry-run > infra/sagemaker/retrain-pipeline.example.json
 
 # Generated docs: the hyperparameter table from the settings' field metadata (a test checks it is current).

@@ -4,6 +4,7 @@
     airflow_driver.py sagemaker DAGS_FOLDER CHANNELS_JSON [LOG_JSON] -> dag.test() under moto; the CreateTrainingJob sent
                                                           (and, given the job's log lines, the model package registered)
     airflow_driver.py gate DAGS_FOLDER DESCRIPTIONS_JSON  -> the SageMaker DAG's branch for each DescribeTrainingJob
+    airflow_driver.py vertex_version DAGS_FOLDER LATEST_JSON -> the Vertex DAG's Model for that latest.json, and its register task
     airflow_driver.py docker_env DAGS_FOLDER            -> the Docker DAG's train task: its environment, private_environment
     airflow_driver.py run DAGS_FOLDER DAG_ID              -> dag.test() against the real services it names
 
@@ -134,6 +135,22 @@ def gate(folder: str, descriptions_json: str) -> dict:
     return {"outcomes": outcomes}
 
 
+def vertex_version(folder: str, latest_json: str) -> dict:
+    """What the Vertex DAG's register branch would upload for this latest.json (its own model_version), and how
+    its tasks hang together."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seqcls_vertex", Path(folder, "seqcls_vertex.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = _dagbag(folder).dags["seqcls_vertex_retrain"]
+    register = dag.get_task("register")
+    return {"model": module.model_version(json.loads(latest_json), module.config["registry"]),
+            "operator": type(register).__name__, "register_upstream": sorted(register.upstream_task_ids),
+            "champion_upstream": sorted(dag.get_task("champion").upstream_task_ids),
+            "templated": {name: str(getattr(register, name)) for name in ("model", "parent_model")}}
+
+
 def run(folder: str, dag_id: str) -> dict:
     bag = _dagbag(folder)
     if dag_id not in bag.dags:
@@ -144,5 +161,5 @@ def run(folder: str, dag_id: str) -> dict:
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     result = {"dagbag": dagbag, "sagemaker": sagemaker, "docker_env": docker_env, "gate": gate,
-              "run": run}[command](*rest)
+              "vertex_version": vertex_version, "run": run}[command](*rest)
     print(json.dumps(result, default=str))

@@ -61,7 +61,7 @@ def aws(monkeypatch: pytest.MonkeyPatch):
 def register(model: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     from seqcls import cli
 
-    code = cli.main(["register", "--model", str(model), "--model_package_group", GROUP, "--image", IMAGE,
+    code = cli.main(["register", "sagemaker", "--model", str(model), "--model_package_group", GROUP, "--image", IMAGE,
                      "--model_data_url", MODEL_URL, "--statistics_uri", STATS_URI])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
@@ -127,6 +127,101 @@ def test_not_a_run_and_a_bad_statistics_uri_are_clear_errors(runs, aws, tmp_path
     assert code == 2 and "not a readable model.tar.gz" in out
     from seqcls import cli
 
-    code = cli.main(["register", "--model", str(runs["week-2"]), "--model_package_group", GROUP, "--image", IMAGE,
+    code = cli.main(["register", "sagemaker", "--model", str(runs["week-2"]), "--model_package_group", GROUP, "--image", IMAGE,
                      "--model_data_url", MODEL_URL, "--statistics_uri", "s3://models/stats"])
     assert code == 2 and "must be s3://bucket/key.json" in capsys.readouterr().err
+
+
+# --- Vertex AI Model Registry: `seqcls register vertex` ---------------------------------------------------------
+
+PROJECT, REGION = "stub-project", "us-central1"
+VERTEX_IMAGE = "us-central1-docker.pkg.dev/stub-project/seqcls/seqcls:abc"
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    from storage_servers import FakeGCS
+
+    server = FakeGCS(tmp_path_factory.mktemp("gcs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def vertex(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gcs):
+    """The Vertex REST stub with service-account ADC, a fresh SDK configuration, and the GCS emulator."""
+    import vertex_stub
+    from google.cloud.aiplatform import initializer
+    from json_stub import service_account_file
+
+    stub = vertex_stub.VertexStub()
+    server = vertex_stub.start(stub)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(service_account_file(tmp_path / "key.json",
+                                                                                  f"{stub.endpoint}/token")))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+    initializer.global_config.__init__()  # aiplatform.init is process-wide
+    yield stub
+    initializer.global_config.__init__()
+    server.shutdown()
+
+
+def publish(tmp_path: Path, cola_dir: Path, gcs, uri: str, run_id: str, *extra: str) -> None:
+    """A gated run published to the GCS emulator (its first run is promoted; `extra` decides the next)."""
+    (tmp_path / "train.tsv").write_text(cola_rows(cola_dir, "in_domain_train.tsv", 200), encoding="utf-8")
+    (tmp_path / "test.tsv").write_text(cola_rows(cola_dir, "out_of_domain_dev.tsv", 120), encoding="utf-8")
+    model = tmp_path / "tiny"
+    if not model.exists():
+        build_tiny_model(model, minilm_folder())
+    outcome = run_subprocess(tmp_path / run_id, [
+        "--train", str(tmp_path / "train.tsv"), "--test", str(tmp_path / "test.tsv"), "--model_name_or_path", str(model),
+        "--epochs", "1", "--max_length", "32", "--learning_rate", "1e-3", "--output_dir", str(tmp_path / run_id),
+        "--run_id", run_id, "--output_uri", uri, "--promote_if", "test_loss", *extra], {"STORAGE_EMULATOR_HOST": gcs.url})
+    assert outcome.code == 0, outcome.stderr[-3000:]
+
+
+def register_vertex(stub, uri: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from seqcls import cli
+
+    code = cli.main(["register", "vertex", "--published", uri, "--project", PROJECT, "--region", REGION,
+                     "--model_id", "seqcls-cola", "--image", VERTEX_IMAGE, "--api_endpoint", stub.endpoint])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_vertex_promoted_runs_become_versions_of_one_model_and_champion_moves(vertex, gcs, tmp_path, cola_dir, capsys) -> None:
+    from google.cloud import storage as gcs_storage
+
+    gcs_storage.Client().create_bucket("seqcls-vertex")
+    uri = "gs://seqcls-vertex/published"
+    publish(tmp_path, cola_dir, gcs, uri, "week-1")
+    code, out = register_vertex(vertex, uri, capsys)
+    assert code == 0, out
+    publish(tmp_path, cola_dir, gcs, uri, "week-2", "--epochs", "2")
+    code, out = register_vertex(vertex, uri, capsys)
+    assert code == 0, out
+    first, second = (r.body for r in vertex.sent("POST", "models:upload"))
+    model = f"projects/{PROJECT}/locations/{REGION}/models/seqcls-cola"
+    assert first["modelId"] == "seqcls-cola" and "parentModel" not in first  # the first registration creates it
+    assert second["parentModel"] == model and "modelId" not in second
+    spec = second["model"]["containerSpec"]
+    assert spec["imageUri"] == VERTEX_IMAGE and spec["args"] == ["serve"]
+    assert (spec["predictRoute"], spec["healthRoute"], spec["ports"]) == ("/predict", "/health", [{"containerPort": 8080}])
+    assert second["model"]["artifactUri"] == f"{uri}/week-2" and second["model"]["labels"] == {"seqcls-run": "week-2"}
+    assert sorted(second["model"]["versionAliases"]) == ["champion", "default"]
+    assert "test_loss" in second["model"]["versionDescription"]
+    assert vertex.resources[f"{model}@1"]["versionAliases"] == []  # the alias moved to version 2
+    [event] = [json.loads(line) for line in out.splitlines() if '"model_registered"' in line]
+    assert event["version_id"] == "2" and event["run_id"] == "week-2" and event["alias"] == "champion"
+
+
+def test_vertex_refuses_a_location_vertex_cannot_read(vertex, tmp_path, capsys) -> None:
+    code, out = register_vertex(vertex, str(tmp_path / "published"), capsys)
+    assert code == 2 and "Vertex AI reads models from gs://bucket/prefix (or its /gcs/ mount)" in out
+    assert vertex.requests == []  # nothing was fetched or sent
+    from seqcls import registry
+
+    with pytest.raises(registry.RegistryError, match="Vertex AI reads models from gs://"):
+        registry.vertex_artifact_uri("s3://bucket/published", "week-1")
+    assert registry.vertex_artifact_uri("/gcs/bucket/published", "week-1") == "gs://bucket/published/week-1"

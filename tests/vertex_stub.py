@@ -9,6 +9,11 @@ of the Vertex AI REST reference (v1), which the SDK's own REST transport parses:
 - Vertex AI TensorBoard: tensorboards (seeded: a backing TensorBoard is made by its owner, not by a job), their
   experiments, runs and timeSeries, and `runs/*:write` (writeTensorboardRunData)
   https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.tensorboards.experiments.runs/write
+- Vertex AI Model Registry: `models:upload` (UploadModel: a new model, or with `parentModel` a new version of one,
+  answered as a finished Operation with its UploadModelResponse), and get by `models/ID` (the default version) or
+  `models/ID@VERSION`; an alias given to the new version is taken from the version that had it, as the registry
+  does (https://cloud.google.com/vertex-ai/docs/model-registry/model-alias)
+  https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.models/upload
 - the OAuth token endpoint a service-account key file names (tests/json_stub.py's service_account_file)
 - errors: {"error": {"code", "message", "status"}}, 404 NOT_FOUND for a missing resource, 403 PERMISSION_DENIED
   for everything when `denied`
@@ -125,7 +130,29 @@ def _handler(stub: VertexStub) -> type[BaseHTTPRequestHandler]:
                                     "etag": uuid.uuid4().hex}
             return self._send(200, stub.resources[name])
 
+        def _upload(self, collection: str, body: dict) -> None:
+            model = body["model"]
+            name = body.get("parentModel") or f"{collection}/{body.get('modelId') or uuid.uuid4().hex[:12]}"
+            if body.get("parentModel") and name not in stub.resources:
+                return self._not_found(name)
+            versions = [r for n, r in stub.resources.items() if n.startswith(name + "@")]
+            version = str(len(versions) + 1)
+            aliases = model.get("versionAliases", [])
+            for other in versions:  # an alias names one version at a time: the new one takes it
+                other["versionAliases"] = [a for a in other.get("versionAliases", []) if a not in aliases]
+            resource = {**model, "name": name, "versionId": version, "versionAliases": aliases,
+                        "createTime": _now(), "versionCreateTime": _now()}
+            stub.resources[f"{name}@{version}"] = resource
+            if "default" in aliases or not versions:
+                stub.resources[name] = resource
+            return self._send(200, {"name": f"{collection.rsplit('/', 1)[0]}/operations/{uuid.uuid4().int % 10**12}",
+                                    "done": True, "response": {
+                                        "@type": "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse",
+                                        "model": name, "modelVersionId": version}})
+
         def _verb(self, target: str, verb: str, body: dict) -> None:
+            if verb == "upload":
+                return self._upload(target, body)
             if target not in stub.resources:
                 return self._not_found(target)
             if verb == "queryContextLineageSubgraph":

@@ -2,7 +2,8 @@
 
     python -m infra.airflow.render sagemaker <the options of infra.sagemaker.submit> [--model-package-group NAME] \
         > DAGS/seqcls_sagemaker.json
-    python -m infra.airflow.render vertex <the options of infra.vertex.submit> > DAGS/seqcls_vertex.json
+    python -m infra.airflow.render vertex <the options of infra.vertex.submit> [--model-display-name NAME] \
+        > DAGS/seqcls_vertex.json
     python -m infra.airflow.render docker --image IMAGE --train PATH [--test PATH] [--model DIR] \
         --output-dir DIR [--gpus all|none|N] [--hp NAME=VALUE ...] [--env KEY=VALUE ...] \
         [--pass-env NAME ...] > DAGS/seqcls_docker.json
@@ -46,11 +47,24 @@ def sagemaker_config(argv: Sequence[str]) -> dict[str, Any]:
 def vertex_config(argv: Sequence[str]) -> dict[str, Any]:
     from infra.vertex import submit
 
-    args = submit._parser().parse_args(argv)
+    from seqcls import registry
+
+    parser = submit._parser()
+    parser.add_argument("--model-display-name", default="seqcls",
+                        help="the Vertex AI model a promoted run becomes a version of (created on the first one)")
+    args = parser.parse_args(argv)
     if args.dry_run or args.wait:
         raise SubmitError("--dry-run and --wait do not apply to a DAG's config")
     job = submit.job_from_args(args)
-    return {"project": job.project, "region": job.region, "custom_job": json.loads(submit.spec_json(job))}
+    output_uri = job.hyperparameters.get("output_uri", "")
+    if "promote_if" not in job.hyperparameters or not output_uri.startswith("gs://"):
+        raise SubmitError("the DAG branches on the promotion gate and registers the run latest.json names: pass "
+                          "--hp promote_if=<metric> and --hp output_uri=gs://bucket/prefix")
+    serving = {"image_uri": job.image, "args": ["serve"], "predict_route": registry.VERTEX_PREDICT_ROUTE,
+               "health_route": registry.VERTEX_HEALTH_ROUTE, "ports": [{"container_port": registry.VERTEX_PORT}]}
+    return {"project": job.project, "region": job.region, "custom_job": json.loads(submit.spec_json(job)),
+            "registry": {"display_name": args.model_display_name, "output_uri": output_uri, "alias": "champion",
+                         "container_spec": serving}}
 
 
 def _docker_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@
 Steps: `Train` (a TrainingStep whose CreateTrainingJob arguments come from the same ModelTrainer
 `infra.sagemaker.submit` builds), `PromotionGate` (a ProcessingStep on the same image that takes
 promotion.json out of the job's output.tar.gz into a PropertyFile), `Promoted` (a ConditionStep on
-that file's `promoted_flag`) and, on its true branch, `Register`: a ProcessingStep running `seqcls register`
+that file's `promoted_flag`) and, on its true branch, `Register`: a ProcessingStep running `seqcls register sagemaker`
 in the image, which adds the run to a Model Package Group as an `Approved` version (this image serving the
 job's model.tar.gz, its test metrics as ModelMetrics, the gate's record as CustomerMetadataProperties). A kept
 run is not registered; its promotion.json (the gate step's output) says why. A ProcessingStep rather than
@@ -109,7 +109,7 @@ def _register(wf: ModuleType, job: submit.Job, session: PipelineSession, shape: 
     """`seqcls register` on the promoted run's model.tar.gz (its records), writing the statistics beside the job."""
     model_data = train.properties.ModelArtifacts.S3ModelArtifacts
     statistics = Join(on="/", values=[job.output_path.rstrip("/"), train.properties.TrainingJobName, "model-metrics.json"])
-    processor = _processor(job, session, shape, ["python3", "-m", "seqcls", "register"], "seqcls-register")
+    processor = _processor(job, session, shape, ["python3", "-m", "seqcls", "register", "sagemaker"], "seqcls-register")
     return wf.ProcessingStep(name="Register", step_args=processor.run(
         inputs=[ProcessingInput(input_name="model", s3_input=ProcessingS3Input(
             s3_uri=model_data, local_path=REGISTER_INPUT, s3_data_type="S3Prefix", s3_input_mode="File"))],

@@ -1,5 +1,5 @@
 """Command line: `seqcls train [--name value ...]`, `seqcls predict --model URI --input FILE`, `seqcls serve` and
-`seqcls register` (a promoted run into a SageMaker Model Package Group).
+`seqcls register sagemaker|vertex` (a promoted run into a model registry).
 
 One top-level handler turns every failure into the failure file, a `job_failed` event and a non-zero
 exit; the traceback goes to stderr only.
@@ -23,7 +23,8 @@ FAILURE_REASON_LIMIT = 1024
 USAGE = """usage: seqcls train [--train PATH] [--validation PATH] [--test PATH] [--model PATH] [--output_dir DIR] [--<hyperparameter> VALUE ...]
        seqcls predict --model s3://bucket/prefix/RUN_ID|gs://...|DIR --input FILE [--output FILE]
        seqcls serve [--model URI|DIR] [--port N]   (SageMaker: /ping, /invocations; Vertex: AIP_* routes; docs/serving.md)
-       seqcls register --model model.tar.gz|DIR --model_package_group NAME --image URI --model_data_url s3://... --statistics_uri s3://...json
+       seqcls register sagemaker --model model.tar.gz|DIR --model_package_group NAME --image URI --model_data_url s3://... --statistics_uri s3://...json
+       seqcls register vertex --published gs://... --project P --region R --model_id NAME --image URI [--alias champion]
 
 Fine-tune a sequence classifier. Hyperparameters, lowest precedence first: defaults <
 <root>/input/config/hyperparameters.json < SEQCLS_<NAME> environment variables < --name value.
@@ -175,26 +176,43 @@ def serve_command(argv: Sequence[str]) -> int:
 
 
 def register_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqcls register", description="Register a promoted seqcls run as an "
-                                     "Approved version in a SageMaker Model Package Group (docs/publishing.md).")
-    parser.add_argument("--model", required=True, type=Path, help="the run's model.tar.gz or model folder (its records)")
-    parser.add_argument("--model_package_group", required=True, help="created on the first registration")
-    parser.add_argument("--image", required=True, help="the inference image: this image, which serves with `serve`")
-    parser.add_argument("--model_data_url", required=True, help="s3://.../model.tar.gz the endpoint loads")
-    parser.add_argument("--statistics_uri", required=True, help="s3://.../model-metrics.json: written, then named in ModelMetrics")
-    parser.add_argument("--region", help="default: the SDK's (AWS_REGION)")
+    parser = argparse.ArgumentParser(prog="seqcls register", description="Register a promoted seqcls run in a model "
+                                     "registry (docs/publishing.md).")
+    to = parser.add_subparsers(dest="registry", required=True)
+    sm = to.add_parser("sagemaker", help="an Approved version in a SageMaker Model Package Group")
+    sm.add_argument("--model", required=True, type=Path, help="the run's model.tar.gz or model folder (its records)")
+    sm.add_argument("--model_package_group", required=True, help="created on the first registration")
+    sm.add_argument("--image", required=True, help="the inference image: this image, which serves with `serve`")
+    sm.add_argument("--model_data_url", required=True, help="s3://.../model.tar.gz the endpoint loads")
+    sm.add_argument("--statistics_uri", required=True, help="s3://.../model-metrics.json: written, then named in ModelMetrics")
+    sm.add_argument("--region", help="default: the SDK's (AWS_REGION)")
+    vx = to.add_parser("vertex", help="a new version of a Vertex AI model, with an alias (default: champion)")
+    vx.add_argument("--published", required=True, help="the output_uri whose latest.json names the run (gs:// or /gcs/...)")
+    vx.add_argument("--project", required=True)
+    vx.add_argument("--region", required=True, help="Vertex location, e.g. us-central1")
+    vx.add_argument("--model_id", required=True, help="the model's id in the registry (created on the first registration)")
+    vx.add_argument("--image", required=True, help="the serving image: this image, which serves with `serve`")
+    vx.add_argument("--alias", default="champion", help="moved to the new version (default: champion)")
+    vx.add_argument("--api_endpoint", help="Vertex AI API host (Private Service Connect); default: the region's")
     return parser
 
 
 def register_command(argv: Sequence[str]) -> int:
-    """Register a promoted run in a SageMaker Model Package Group (the SageMaker pipeline's promoted branch)."""
-    parser = register_parser()
-    args = parser.parse_args(list(argv))
+    """Register a promoted run in SageMaker's or Vertex AI's model registry (the pipelines' promoted branch)."""
+    args = register_parser().parse_args(list(argv))
+    import tempfile
+
     from . import registry
 
     try:
-        registry.register(registry.Registration(args.model_package_group, args.image, args.model_data_url,
-                                                args.statistics_uri, args.region), args.model)
+        if args.registry == "sagemaker":
+            registry.register(registry.Registration(args.model_package_group, args.image, args.model_data_url,
+                                                    args.statistics_uri, args.region), args.model)
+        else:
+            with tempfile.TemporaryDirectory(prefix="seqcls-register-") as scratch:
+                registry.register_vertex(registry.VertexRegistration(args.project, args.region, args.model_id, args.image,
+                                                                     args.alias, args.api_endpoint),
+                                         args.published, Path(scratch) / "run")
         return 0
     except BaseException as err:  # noqa: BLE001 - same single handler as train
         return _failed(err, None)

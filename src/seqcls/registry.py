@@ -1,4 +1,5 @@
-"""`seqcls register`: a promoted run becomes an `Approved` version in a SageMaker Model Package Group.
+"""`seqcls register`: a promoted run becomes an `Approved` version in a SageMaker Model Package Group
+(`seqcls register sagemaker`), or the `champion` version of a Vertex AI Model Registry model (`seqcls register vertex`).
 
 The SageMaker pipeline runs it in this image on the gate's promoted branch (infra/sagemaker/pipeline.py),
 because SDK v3's ModelStep takes only ModelBuilder output and local pipelines run no RegisterModel step. It
@@ -7,6 +8,12 @@ which rows), writes the test metrics as a model-quality statistics file to S3, a
 version: this image as the inference container (it serves: `serve`), the training job's model.tar.gz,
 ModelMetrics, CustomerMetadataProperties (run id, metric, both models' values, the difference) and
 `Approved`. A run the gate kept is refused: it is not registered, and its record says why.
+
+On Vertex the KFP pipeline runs `seqcls register vertex` on its promoted branch (infra/vertex/pipeline.py): the run
+`<output_uri>/latest.json` names, fetched and verified as `seqcls predict` fetches it, is uploaded through
+aiplatform's SDK as a new version of one model (created on the first registration), serving with this image on
+its AIP routes, with the alias `champion` (and `default`): an alias names one version of a model at a time, so
+giving it to the new version takes it from the old one (cloud.google.com/vertex-ai/docs/model-registry/model-alias).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import logs
+from . import logs, storage
 from .errors import UserError
 from .uris import parse_uri
 
@@ -30,6 +37,8 @@ RESPONSE_TYPES = ["application/json", "application/jsonlines", "text/csv"]
 # "multiclass_classification_metrics", "regression_metrics", each metric {"value": ...}); multi-label has none of
 # its own, so it gets a block in the same shape under its own name.
 STATISTICS_BLOCK = {"regression": "regression_metrics", "multi_label": "multilabel_classification_metrics"}
+# Vertex hands these to the server as AIP_HTTP_PORT, AIP_PREDICT_ROUTE and AIP_HEALTH_ROUTE (docs/serving.md).
+VERTEX_PREDICT_ROUTE, VERTEX_HEALTH_ROUTE, VERTEX_PORT = "/predict", "/health", 8080
 METADATA_VALUE_LIMIT = 256  # CustomerMetadataProperties values (botocore: CustomerMetadataValue max 256)
 
 
@@ -46,6 +55,18 @@ class Registration:
     model_data_url: str
     statistics_uri: str
     region: str | None = None
+
+
+@dataclass(frozen=True)
+class VertexRegistration:
+    """The Vertex AI model the run becomes a version of, and the image that serves it."""
+
+    project: str
+    region: str
+    model_id: str
+    image: str
+    alias: str = "champion"
+    api_endpoint: str | None = None  # Private Service Connect, or a test server
 
 
 def read_records(model: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -165,3 +186,52 @@ def _ensure_group(sagemaker: Any, group: str) -> None:
             raise
         sagemaker.create_model_package_group(ModelPackageGroupName=group,
                                              ModelPackageGroupDescription="seqcls runs the promotion gate promoted")
+
+
+def vertex_artifact_uri(published: str, run_id: str) -> str:
+    """Where Vertex copies the model from: the published run folder, gs:// (a /gcs/ path is Vertex's mount of one)."""
+    if published.startswith("/gcs/"):
+        published = "gs://" + published.removeprefix("/gcs/")
+    target = parse_uri(published, "--published")
+    if target.scheme != "gs":
+        raise RegistryError(f"--published {published}: Vertex AI reads models from gs://bucket/prefix (or its /gcs/ mount)")
+    return target.join(run_id)
+
+
+def register_vertex(target: VertexRegistration, published: str, scratch: Path) -> str:
+    """Upload the run latest.json names as a new version (or the first) of `model_id`, aliased; returns its name."""
+    from google.api_core import exceptions
+    from google.cloud import aiplatform
+
+    vertex_artifact_uri(published, "")  # a location Vertex cannot read fails before anything is fetched
+    folder = storage.fetch(published, scratch)  # the pointer, then every file verified against the manifest
+    metrics, manifest = read_records(folder)
+    record, run_id = promoted_record(metrics), str(manifest.get("run_id"))
+    artifact_uri = vertex_artifact_uri(published, run_id)
+    logs.adopt("google.cloud.aiplatform")
+    # REST, as the tracker: transport and endpoint first, then the project (google/cloud/aiplatform/initializer.py).
+    aiplatform.init(api_transport="rest", api_endpoint=target.api_endpoint or None)
+    aiplatform.init(project=target.project, location=target.region)
+    try:
+        try:
+            parent = aiplatform.Model(model_name=target.model_id).resource_name
+        except exceptions.NotFound:
+            parent = None
+        model = aiplatform.Model.upload(
+            display_name=target.model_id, model_id=None if parent else target.model_id, parent_model=parent,
+            artifact_uri=artifact_uri, serving_container_image_uri=target.image, serving_container_args=["serve"],
+            serving_container_predict_route=VERTEX_PREDICT_ROUTE, serving_container_health_route=VERTEX_HEALTH_ROUTE,
+            serving_container_ports=[VERTEX_PORT], is_default_version=True, version_aliases=[target.alias],
+            version_description=f"seqcls run {run_id}: {record.get('reason')}"[:1000], labels={"seqcls-run": label(run_id)})
+    except (exceptions.GoogleAPICallError, exceptions.RetryError) as err:
+        raise RegistryError(f"registering run {run_id} as a version of Vertex AI model {target.model_id} failed: "
+                            f"{err}") from None
+    logs.event("model_registered", f"run {run_id} registered as {model.resource_name} version {model.version_id} "
+               f"({target.alias})", model=model.resource_name, version_id=model.version_id, alias=target.alias,
+               run_id=run_id, artifact_uri=artifact_uri)
+    return model.versioned_resource_name
+
+
+def label(value: str) -> str:
+    """A Vertex label value: at most 63 lowercase letters, digits, '-' and '_'."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]

@@ -161,6 +161,34 @@ def test_sagemaker_dag_registers_a_promoted_run(job_log_lines: list[str], aws_of
     assert statistics["multiclass_classification_metrics"]["mcc"]["value"] == pytest.approx(test_metrics["test_mcc"], abs=1e-6)
 
 
+def test_vertex_dag_uploads_the_promoted_run_as_a_version_aiplatform_accepts(airflow_home: Path, tmp_path: Path) -> None:
+    """The promoted branch's Model, for the latest.json a gated run publishes, is a valid UploadModelRequest for
+    aiplatform's own types (an unknown or mistyped field raises), serving the published run folder with the image.
+    Vertex itself is not called: the provider's hooks speak gRPC to Vertex, which has no emulator."""
+    from google.cloud.aiplatform_v1.types import UploadModelRequest
+
+    config = _examples()["seqcls_vertex"]
+    result = _drive(airflow_home, _dag_folder(tmp_path, _examples()), "vertex_version",
+                    json.dumps({"run_id": "seqcls-20261130-030000", "files": []}))
+    request = UploadModelRequest(parent="projects/example-project/locations/us-central1", model=result["model"],
+                                 parent_model="projects/example-project/locations/us-central1/models/123")
+    assert request.model.artifact_uri == config["registry"]["output_uri"] + "/seqcls-20261130-030000"
+    assert request.model.display_name == "seqcls-cola" and list(request.model.version_aliases) == ["champion", "default"]
+    spec = request.model.container_spec
+    assert spec.image_uri == config["custom_job"]["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["imageUri"]
+    assert list(spec.args) == ["serve"] and (spec.predict_route, spec.health_route) == ("/predict", "/health")
+    assert result["operator"] == "UploadModelOperator"
+    assert result["champion_upstream"] == ["promoted"] and result["register_upstream"] == ["champion"]
+    assert "champion" in result["templated"]["model"] and "champion" in result["templated"]["parent_model"]
+
+
+def test_vertex_render_needs_the_gate_and_a_gs_output_uri(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["vertex", "--project", "p", "--region", "us-central1", "--image", "img:1", "--train", "gs://data/t.tsv",
+            "--base-output-dir", "gs://artifacts/b", "--hp", "promote_if=test_mcc", "--hp", "output_uri=/tmp/published"]
+    assert render.run_cli(render.main, argv) == 2
+    assert "--hp output_uri=gs://bucket/prefix" in capsys.readouterr().err
+
+
 def test_docker_dag_passes_tracking_settings_into_the_container(airflow_home: Path, tmp_path: Path) -> None:
     """`--env` values go into the config and the container; `--pass-env` names go into the config, their values
     come from the worker's environment at parse time (Airflow 3 parses the DAG file again in the worker before

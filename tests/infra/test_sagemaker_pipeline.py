@@ -64,7 +64,7 @@ def test_definition_validates_as_a_create_pipeline_request(aws_offline: None, ca
     (register,) = steps["Promoted"]["Arguments"]["IfSteps"]
     assert steps["Promoted"]["Arguments"]["ElseSteps"] == []
     app = register["Arguments"]["AppSpecification"]
-    assert app["ContainerEntrypoint"] == ["python3", "-m", "seqcls", "register"] and app["ImageUri"] == job.image
+    assert app["ContainerEntrypoint"] == ["python3", "-m", "seqcls", "register", "sagemaker"] and app["ImageUri"] == job.image
     model_data = {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
     args = app["ContainerArguments"]
     assert args[args.index("--model_data_url") + 1] == model_data and args[args.index("--image") + 1] == job.image
@@ -87,7 +87,7 @@ def test_register_arguments_are_what_seqcls_register_parses(aws_offline: None, c
     steps = {step["Name"]: step for step in json.loads(capsys.readouterr().out)["Steps"]}
     args = steps["Promoted"]["Arguments"]["IfSteps"][0]["Arguments"]["AppSpecification"]["ContainerArguments"]
     resolved = [a if isinstance(a, str) else "s3://bucket/jobs/job-1/model-metrics.json" for a in args]
-    parsed = cli.register_parser().parse_args(resolved)  # an unknown or missing option exits 2
+    parsed = cli.register_parser().parse_args(["sagemaker", *resolved])  # an unknown or missing option exits 2
     assert parsed.model == Path("/opt/ml/processing/model/model.tar.gz") and parsed.model_package_group == "seqcls"
     assert parsed.region == "eu-west-1" and parsed.statistics_uri.endswith("/model-metrics.json")
 

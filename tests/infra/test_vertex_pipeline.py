@@ -53,7 +53,7 @@ def test_committed_example_is_what_the_compiler_writes(tmp_path: Path) -> None:
 def test_training_task_runs_the_submitters_container_and_branches_on_its_promotion_output() -> None:
     spec = yaml.safe_load(EXAMPLE.read_text())
     argv = _example_argv()
-    job = submit.job_from_args(submit._parser().parse_args(argv[:argv.index("--output")]))
+    job = submit.job_from_args(submit._parser().parse_args(argv[:argv.index("--model-id")]))
     container = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert container["image"] == job.image and container["command"] == ["train"]
     assert container["args"] == [*job.container_args(), "--promotion_file",
@@ -63,6 +63,17 @@ def test_training_task_runs_the_submitters_container_and_branches_on_its_promoti
     conditions = {task["taskInfo"]["name"]: task["triggerPolicy"]["condition"] for task in branches.values()}
     assert conditions == {"promoted": "inputs.parameter_values['pipelinechannel--train-promotion'] == 'promoted'",
                           "kept": "!(inputs.parameter_values['pipelinechannel--train-promotion'] == 'promoted')"}
+    # Only the promoted branch registers: `seqcls register vertex` in the image, with options it parses.
+    promoted = next(t for t in branches.values() if t["taskInfo"]["name"] == "promoted")
+    promoted_tasks = spec["components"][promoted["componentRef"]["name"]]["dag"]["tasks"]
+    assert sorted(t["taskInfo"]["name"] for t in promoted_tasks.values()) == ["promoted", "register"]
+    register = spec["deploymentSpec"]["executors"]["exec-register"]["container"]
+    assert register["image"] == job.image and register["command"] == ["python3", "-m", "seqcls", "register", "vertex"]
+    from seqcls import cli
+
+    parsed = cli.register_parser().parse_args(["vertex", *register["args"]])
+    assert (parsed.published, parsed.project, parsed.region) == (job.hyperparameters["output_uri"], job.project, job.region)
+    assert parsed.model_id == "seqcls-cola" and parsed.image == job.image and parsed.alias == "champion"
     # A cached training task would skip this week's retrain: every task has caching off.
     assert spec["root"]["dag"]["tasks"]["train"]["cachingOptions"] == {}
     assert spec["defaultPipelineRoot"] == job.base_output_dir + "/pipeline-root"
@@ -70,6 +81,7 @@ def test_training_task_runs_the_submitters_container_and_branches_on_its_promoti
 
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "--hp promote_if=<metric>"),
+    (["--hp", "promote_if=test_mcc", "--hp", "output_uri=s3://artifacts/published"], "--hp output_uri=gs://"),
     (["--hp", "promote_if=test_mcc", "--hp", "output_uri=gs://artifacts/published", "--replica-count", "2"], "--replica-count > 1"),
 ])
 def test_bad_pipeline_options_are_clear_errors(extra: list[str], message: str) -> None:

@@ -6,6 +6,12 @@ Each DAG run creates that custom job with the provider's CreateCustomJobOperator
 branches on the promotion gate: the chief writes the outcome word (`promoted` or `kept`) to its
 `promotion_file`, here `/gcs/<base output bucket>/<path>/promotion/<run>` (Vertex's GCS FUSE mount),
 which the branch reads back through the Cloud Storage API.
+
+On the promoted branch the run `<output_uri>/latest.json` names becomes a new version of the Vertex AI model the
+config names (found by display name; created on the first registration), with the provider's
+UploadModelOperator: this image serving the published run folder on its AIP routes, with the aliases `champion`
+and `default`, which Vertex takes from the version that had them (an alias names one version of a model at a
+time: https://cloud.google.com/vertex-ai/docs/model-registry/model-alias). A kept run is not registered.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import json
 from pathlib import Path
 
 from airflow.providers.google.cloud.hooks.gcs import GCSHook
+from airflow.providers.google.cloud.hooks.vertex_ai.model_service import ModelServiceHook
 from airflow.providers.google.cloud.operators.vertex_ai.custom_job import CreateCustomJobOperator
+from airflow.providers.google.cloud.operators.vertex_ai.model_service import UploadModelOperator
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, task
 from google.cloud.aiplatform_v1.types import CustomJob
@@ -55,6 +63,15 @@ def gate_outcome(word: bytes) -> str:
     return text
 
 
+def model_version(latest: dict, registry: dict) -> dict:
+    """The Model (proto field names) a promoted run uploads as: the run latest.json names, served by the image."""
+    run_id = latest["run_id"]
+    label = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_id.lower())[:63]
+    return {"display_name": registry["display_name"], "artifact_uri": f"{registry['output_uri'].rstrip('/')}/{run_id}",
+            "container_spec": registry["container_spec"], "version_aliases": [registry["alias"], "default"],
+            "version_description": f"seqcls run {run_id}, promoted by the gate", "labels": {"seqcls-run": label}}
+
+
 with DAG(
     dag_id="seqcls_vertex_retrain",
     description="Retrain seqcls as a Vertex AI custom job; latest.json moves only when the promotion gate passes",
@@ -78,5 +95,25 @@ with DAG(
     promoted = EmptyOperator(task_id="promoted")  # latest.json names this run: add deploy steps after it
     kept = EmptyOperator(task_id="kept")  # latest.json still names the earlier, better run
 
+    @task(task_id="champion")
+    def champion() -> dict:
+        """The run latest.json names, as a Model version, and the model it is a version of (None: the first)."""
+        registry = config["registry"]
+        bucket, _, prefix = registry["output_uri"].removeprefix("gs://").partition("/")
+        latest = json.loads(GCSHook().download(bucket_name=bucket, object_name=f"{prefix.rstrip('/')}/latest.json"))
+        found = list(ModelServiceHook().list_models(project_id=config["project"], region=config["region"],
+                                                    filter=f'display_name="{registry["display_name"]}"'))
+        return {"model": model_version(latest, registry), "parent_model": found[0].name if found else None}
+
+    version = champion()
+    register = UploadModelOperator(
+        task_id="register",
+        project_id=config["project"],
+        region=config["region"],
+        model=version["model"],
+        parent_model=version["parent_model"],
+    )
+
     gate = promotion_gate(promotion_uri(config["custom_job"]))
     train >> gate >> [promoted, kept]
+    promoted >> version >> register
