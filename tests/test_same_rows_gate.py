@@ -82,8 +82,8 @@ def test_the_gate_decides_on_the_challengers_rows_and_records_the_published_numb
                                                                                          capsys) -> None:
     """Week 1 is tested on clean rows, week 2 on the same texts with 30% of labels flipped: the champion's number on
     week 2's rows differs from the one it published, and the decision follows the number on week 2's rows.
-    (The issue's full contrast, a better model kept by the old rule, needs models that learn CoLA: see the note
-    in docs/publishing.md.)"""
+    (The issue's full contrast, a better model kept by the old rule, needs models that learn CoLA: MiniLM runs in
+    tests/test_promotion_contrast.py.)"""
     uri = str(tmp_path / "models")
     weak = job(tmp_path, inputs, uri, "week-1", monkeypatch, capsys, "--learning_rate", "0.9")
     strong = job(tmp_path, inputs, uri, "week-2", monkeypatch, capsys, "--epochs", "3", test="noisy")
