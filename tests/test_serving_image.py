@@ -120,9 +120,18 @@ def test_vertex_local_endpoint_answers_as_seqcls_predict(name, served_models, im
         empty = endpoint.predict(request=json.dumps({"instances": []}), headers={"Content-Type": "application/json"})
         response = endpoint.predict(request=json.dumps({"instances": texts, "parameters": {}}),
                                     headers={"Content-Type": "application/json"})
+        # What Vertex batch prediction sends (BatchPredictionJob.InstanceConfig): JSONL objects with other fields
+        # beside the text, and CSV/BigQuery rows as arrays in column order.
+        shapes = {"objects": [{"id": i, "text": text, "label": "?"} for i, text in enumerate(texts)],
+                  "arrays": [[text] for text in texts]}
+        batch = {shape: endpoint.predict(request=json.dumps({"instances": instances}),
+                                         headers={"Content-Type": "application/json"}) for shape, instances in shapes.items()}
     assert empty.status_code == 400 and "instances is empty" in empty.json()["error"]
     assert response.status_code == 200, response.text
     assert response.json() == {"predictions": image_reference[name]}
+    for shape, answer in batch.items():
+        assert answer.status_code == 200, (shape, answer.text)
+        assert answer.json() == {"predictions": image_reference[name]}, shape
 
 
 @pytest.mark.parametrize("content_type", ["application/jsonlines", "text/csv"])
