@@ -57,3 +57,77 @@ def test_a_failure_mid_file_leaves_no_output_and_no_temp_file(tiny, rows, tmp_pa
     with pytest.raises(MemoryError):
         predict.run(str(tiny), rows, tmp_path / "out.csv", FP32, chunk_rows=1_000)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- reading in chunks: bounded memory whatever the row count -----------------------------------------------------
+
+def _settings():
+    from seqcls import settings as hyperparameters
+
+    return hyperparameters.resolve([]).settings
+
+
+def _inputs(folder: Path, cola_dir: Path) -> Path:
+    """One folder of inputs in every format, 700 rows in all, some with empty text."""
+    import pandas as pd
+
+    folder.mkdir()
+    lines = cola_rows(cola_dir, "in_domain_train.tsv", 700).splitlines(keepends=True)
+    (folder / "a.tsv").write_text("".join(lines[:200]), encoding="utf-8")  # CoLA's headerless layout
+    texts = [line.rstrip("\n").split("\t")[3] for line in lines[200:]]
+    texts[300] = texts[450] = "   "  # in the JSONL and the Parquet file
+    pd.DataFrame({"text": texts[:250]}).to_csv(folder / "b.csv", index=False)
+    pd.DataFrame({"text": texts[250:400]}).to_json(folder / "c.jsonl", orient="records", lines=True)
+    pd.DataFrame({"text": texts[400:]}).to_parquet(folder / "d.parquet")
+    return folder
+
+
+def test_chunks_hold_what_the_whole_read_holds_in_order_and_never_more_rows(tmp_path, cola_dir) -> None:
+    from seqcls import data
+
+    folder, settings = _inputs(tmp_path / "in", cola_dir), _settings()
+    whole = data.read_channel(folder, "input", settings, labelled=False, explicit=()).frame
+    chunks = list(data.read_in_chunks(folder, "input", settings, (), 64))
+    assert max(len(c) for c in chunks) <= 64 and len(chunks) >= 700 // 64
+    assert pd_concat(chunks).equals(whole) and len(whole) == 698  # the two blank texts dropped
+    assert data.count_rows(folder, "input", settings, ()) == 700  # lines: blank texts are still rows
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_reading_is_lazy_so_a_broken_row_near_the_end_fails_the_run_after_the_first_chunks(tmp_path, tiny) -> None:
+    """A file is never read whole: the first chunks come before the ragged last row is reached, and the ragged row
+    still fails the run (exit 2's DataError), leaving no output."""
+    from seqcls import data
+    from seqcls.errors import DataError
+
+    path = tmp_path / "rows.csv"
+    path.write_text("text,extra\n" + "".join(f"sentence {i},x\n" for i in range(5000)) + "short\n", encoding="utf-8")
+    reader = data.read_in_chunks(path, "input", _settings(), (), 1000)
+    assert len(next(reader)) == 1000
+    with pytest.raises(DataError, match="has 1 field"):
+        list(reader)
+    logs.setup()
+    with pytest.raises(DataError, match="has 1 field"):
+        predict.run(str(tiny), path, tmp_path / "out.csv", FP32, chunk_rows=1000)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_every_input_format_in_chunks_writes_the_same_bytes_and_ends_on_the_true_count(tiny, tmp_path, cola_dir,
+                                                                                        capsys) -> None:
+    folder = _inputs(tmp_path / "in", cola_dir)
+    logs.setup()
+    predict.run(str(tiny), folder, tmp_path / "whole.jsonl", FP32, chunk_rows=10_000)
+    capsys.readouterr()
+    summary = predict.run(str(tiny), folder, tmp_path / "chunked.jsonl", FP32, chunk_rows=100)
+    assert (tmp_path / "chunked.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    progress = [e for e in events if e["event"] == "predict_progress"]
+    assert progress[0]["rows"] == 700 and progress[-1]["rows_done"] == progress[-1]["rows"] == 698 == summary.rows
+    assert progress[-1]["seconds_left"] == 0
+    (dropped,) = [e for e in events if e["event"] == "rows_dropped"]
+    assert dropped["dropped"] == 2

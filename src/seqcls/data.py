@@ -12,13 +12,15 @@ import fnmatch
 import hashlib
 import tempfile
 import weakref
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import bigquery, logs
 from .atomic import visible_files
@@ -213,33 +215,25 @@ def _is_cola_layout(first_line: str, rule: ColumnRule) -> bool:
 
 def _read_file(path: Path, rule: ColumnRule) -> tuple[pd.DataFrame, bool]:
     """Read one file as strings; returns the frame and whether it is a headerless CoLA file."""
+    return next(_file_frames(path, rule, None))
+
+
+def _file_frames(path: Path, rule: ColumnRule, chunk_rows: int | None) -> Iterator[tuple[pd.DataFrame, bool]]:
+    """One file as string frames of at most `chunk_rows` rows (None: the whole file as one frame), each with
+    whether the file is a headerless CoLA file; every failure, however late in the file, is a DataError."""
     suffix = path.suffix.lower()
-    has_header = True
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path} is empty (0 bytes)")
         if suffix == ".parquet":
-            frame = pd.read_parquet(path)
+            batches = ([pd.read_parquet(path)] if chunk_rows is None else
+                       (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)))
+            yield from ((frame, False) for frame in batches)
         elif suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, lines=True, dtype=False)
+            read = pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows)
+            yield from ((frame, False) for frame in ([read] if chunk_rows is None else read))
         else:
-            with path.open("r", encoding="utf-8") as handle:
-                first_line = handle.readline()
-            if not first_line.strip():
-                raise DataError(f"{path} is empty")
-            delimiter, quoting = ("\t", csv.QUOTE_NONE) if suffix == ".tsv" else (",", csv.QUOTE_MINIMAL)
-            has_header = not (suffix == ".tsv" and _is_cola_layout(first_line, rule))
-            if not has_header:
-                frame = pd.read_csv(path, sep="\t", header=None, names=COLA_COLUMNS, dtype=str, quoting=csv.QUOTE_NONE,
-                                    keep_default_na=False, engine="c")
-            else:
-                frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False, quoting=quoting, engine="c")
-                # pandas renames a repeated header "a" to "a.1"; a silently renamed column is a bug magnet.
-                header = next(csv.reader([first_line], delimiter=delimiter))
-                duplicates = sorted({h for h in header if header.count(h) > 1})
-                if duplicates:
-                    raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicates))} in the header")
-            _check_no_short_rows(path, delimiter, quoting, frame.shape[1], has_header)
+            yield from _delimited_frames(path, rule, chunk_rows)
     except DataError:
         raise
     except UnicodeDecodeError as err:
@@ -248,9 +242,34 @@ def _read_file(path: Path, rule: ColumnRule) -> tuple[pd.DataFrame, bool]:
         raise DataError(f"{path} could not be parsed: {str(err).strip()}") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty") from None
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, pa.ArrowException) as err:
         raise DataError(f"{path} could not be read as {suffix[1:]}: {str(err).strip()[:300]}") from None
-    return frame, not has_header
+
+
+def _delimited_frames(path: Path, rule: ColumnRule, chunk_rows: int | None) -> Iterator[tuple[pd.DataFrame, bool]]:
+    """CSV, or TSV (CoLA's headerless layout detected from its first line); ragged rows are refused first."""
+    with path.open("r", encoding="utf-8") as handle:
+        first_line = handle.readline()
+    if not first_line.strip():
+        raise DataError(f"{path} is empty")
+    delimiter, quoting = ("\t", csv.QUOTE_NONE) if path.suffix.lower() == ".tsv" else (",", csv.QUOTE_MINIMAL)
+    cola = path.suffix.lower() == ".tsv" and _is_cola_layout(first_line, rule)
+    header = next(csv.reader([first_line], delimiter=delimiter))
+    if not cola:
+        # pandas renames a repeated header "a" to "a.1"; a silently renamed column is a bug magnet.
+        duplicates = sorted({h for h in header if header.count(h) > 1})
+        if duplicates:
+            raise DataError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicates))} in the header")
+    names = {"header": None, "names": COLA_COLUMNS} if cola else {}
+    read = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False, quoting=quoting, engine="c",
+                       chunksize=chunk_rows, **names)
+    if chunk_rows is None:  # the whole file: parse errors first, then the ragged-row pass, then the frame
+        _check_no_short_rows(path, delimiter, quoting, read.shape[1], not cola)
+        yield read, cola
+        return
+    for frame in read:  # a ragged row found by the closing pass fails the whole read, after the chunks
+        yield frame, cola
+    _check_no_short_rows(path, delimiter, quoting, len(COLA_COLUMNS) if cola else len(header), not cola)
 
 
 def _check_no_short_rows(path: Path, delimiter: str, quoting: int, expected: int, has_header: bool) -> None:
@@ -482,18 +501,64 @@ def _read_files(found: list[Path], source: Path | bigquery.Table, channel: str, 
     columns = _channel_columns(chosen, channel)
     if "integer" in kinds and "name" in kinds:
         raise DataError(f"{channel} channel mixes numeric labels ({kinds['integer']}) and label names ({kinds['name']})")
-    combined = pd.concat(frames, ignore_index=True)
-    texts = [combined[TEXT]] + ([combined[PAIR]] if PAIR in combined else [])
-    empty = np.zeros(len(combined), dtype=bool)
-    for column in texts:
-        empty |= (column.str.strip() == "").to_numpy()
-    if empty.any():
-        logs.warning("rows_dropped", f"{channel}: dropped {int(empty.sum())} row(s) with empty text",
-                     channel=channel, dropped=int(empty.sum()))
-        combined = combined[~empty].reset_index(drop=True)
-    if len(combined) == 0:
-        raise DataError(f"{channel} channel {source} has no rows with text")
+    combined, dropped = _without_empty_text(pd.concat(frames, ignore_index=True))
+    _dropped_or_empty(dropped, len(combined), source, channel)
     return Channel(channel, combined, files, columns)
+
+
+def read_in_chunks(source: Path, channel: str, settings: Settings, explicit: Collection[str] | None,
+                   chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """What read_channel(labelled=False) holds (text, [text_pair]), in file order, at most `chunk_rows` rows at a
+    time and never all at once: `seqcls predict` over any number of rows. The same checks, file by file."""
+    rule = ColumnRule.from_settings(settings, explicit)
+    chosen: list[tuple[Path, Columns]] = []
+    dropped = kept = 0
+    for file in channel_files(source, channel):
+        for frame, cola in _file_frames(file, rule, chunk_rows):
+            frame = _vertex_text_rows(frame, file, channel, settings.problem_type)
+            columns = _file_columns(frame, file, rule, False, cola)
+            if not chosen or chosen[-1][0] != file:
+                chosen.append((file, columns))
+                _channel_columns(chosen, channel)
+            frame, empty = _without_empty_text(_canonical(frame, file, columns, settings)[0])
+            dropped, kept = dropped + empty, kept + len(frame)
+            if len(frame):
+                yield frame
+    _dropped_or_empty(dropped, kept, source, channel)
+
+
+def count_rows(source: Path, channel: str, settings: Settings, explicit: Collection[str] | None) -> int:
+    """About how many rows the channel holds, without reading them: Parquet's metadata, else the non-empty lines
+    less a header (a quoted text spanning lines counts more than once). For progress and the time left only."""
+    rule, rows = ColumnRule.from_settings(settings, explicit), 0
+    for file in channel_files(source, channel):
+        if file.suffix.lower() == ".parquet":
+            rows += pq.ParquetFile(file).metadata.num_rows
+            continue
+        with file.open("rb") as handle:
+            lines = sum(1 for line in handle if line.strip(b"\r\n"))  # pandas skips empty lines only
+            handle.seek(0)
+            first = handle.readline().decode("utf-8", errors="replace")
+        headerless = file.suffix.lower() in (".jsonl", ".json") or (
+            file.suffix.lower() == ".tsv" and _is_cola_layout(first, rule))
+        rows += lines - (0 if headerless else 1)
+    return max(rows, 0)
+
+
+def _without_empty_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Rows whose text (or text pair) is empty or blank removed; returns how many there were."""
+    empty = np.zeros(len(frame), dtype=bool)
+    for column in [TEXT] + ([PAIR] if PAIR in frame else []):
+        empty |= (frame[column].str.strip() == "").to_numpy()
+    return (frame[~empty].reset_index(drop=True), int(empty.sum())) if empty.any() else (frame, 0)
+
+
+def _dropped_or_empty(dropped: int, kept: int, source: Path | bigquery.Table, channel: str) -> None:
+    if dropped:
+        logs.warning("rows_dropped", f"{channel}: dropped {dropped} row(s) with empty text", channel=channel,
+                     dropped=dropped)
+    if kept == 0:
+        raise DataError(f"{channel} channel {source} has no rows with text")
 
 
 REGRESSION_LABEL = "score"  # the one output of a regression model, as config.json's id2label names it

@@ -152,25 +152,27 @@ def predict_frame(loaded: Loaded, frame: pd.DataFrame) -> evaluate.Predictions:
 
 def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[str, str],
         chunk_rows: int = CHUNK_ROWS) -> Summary:
-    """Load the model, read the input without labels, then score and write it `chunk_rows` rows at a time (token
-    arrays and scores stay bounded, `predict_progress` reports rows/s and the time left); the output file
-    appears complete or not at all."""
+    """Load the model, then read, score and write the input `chunk_rows` rows at a time: memory stays bounded
+    whatever the row count (reading included), `predict_progress` reports rows/s and the time left, and the
+    output file appears complete or not at all."""
     started = time.perf_counter()
     loaded = load(model_uri, overrides)
-    channel = data.read_channel(input_path, "input", loaded.settings, labelled=False, explicit=loaded.explicit)
-    label_map, rows = loaded.label_map, len(channel.frame)
+    label_map, done = loaded.label_map, 0
+    estimate = data.count_rows(input_path, "input", loaded.settings, loaded.explicit)
     as_json = output_path.suffix.lower() in (".jsonl", ".json")
     scoring = time.perf_counter()
     with atomic.replacing(output_path) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
-        for start in range(0, rows, chunk_rows):
-            frame = channel.frame.iloc[start:start + chunk_rows].copy()  # text, [text_pair]
-            predictions = predict_frame(loaded, frame)
+        for frame in data.read_in_chunks(input_path, "input", loaded.settings, loaded.explicit, chunk_rows):
+            predictions = predict_frame(loaded, frame)  # text, [text_pair]
             for column, values in artifacts.prediction_columns(predictions, label_map,
                                                                loaded.settings.label_delimiter).items():
                 frame[column] = values
-            out.write(_serialise(frame, as_json, header=start == 0))
-            _progress(start + len(frame), rows, time.perf_counter() - scoring)
-    summary = Summary(rows, output_path, label_map.labels, round(time.perf_counter() - started, 2))
+            out.write(_serialise(frame, as_json, header=done == 0))
+            done += len(frame)
+            _progress(done, max(estimate, done), time.perf_counter() - scoring)
+        if done != estimate:  # the estimate counted lines: the last event says what was scored
+            _progress(done, done, time.perf_counter() - scoring)
+    summary = Summary(done, output_path, label_map.labels, round(time.perf_counter() - started, 2))
     logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
                model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
                labels=label_map.labels, problem_type=label_map.problem_type, device=loaded.compute.device.type,
