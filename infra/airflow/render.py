@@ -31,6 +31,8 @@ from seqcls.runtime import CHANNELS
 def sagemaker_config(argv: Sequence[str]) -> dict[str, Any]:
     from infra.sagemaker import submit
 
+    from seqcls import registry
+
     parser = submit._parser()
     parser.add_argument("--model-package-group", default="seqcls",
                         help="the Model Package Group a promoted run is registered in (created on the first one)")
@@ -41,13 +43,13 @@ def sagemaker_config(argv: Sequence[str]) -> dict[str, Any]:
     # The DAG names each job after its run (SageMaker job names are unique), as the Step Functions schedule does.
     request = {k: v for k, v in submit.dry_run(job).items() if k != "TrainingJobName"}
     return {"region": job.region, "base_job_name": job.base_job_name, "check_interval_s": 60, "request": request,
-            "model_package_group": args.model_package_group}
+            "model_package_group": args.model_package_group, "served_types": registry.SERVED_TYPES}
 
 
 def vertex_config(argv: Sequence[str]) -> dict[str, Any]:
     from infra.vertex import submit
 
-    from seqcls import registry
+    from seqcls import runtime
 
     parser = submit._parser()
     parser.add_argument("--model-display-name", default="seqcls",
@@ -60,11 +62,9 @@ def vertex_config(argv: Sequence[str]) -> dict[str, Any]:
     if "promote_if" not in job.hyperparameters or not output_uri.startswith("gs://"):
         raise SubmitError("the DAG branches on the promotion gate and registers the run latest.json names: pass "
                           "--hp promote_if=<metric> and --hp output_uri=gs://bucket/prefix")
-    serving = {"image_uri": job.image, "args": ["serve"], "predict_route": registry.VERTEX_PREDICT_ROUTE,
-               "health_route": registry.VERTEX_HEALTH_ROUTE, "ports": [{"container_port": registry.VERTEX_PORT}]}
     return {"project": job.project, "region": job.region, "custom_job": json.loads(submit.spec_json(job)),
             "registry": {"display_name": args.model_display_name, "output_uri": output_uri, "alias": "champion",
-                         "container_spec": serving}}
+                         "container_spec": runtime.vertex_container_spec(job.image)}}
 
 
 def _docker_parser() -> argparse.ArgumentParser:

@@ -105,10 +105,16 @@ def _processor(job: submit.Job, session: PipelineSession, shape: Shape, entrypoi
                      base_job_name=name)
 
 
+def _beside_job(job: submit.Job, train: Any, *names: str) -> Join:
+    """<S3OutputPath>/<this execution's job name>/<names>: where SageMaker writes the job's output (local mode
+    too: sagemaker-core sagemaker/core/local/utils.py `move_to_destination`) and the pipeline its own files."""
+    return Join(on="/", values=[job.output_path.rstrip("/"), train.properties.TrainingJobName, *names])
+
+
 def _register(wf: ModuleType, job: submit.Job, session: PipelineSession, shape: Shape, train: Any) -> Any:
     """`seqcls register` on the promoted run's model.tar.gz (its records), writing the statistics beside the job."""
     model_data = train.properties.ModelArtifacts.S3ModelArtifacts
-    statistics = Join(on="/", values=[job.output_path.rstrip("/"), train.properties.TrainingJobName, "model-metrics.json"])
+    statistics = _beside_job(job, train, "model-metrics.json")
     processor = _processor(job, session, shape, ["python3", "-m", "seqcls", "register", "sagemaker"], "seqcls-register")
     return wf.ProcessingStep(name="Register", step_args=processor.run(
         inputs=[ProcessingInput(input_name="model", s3_input=ProcessingS3Input(
@@ -120,17 +126,14 @@ def _register(wf: ModuleType, job: submit.Job, session: PipelineSession, shape: 
 
 def _steps(wf: ModuleType, job: submit.Job, session: PipelineSession, shape: Shape) -> Any:
     train = wf.TrainingStep(name="Train", step_args=submit.build_trainer(job, session).train())
-    # SageMaker writes <S3OutputPath>/<job name>/output/output.tar.gz (local mode too: sagemaker-core
-    # sagemaker/core/local/utils.py `move_to_destination`).
-    training_output = Join(on="/", values=[job.output_path.rstrip("/"), train.properties.TrainingJobName, "output",
-                                                                 "output.tar.gz"])
+    training_output = _beside_job(job, train, "output", "output.tar.gz")
     processor = _processor(job, session, shape, ["python3", "-c", EXTRACT], "seqcls-gate")
     promotion = PropertyFile(name="Promotion", output_name="promotion", path="promotion.json")
     gate = wf.ProcessingStep(name="PromotionGate", property_files=[promotion], step_args=processor.run(
         inputs=[ProcessingInput(input_name="training-output", s3_input=ProcessingS3Input(
             s3_uri=training_output, local_path=GATE_INPUT, s3_data_type="S3Prefix", s3_input_mode="File"))],
         outputs=[ProcessingOutput(output_name="promotion", s3_output=ProcessingS3Output(
-            s3_uri=Join(on="/", values=[job.output_path.rstrip("/"), train.properties.TrainingJobName, "promotion"]),
+            s3_uri=_beside_job(job, train, "promotion"),
             local_path=GATE_OUTPUT, s3_upload_mode="EndOfJob"))]))
     promoted = wf.ConditionStep(
         name="Promoted",

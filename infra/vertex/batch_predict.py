@@ -26,10 +26,9 @@ from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
 from google.cloud.aiplatform_v1.types import BatchPredictionJob, JobState
 
 from infra.common import SubmitError, check_environment, parse_pairs, run_cli
-from seqcls import bigquery
+from seqcls import bigquery, runtime
 from seqcls.uris import is_bucket_uri
 
-PREDICT_ROUTE, HEALTH_ROUTE, PORT = "/predict", "/health", 8080  # Vertex hands them to the server as AIP_* variables
 DONE = {JobState.JOB_STATE_SUCCEEDED, JobState.JOB_STATE_FAILED, JobState.JOB_STATE_CANCELLED,
         JobState.JOB_STATE_EXPIRED, JobState.JOB_STATE_PARTIALLY_SUCCEEDED}
 
@@ -72,8 +71,7 @@ class BatchJob:
             display_name=self.display_name,
             unmanaged_container_model={
                 "artifact_uri": self.artifact_uri,
-                "container_spec": {"image_uri": self.image, "args": ["serve"], "predict_route": PREDICT_ROUTE,
-                                   "health_route": HEALTH_ROUTE, "ports": [{"container_port": PORT}],
+                "container_spec": {**runtime.vertex_container_spec(self.image),
                                    "env": [{"name": k, "value": v} for k, v in self.environment.items()]}},
             input_config={"instances_format": self.instances_format, **source},
             instance_config={"included_fields": self.included_fields} if self.included_fields else None,

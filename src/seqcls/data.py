@@ -528,7 +528,7 @@ def read_in_chunks(source: Path, channel: str, settings: Settings, explicit: Col
 
 
 def count_rows(source: Path, channel: str, settings: Settings, explicit: Collection[str] | None) -> int:
-    """About how many rows the channel holds, without reading them: Parquet's metadata, else the non-empty lines
+    """About how many rows the channel holds, without reading them: Parquet's metadata, else the non-blank lines
     less a header (a quoted text spanning lines counts more than once). For progress and the time left only."""
     rule, rows = ColumnRule.from_settings(settings, explicit), 0
     for file in channel_files(source, channel):
@@ -536,7 +536,7 @@ def count_rows(source: Path, channel: str, settings: Settings, explicit: Collect
             rows += pq.ParquetFile(file).metadata.num_rows
             continue
         with file.open("rb") as handle:
-            lines = sum(1 for line in handle if line.strip(b"\r\n"))  # pandas skips empty lines only
+            lines = sum(1 for line in handle if line.strip())  # pandas skips blank lines (spaces only, too)
             handle.seek(0)
             first = handle.readline().decode("utf-8", errors="replace")
         headerless = file.suffix.lower() in (".jsonl", ".json") or (

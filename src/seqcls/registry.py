@@ -24,21 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import logs, storage
+from . import logs, runtime, storage
 from .errors import UserError
 from .uris import parse_uri
 
 READ_LIMIT = 1024 * 1024  # metrics.json and run_manifest.json are a few KiB
 RECORDS = ("metrics.json", "run_manifest.json")
-# What `seqcls serve` answers on /invocations (docs/serving.md): requests and responses.
-CONTENT_TYPES = ["application/json", "application/jsonlines", "text/csv"]
-RESPONSE_TYPES = ["application/json", "application/jsonlines", "text/csv"]
+# What `seqcls serve` takes and answers on /invocations (docs/serving.md), requests and responses alike.
+SERVED_TYPES = ["application/json", "application/jsonlines", "text/csv"]
 # Model Monitor's model-quality statistics name their block by problem type ("binary_classification_metrics",
 # "multiclass_classification_metrics", "regression_metrics", each metric {"value": ...}); multi-label has none of
 # its own, so it gets a block in the same shape under its own name.
 STATISTICS_BLOCK = {"regression": "regression_metrics", "multi_label": "multilabel_classification_metrics"}
-# Vertex hands these to the server as AIP_HTTP_PORT, AIP_PREDICT_ROUTE and AIP_HEALTH_ROUTE (docs/serving.md).
-VERTEX_PREDICT_ROUTE, VERTEX_HEALTH_ROUTE, VERTEX_PORT = "/predict", "/health", 8080
 METADATA_VALUE_LIMIT = 256  # CustomerMetadataProperties values (botocore: CustomerMetadataValue max 256)
 
 
@@ -73,7 +70,10 @@ def read_records(model: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """metrics.json and run_manifest.json from a model folder or a model.tar.gz (found by base name: the
     service's archive holds the model folder's files at its root)."""
     if model.is_dir():
-        found = {name: (model / name).read_bytes()[:READ_LIMIT + 1] for name in RECORDS if (model / name).is_file()}
+        found = {}
+        for name in (name for name in RECORDS if (model / name).is_file()):
+            with (model / name).open("rb") as handle:
+                found[name] = handle.read(READ_LIMIT + 1)
     else:
         try:
             with tarfile.open(model) as tar:
@@ -84,6 +84,9 @@ def read_records(model: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     missing = [name for name in RECORDS if name not in found]
     if missing:
         raise RegistryError(f"{model} has no {', '.join(missing)}: is it a seqcls run's model?")
+    too_large = [name for name, raw in found.items() if len(raw) > READ_LIMIT]
+    if too_large:
+        raise RegistryError(f"{model}: {', '.join(too_large)} is over {READ_LIMIT // 2**20} MiB, not a seqcls run's record")
     try:
         metrics, manifest = (json.loads(found[name]) for name in RECORDS)
     except ValueError as err:
@@ -140,7 +143,7 @@ def create_request(target: Registration, manifest: dict[str, Any], record: dict[
         "ModelPackageDescription": f"seqcls run {manifest.get('run_id')}: {record.get('reason')}"[:1024],
         "InferenceSpecification": {
             "Containers": [{"Image": target.image, "ModelDataUrl": target.model_data_url}],
-            "SupportedContentTypes": CONTENT_TYPES, "SupportedResponseMIMETypes": RESPONSE_TYPES},
+            "SupportedContentTypes": SERVED_TYPES, "SupportedResponseMIMETypes": SERVED_TYPES},
         "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json",
                                                          "S3Uri": target.statistics_uri}}},
         "CustomerMetadataProperties": metadata(manifest, record),
@@ -157,7 +160,7 @@ def register(target: Registration, model: Path) -> str:
     record = promoted_record(metrics)
     stats_uri = parse_uri(target.statistics_uri)
     if stats_uri.scheme != "s3" or not stats_uri.prefix.endswith(".json"):
-        raise RegistryError(f"--statistics-uri {target.statistics_uri}: must be s3://bucket/key.json")
+        raise RegistryError(f"--statistics_uri {target.statistics_uri}: must be s3://bucket/key.json")
     session = boto3.Session(region_name=target.region)
     try:
         session.client("s3").put_object(Bucket=stats_uri.bucket, Key=stats_uri.prefix, ContentType="application/json",
@@ -212,6 +215,7 @@ def register_vertex(target: VertexRegistration, published: str, scratch: Path) -
     # REST, as the tracker: transport and endpoint first, then the project (google/cloud/aiplatform/initializer.py).
     aiplatform.init(api_transport="rest", api_endpoint=target.api_endpoint or None)
     aiplatform.init(project=target.project, location=target.region)
+    spec = runtime.vertex_container_spec(target.image)
     try:
         try:
             parent = aiplatform.Model(model_name=target.model_id).resource_name
@@ -219,10 +223,10 @@ def register_vertex(target: VertexRegistration, published: str, scratch: Path) -
             parent = None
         model = aiplatform.Model.upload(
             display_name=target.model_id, model_id=None if parent else target.model_id, parent_model=parent,
-            artifact_uri=artifact_uri, serving_container_image_uri=target.image, serving_container_args=["serve"],
-            serving_container_predict_route=VERTEX_PREDICT_ROUTE, serving_container_health_route=VERTEX_HEALTH_ROUTE,
-            serving_container_ports=[VERTEX_PORT], is_default_version=True, version_aliases=[target.alias],
-            version_description=f"seqcls run {run_id}: {record.get('reason')}"[:1000], labels={"seqcls-run": label(run_id)})
+            artifact_uri=artifact_uri, serving_container_image_uri=spec["image_uri"], serving_container_args=spec["args"],
+            serving_container_predict_route=spec["predict_route"], serving_container_health_route=spec["health_route"],
+            serving_container_ports=[p["container_port"] for p in spec["ports"]], is_default_version=True,
+            version_aliases=[target.alias], version_description=f"seqcls run {run_id}: {record.get('reason')}"[:1000], labels={"seqcls-run": label(run_id)})
     except (exceptions.GoogleAPICallError, exceptions.RetryError) as err:
         raise RegistryError(f"registering run {run_id} as a version of Vertex AI model {target.model_id} failed: "
                             f"{err}") from None

@@ -495,6 +495,15 @@ AIP_HEALTH_ROUTE = "AIP_HEALTH_ROUTE"
 AIP_PREDICT_ROUTE = "AIP_PREDICT_ROUTE"
 AIP_STORAGE_URI = "AIP_STORAGE_URI"
 DEFAULT_SERVING_PORT = 8080
+# The routes a Vertex model's container spec names (and Vertex then hands the server as AIP_PREDICT_ROUTE and
+# AIP_HEALTH_ROUTE): one spec for every Vertex model we make (batch prediction, the Model Registry).
+VERTEX_PREDICT_ROUTE, VERTEX_HEALTH_ROUTE = "/predict", "/health"
+
+
+def vertex_container_spec(image: str) -> dict[str, Any]:
+    """A Vertex ModelContainerSpec (proto field names) that runs this image's server: without `serve` it trains."""
+    return {"image_uri": image, "args": ["serve"], "predict_route": VERTEX_PREDICT_ROUTE,
+            "health_route": VERTEX_HEALTH_ROUTE, "ports": [{"container_port": DEFAULT_SERVING_PORT}]}
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,6 @@ PROMOTED_METRIC = "promotion:promoted"  # infra/sagemaker/metrics.py: the `promo
 # What the gate compared: infra/sagemaker/metrics.py's promotion:* metrics (champion: none on a first run).
 METADATA = {"seqcls:value": "promotion:value", "seqcls:champion_value": "promotion:champion_value",
             "seqcls:difference": "promotion:improvement"}
-# Requests and responses `seqcls serve` answers on /invocations (docs/serving.md).
-CONTENT_TYPES = ["application/json", "application/jsonlines", "text/csv"]
 SCHEDULE = "0 3 * * 1"  # Mondays 03:00 UTC; change here (or set schedule=None to trigger by hand)
 
 if not CONFIG.is_file():
@@ -63,35 +61,45 @@ def gate_outcome(description: dict) -> str:
     return "promoted" if values[-1] >= 0.5 else "kept"
 
 
+def final_metrics(description: dict) -> dict[str, float]:
+    return {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+
+
+def statistics_uri(description: dict) -> str:
+    """Where the run's model-quality statistics go: beside its output."""
+    return f"{description['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{description['TrainingJobName']}/model-metrics.json"
+
+
 def registration(description: dict, image: str, hyperparameters: dict) -> dict:
-    """The CreateModelPackage fields beyond the operator's own: the content types `serve` takes, ModelMetrics
-    (the statistics file `statistics_object` names) and CustomerMetadataProperties from FinalMetricDataList."""
-    metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+    """The CreateModelPackage fields beyond the operator's own: the content types `serve` takes (rendered into the
+    config from seqcls.registry), ModelMetrics (the file at `statistics_uri`) and CustomerMetadataProperties from
+    FinalMetricDataList."""
+    metrics = final_metrics(description)
     name = description["TrainingJobName"]
     metadata = {"seqcls:run_id": name, "seqcls:metric": hyperparameters.get("promote_if", "").strip('"'),
                 **{key: str(metrics[metric]) for key, metric in METADATA.items() if metric in metrics}}
     return {"InferenceSpecification": {
                 "Containers": [{"Image": image, "ModelDataUrl": description["ModelArtifacts"]["S3ModelArtifacts"]}],
-                "SupportedContentTypes": CONTENT_TYPES, "SupportedResponseMIMETypes": CONTENT_TYPES},
+                "SupportedContentTypes": config["served_types"],
+                "SupportedResponseMIMETypes": config["served_types"]},
             "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json",
-                                                             "S3Uri": statistics_object(description)[0]}}},
+                                                             "S3Uri": statistics_uri(description)}}},
             "CustomerMetadataProperties": metadata,
             "ModelPackageDescription": f"seqcls run {name}, promoted by the gate on {metadata['seqcls:metric']}"}
 
 
-def statistics_object(description: dict) -> tuple[str, dict]:
-    """Where the run's model-quality statistics go (beside its output) and what they hold: the test metrics (the
-    validation ones without a test channel) in Model Monitor's shape. FinalMetricDataList carries no label
-    count, so a single-label run's block is the multiclass one, whose shape fits any number of classes."""
-    metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+def statistics(description: dict) -> dict:
+    """The run's model-quality statistics: the test metrics (the validation ones without a test channel) in
+    Model Monitor's shape. FinalMetricDataList carries no label count, so a single-label run's block is the
+    multiclass one, whose shape fits any number of classes."""
+    metrics = final_metrics(description)
     split = "test" if any(name.startswith("test:") for name in metrics) else "validation"
     problem = description.get("HyperParameters", {}).get("problem_type", "single_label").strip('"')
     block = {"regression": "regression_metrics", "multi_label": "multilabel_classification_metrics"}.get(
         problem, "multiclass_classification_metrics")
     values = {name.partition(":")[2]: {"value": value} for name, value in sorted(metrics.items())
               if name.startswith(split + ":")}
-    uri = f"{description['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{description['TrainingJobName']}/model-metrics.json"
-    return uri, {"version": 0.0, "dataset": {"split": split}, block: values}
+    return {"version": 0.0, "dataset": {"split": split}, block: values}
 
 
 class RegisterModelVersion(SageMakerRegisterModelVersionOperator):
@@ -129,9 +137,8 @@ with DAG(
     def model_metrics(training: dict) -> dict:
         """Write the statistics file, and return CreateModelPackage's extra fields for the register task."""
         description = training["Training"]
-        uri, statistics = statistics_object(description)
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        S3Hook(region_name=config["region"]).load_string(json.dumps(statistics, indent=2), key=key,
+        bucket, _, key = statistics_uri(description).removeprefix("s3://").partition("/")
+        S3Hook(region_name=config["region"]).load_string(json.dumps(statistics(description), indent=2), key=key,
                                                          bucket_name=bucket, replace=True)
         return registration(description, config["request"]["AlgorithmSpecification"]["TrainingImage"],
                             config["request"].get("HyperParameters", {}))
