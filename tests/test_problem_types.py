@@ -14,7 +14,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, log_loss, mean_absolute_error, mean_squared_error, precision_recall_fscore_support
 
-from seqcls import data, evaluate, settings
+from seqcls import data, evaluate, problem_types, settings
 from seqcls.errors import DataError, SettingsError
 from seqcls.losses import row_losses
 
@@ -198,7 +198,7 @@ def _tiny_bert(num_labels: int, problem_type: str) -> torch.nn.Module:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                        num_labels=num_labels, problem_type=settings.PROBLEM_TYPES[problem_type])
+                        num_labels=num_labels, problem_type=problem_types.TYPES[problem_type].hf_name)
     return BertForSequenceClassification(config).train()
 
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from seqcls import evaluate, promotion, settings
+from seqcls import evaluate, problem_types, promotion, settings
 from seqcls.errors import SettingsError
 from seqcls.storage import Current
 
@@ -95,9 +95,9 @@ def _recorded_names(problem_type: str) -> set[str]:
             | {f"validation_{k.removeprefix('val_')}" for k in validation})
 
 
-@pytest.mark.parametrize("problem_type", list(settings.PROBLEM_TYPES))
+@pytest.mark.parametrize("problem_type", list(problem_types.TYPES))
 def test_every_allowed_metric_is_one_the_problem_type_records(problem_type: str) -> None:
-    assert set(settings.promotion_metrics(problem_type)) == _recorded_names(problem_type)
+    assert set(problem_types.promotion_metrics(problem_type)) == _recorded_names(problem_type)
 
 
 def _resolve(**values: str) -> settings.Settings:
@@ -136,8 +136,11 @@ def test_a_test_metric_needs_a_test_channel(tmp_path) -> None:
 
 
 def test_every_gated_metric_has_the_range_its_values_lie_in() -> None:
-    names = {name for splits in settings.PROMOTION_METRICS.values() for group in splits.values() for name in group}
-    assert names <= set(settings.METRIC_RANGES)
+    names = {name.partition("_")[2] for kind in problem_types.TYPES for name in problem_types.promotion_metrics(kind)}
+    assert names == set(problem_types.METRIC_RANGES)
+    assert {problem_types.METRIC_RANGES[name] for name in ("mcc", "pearson", "spearman")} == {(-1.0, 1.0)}
+    assert {problem_types.METRIC_RANGES[name] for name in ("loss", "mse", "mae")} == {(0.0, math.inf)}
+    assert {problem_types.METRIC_RANGES[name] for name in ("accuracy", "f1_micro", "subset_accuracy")} == {(0.0, 1.0)}
 
 
 def _gate_against(tmp_path, champion: bytes | None, limit_seen: list[int] | None = None) -> promotion.Decision:

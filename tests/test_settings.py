@@ -193,7 +193,7 @@ def test_only_settings_marked_math_make_a_checkpoint_unresumable() -> None:
 
 @pytest.mark.parametrize("name, raw, message", [
     ("max_length", "1", "must be >= 2 and <= 8192"), ("learning_rate", "0", "must be > 0 and < 1"),
-    ("warmup_ratio", "1", "must be >= 0 and < 1"), ("select_best", "f1", "must be one of none, mcc, loss"),
+    ("warmup_ratio", "1", "must be >= 0 and < 1"), ("select_best", "f1", "must be one of none, loss, mcc"),
     ("seed", "-1", "must be >= 0 and <= 4294967295"),
     ("gradient_accumulation_steps", "0", "must be >= 1 and <= 1024"),
     ("lr_scheduler_type", "cosine_with_min_lr", "must be one of linear, cosine, cosine_with_restarts, polynomial"),

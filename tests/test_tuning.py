@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from seqcls import evaluate, logs, promotion, tuning
-from seqcls.settings import SELECT_BEST
+from seqcls.problem_types import SELECT_BEST
 
 EPOCHS = [{"epoch": 1, "val_loss": 0.61234, "val_mcc": 0.125}, {"epoch": 2, "val_loss": 0.58, "val_mcc": 0.2501}]
 

@@ -14,8 +14,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata, resources
 from dataclasses import dataclass
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ from . import card, logs, onnxmodel, outbound
 from .atomic import current_umask, replacing, visible_files
 from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
-from .settings import problem_type_of
 from .evaluate import EpochStats, Predictions, probability_columns, validation_metrics
+from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL, of_config
 
 RELOAD_CHECK_ROWS = 8
 
@@ -115,7 +115,7 @@ def prediction_columns(predictions: Predictions, label_map: LabelMap, delimiter:
     """`predicted` (a class, the tags joined by `delimiter`, or the score) and the `prob_<label>` columns:
     test_predictions.csv and `seqcls predict` write the same ones."""
     names = label_map.names(predictions.predicted)
-    if label_map.problem_type == "multi_label":
+    if label_map.problem_type == MULTI_LABEL:
         names = [delimiter.join(tags) for tags in names]
     return {"predicted": names, **probability_columns(predictions, label_map.labels)}
 
@@ -127,7 +127,7 @@ def write_predictions(path: Path, channel: Channel, labels: np.ndarray, predicti
     if PAIR in channel.frame:
         frame[PAIR] = channel.frame[PAIR]
     truth = label_map.names(labels)
-    frame["label"] = [delimiter.join(t) for t in truth] if label_map.problem_type == "multi_label" else truth
+    frame["label"] = [delimiter.join(t) for t in truth] if label_map.problem_type == MULTI_LABEL else truth
     for column, values in prediction_columns(predictions, label_map, delimiter).items():
         frame[column] = values
     write_atomic(path, frame.to_csv(index=False).encode())
@@ -212,9 +212,9 @@ def _test_files(out: Path, record: "RunRecord") -> None:
     delimiter = record.manifest["settings"]["label_delimiter"]["value"]
     write_predictions(out / "test_predictions.csv", channel, label_ids, predictions, record.label_map, delimiter)
     test = record.metrics["test"]
-    if record.label_map.problem_type == "multi_label":
+    if record.label_map.problem_type == MULTI_LABEL:
         write_per_label_metrics(out / "per_label_metrics.csv", test["per_label"])
-    elif record.label_map.problem_type == "regression":
+    elif record.label_map.problem_type == REGRESSION:
         plot_scatter(out / "predicted_vs_true.png", label_ids, predictions.predicted)
     else:
         plot_confusion_matrix(out / "confusion_matrix.png", test["confusion_matrix"], record.label_map.labels)
@@ -223,11 +223,11 @@ def _test_files(out: Path, record: "RunRecord") -> None:
 def _shown(logits: torch.Tensor, problem_type: str) -> list:
     """What the reload check compares and reports: the class per row for single_label; the outputs otherwise
     (sigmoid thresholds and regression scores depend on their values, and an argmax over one output says nothing)."""
-    return logits.argmax(-1).tolist() if problem_type == "single_label" else logits.float().round(decimals=4).tolist()
+    return logits.argmax(-1).tolist() if problem_type == SINGLE_LABEL else logits.float().round(decimals=4).tolist()
 
 
 def _agree(expected: torch.Tensor, got: torch.Tensor, problem_type: str) -> bool:
-    if problem_type == "single_label":
+    if problem_type == SINGLE_LABEL:
         return torch.equal(expected.argmax(-1), got.argmax(-1))
     return torch.allclose(expected.float(), got.float(), rtol=0, atol=1e-4)
 
@@ -258,7 +258,7 @@ def reload_check(model: torch.nn.Module, tokenizer, model_dir: Path, channel: Ch
         got = reloaded(**reloaded_tokenizer(texts, pairs, padding=True, truncation=True, return_tensors="pt").to(device)).logits
     finally:
         model.train(was_training)
-    problem_type = problem_type_of(model.config.problem_type)
+    problem_type = of_config(model.config.problem_type)
     if not _agree(expected, got, problem_type):
         raise SeqclsError(f"reload check failed: the saved model in {model_dir} predicts {_shown(got, problem_type)} "
                           f"but the trained model predicts {_shown(expected, problem_type)} on the same {len(texts)} rows")
@@ -290,7 +290,7 @@ def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str], 
     best_step = facts.get("best_step") or 0  # with eval_every_steps several evaluations share an epoch
     kept = next((s.row() for s in stats if s.epoch == best_epoch and (s.step or 0) == best_step), {})
     record: dict[str, Any] = {"best_epoch": best_epoch, "validation": validation_metrics(kept), "labels": labels}
-    if len(labels) == 2 and facts.get("problem_type", "single_label") == "single_label":
+    if len(labels) == 2 and facts.get("problem_type", SINGLE_LABEL) == SINGLE_LABEL:
         record["decision_threshold"] = facts.get("decision_threshold") or 0.5
     record.update({k: v for k, v in facts.items() if v and k not in ("decision_threshold", "problem_type")})
     return record

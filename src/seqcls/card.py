@@ -16,29 +16,12 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .data import COLUMN_SETTINGS
+from .problem_types import REGRESSION, SINGLE_LABEL, TYPES, of_manifest
 from .settings import FIELDS
 
 # The `datasets` builder that reads each suffix (`load_dataset("csv", ...)`): the honest dataset "type" of local files.
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TIMING_COLUMNS = ("train_seconds", "val_seconds")
-# Per problem type, the test metrics the card reports: (metrics.json key, model-index metric type, shown name, config).
-TEST_METRICS = {
-    "single_label": (("mcc", "matthews_correlation", "MCC", None), ("accuracy", "accuracy", "Accuracy", None),
-                     ("f1", "f1", "F1", None)),
-    "multi_label": (("f1_micro", "f1", "micro-F1", "micro"), ("f1_macro", "f1", "macro-F1", "macro"),
-                    ("subset_accuracy", "accuracy", "subset accuracy", None)),
-    "regression": (("pearson", "pearsonr", "Pearson", None), ("spearman", "spearmanr", "Spearman", None),
-                   ("mse", "mse", "MSE", None), ("mae", "mae", "MAE", None)),
-}
-USE = {"single_label": "Single-label sequence classification (one class per text)",
-       "multi_label": "Multi-label sequence classification (a set of labels per text, each decided by its own "
-                      "threshold in config.json's `label_thresholds`)",
-       "regression": "Sequence regression (one score per text)"}
-
-
-def problem_type(manifest: dict[str, Any]) -> str:
-    """The run's problem type; a manifest from before the setting existed is single_label."""
-    return manifest["settings"].get("problem_type", {}).get("value", "single_label")
 
 
 def hub_id(name: str) -> str | None:
@@ -90,7 +73,7 @@ def _metadata(manifest: dict[str, Any], metrics: dict[str, Any], base_model: str
         results = [EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=builder,
                               dataset_name=name, dataset_split="test", metric_type=metric, metric_name=shown,
                               metric_config=config, metric_value=round(float(metrics["test"][key]), 4))
-                   for key, metric, shown, config in TEST_METRICS[problem_type(manifest)]]
+                   for key, metric, shown, config in TYPES[of_manifest(manifest)].card_metrics]
     return ModelCardData(base_model=base_model, library_name="transformers", pipeline_tag="text-classification",
                          tags=["seqcls", "text-classification"] + (["partial"] if manifest.get("partial") else []),
                          model_name=manifest["run_id"], eval_results=results or None)
@@ -117,10 +100,10 @@ def _data_section(manifest: dict[str, Any], labels: list[str]) -> str:
 
 
 def _test_table(test: dict[str, Any], kind: str) -> str:
-    if kind == "single_label":  # the tutorial's table, F1's averaging named
+    if kind == SINGLE_LABEL:  # the tutorial's table, F1's averaging named
         return _table(("loss", "MCC", "accuracy", f"F1 ({test['f1_average']})", "precision", "recall"),
                       [(test["loss"], test["mcc"], test["accuracy"], test["f1"], test["precision"], test["recall"])])
-    shown = TEST_METRICS[kind]
+    shown = TYPES[kind].card_metrics
     return _table(("loss", *(name for _, _, name, _ in shown)), [(test["loss"], *(test[key] for key, *_ in shown))])
 
 
@@ -155,13 +138,13 @@ def _results_section(stats: list[dict[str, Any]], metrics: dict[str, Any], kind:
 
 
 def _limits(manifest: dict[str, Any], base: str) -> str:
-    kind = problem_type(manifest)
+    kind = of_manifest(manifest)
     partial = manifest.get("partial")
     warning = (f"> **Partial model.** The run was stopped before it finished: these weights are {partial.get('weights')} "
                f"({partial.get('reason', 'stopped')}); no test split was scored.\n\n" if partial else "")
     return warning + "\n\n".join([
         "## Intended use and limits",
-        f"{USE[kind]} of text like the training data's, with {base}: load it with "
+        f"{TYPES[kind].use} of text like the training data's, with {base}: load it with "
         "`seqcls predict`, or on AWS's Hugging Face inference image, whose toolkit runs this folder's "
         "`code/inference.py` (the run's decision thresholds, problem type and labels; seqcls docs/serving-hf.md). "
         "`transformers.pipeline(\"text-classification\", model=...)` loads it too but takes the argmax, ignoring "
@@ -183,7 +166,7 @@ def render(manifest: dict[str, Any], metrics: dict[str, Any], stats: list[dict[s
                        for name, entry in settings.items()]
     body = "\n\n".join([
         f"# {manifest['run_id']}",
-        f"A `{problem_type(manifest)}` text {'regressor' if problem_type(manifest) == 'regression' else 'classifier'} "
+        f"A `{of_manifest(manifest)}` text {'regressor' if of_manifest(manifest) == REGRESSION else 'classifier'} "
         f"fine-tuned from {base} (weights read from `{manifest['model_source']}`) "
         f"by seqcls (commit `{manifest['git_commit']}`). "
         "Every input's sha256 and the package versions are in `run_manifest.json`; the metrics in `metrics.json`.",
@@ -191,7 +174,7 @@ def render(manifest: dict[str, Any], metrics: dict[str, Any], stats: list[dict[s
         _data_section(manifest, metrics["labels"]),
         "## Training", "Hyperparameters (value and where it came from):",
         _table(("name", "value", "source"), hyperparameters),
-        _results_section(stats, metrics, problem_type(manifest)),
+        _results_section(stats, metrics, of_manifest(manifest)),
         "## Reproduce", "```bash\n" + reproduce_command(manifest) + "\n```",
     ])
     # huggingface_hub writes the metadata (to_yaml), as its ModelCard.from_template does, without needing jinja2.

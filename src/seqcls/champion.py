@@ -22,8 +22,9 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precisi
 from . import evaluate, losses, predict
 from .data import PAIR, TEXT, Encoded, LabelMap, Splits
 from .evaluate import Predictions
+from .problem_types import MINIMIZED_METRICS, MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from .promotion import Comparison, Incomparable
-from .settings import MINIMIZED_METRICS, Settings
+from .settings import Settings
 
 RESAMPLES = 1000
 
@@ -110,7 +111,7 @@ def _check_comparable(loaded: predict.Loaded, rows: GateRows) -> None:
     theirs, ours = loaded.label_map, rows.label_map
     if theirs.problem_type != ours.problem_type:
         raise Incomparable(f"it is a {theirs.problem_type} model and this run is {ours.problem_type}")
-    if ours.problem_type != "regression" and sorted(theirs.labels) != sorted(ours.labels):
+    if ours.problem_type != REGRESSION and sorted(theirs.labels) != sorted(ours.labels):
         raise Incomparable(f"its labels {theirs.labels} differ from this run's {ours.labels}")
     pairs = PAIR in rows.frame
     if loaded.pairs is not None and loaded.pairs != pairs:
@@ -120,12 +121,12 @@ def _check_comparable(loaded: predict.Loaded, rows: GateRows) -> None:
 
 def _in_our_order(predictions: Predictions, theirs: LabelMap, ours: LabelMap) -> Predictions:
     """The champion's predictions with label ids (and logit columns) in this run's label order."""
-    if ours.problem_type == "regression" or theirs.labels == ours.labels:
+    if ours.problem_type == REGRESSION or theirs.labels == ours.labels:
         return predictions
     order = [theirs.labels.index(label) for label in ours.labels]
     decided = predictions.predicted
     # The champion decides in its own order (its thresholds are per its labels); only the outcome is reordered.
-    mapped = decided[:, order] if ours.problem_type == "multi_label" else np.array(order).argsort()[decided]
+    mapped = decided[:, order] if ours.problem_type == MULTI_LABEL else np.array(order).argsort()[decided]
     return _Decided(predictions.logits[:, order], predictions.loss, predictions.problem_type, decided=mapped)
 
 
@@ -162,9 +163,9 @@ def _metric(name: str, labels: np.ndarray, label_map: LabelMap) -> Callable[[np.
         truth = labels if idx is None else labels[idx]
         if name == "loss":
             return float(chosen.mean())
-        if problem_type == "single_label":
+        if problem_type == SINGLE_LABEL:
             return float(direct[name](truth, chosen))
-        if problem_type == "multi_label":
+        if problem_type == MULTI_LABEL:
             return float(evaluate.multi_label_metrics(truth, chosen, label_map.labels)[name])
         return float(evaluate.regression_metrics(truth, chosen)[name])
     return value

@@ -22,10 +22,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import bigquery, logs
+from . import bigquery, logs, splitcheck
 from .atomic import visible_files
-from . import splitcheck
 from .errors import DataError, SettingsError
+from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from .settings import Settings, class_weight_map, label_name_map
 
 SUPPORTED_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
@@ -358,14 +358,14 @@ def _canonical(frame: pd.DataFrame, path: Path, columns: Columns, settings: Sett
 def _read_labels(labels: pd.Series, path: Path, column: str, settings: Settings) -> tuple[list, str]:
     """One file's labels as the problem type reads them, and their kind: "integer" or "name" classes
     (single_label), "tags" (multi_label: a tuple of names per row, possibly empty) or "number" (regression)."""
-    if settings.problem_type == "multi_label":
+    if settings.problem_type == MULTI_LABEL:
         return [_tag_set(value, settings.label_delimiter) for value in labels.tolist()], "tags"
     empty = labels.isna() | (labels.astype(str).str.strip() == "")
     if empty.any():
         row = int(np.flatnonzero(empty.to_numpy())[0])
         raise DataError(f"{path}: row {row + 1} has an empty label in column {column!r} ({int(empty.sum())} such rows)")
     normalised = [_normalise_label(v) for v in labels.tolist()]
-    if settings.problem_type == "regression":
+    if settings.problem_type == REGRESSION:
         return _targets(normalised, path, column), "number"
     return normalised, _check_label_kinds(pd.Series(normalised), path, column)
 
@@ -438,13 +438,13 @@ def _vertex_text_rows(frame: pd.DataFrame, path: Path, channel: str, problem_typ
                         f"seqcls reads inline {VERTEX_TEXT} only: export the dataset with the text inline")
     out = pd.DataFrame({TEXT: frame[VERTEX_TEXT]})
     if VERTEX_MULTI in frame.columns:
-        if problem_type != "multi_label":
+        if problem_type != MULTI_LABEL:
             raise DataError(f"{path} holds {VERTEX_MULTI} (several labels per text): set problem_type=multi_label")
         out[LABEL] = [[a.get("displayName") for a in annotations if isinstance(a, dict)]
                       if isinstance(annotations, list) else [] for annotations in frame[VERTEX_MULTI]]
     elif VERTEX_SINGLE in frame.columns:
         names = [a.get("displayName") if isinstance(a, dict) else None for a in frame[VERTEX_SINGLE]]
-        out[LABEL] = [[name] if name else [] for name in names] if problem_type == "multi_label" else names
+        out[LABEL] = [[name] if name else [] for name in names] if problem_type == MULTI_LABEL else names
     uses = (frame[VERTEX_RESOURCE_LABELS].map(lambda labels: labels.get(VERTEX_ML_USE) if isinstance(labels, dict) else None)
             if VERTEX_RESOURCE_LABELS in frame.columns else pd.Series([None] * len(frame)))
     wanted = ML_USE.get(channel)
@@ -569,7 +569,7 @@ class LabelMap:
     """The model's outputs: class or tag names in id order (sorted from train), or the one regression score."""
 
     labels: list[str]  # id -> label
-    problem_type: str = "single_label"
+    problem_type: str = SINGLE_LABEL
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -580,21 +580,21 @@ class LabelMap:
         return dict(enumerate(self.labels))
 
     @classmethod
-    def from_labels(cls, values: pd.Series, problem_type: str = "single_label") -> "LabelMap":
+    def from_labels(cls, values: pd.Series, problem_type: str = SINGLE_LABEL) -> "LabelMap":
         """Sorted for determinism: integers numerically, anything else as text; multi_label: every tag seen."""
-        if problem_type == "regression":
+        if problem_type == REGRESSION:
             return cls([REGRESSION_LABEL], problem_type)
-        unique = sorted(set(chain.from_iterable(values) if problem_type == "multi_label" else values.tolist()))
+        unique = sorted(set(chain.from_iterable(values) if problem_type == MULTI_LABEL else values.tolist()))
         if all(v.lstrip("-").isdigit() for v in unique):
             unique.sort(key=int)
         return cls(unique, problem_type)
 
     def check_known(self, channel: Channel) -> None:
         """A label the model never saw in training cannot be scored: refuse it before any model work."""
-        if self.problem_type == "regression":
+        if self.problem_type == REGRESSION:
             return
         values = channel.frame[LABEL]
-        seen = set(chain.from_iterable(values)) if self.problem_type == "multi_label" else set(values)
+        seen = set(chain.from_iterable(values)) if self.problem_type == MULTI_LABEL else set(values)
         unseen = sorted(seen - set(self.labels))
         if unseen:
             raise DataError(f"{channel.name} channel has label(s) {', '.join(map(repr, unseen[:10]))} not seen in training "
@@ -604,9 +604,9 @@ class LabelMap:
         """int64 class ids [rows], float32 multi-hot [rows, labels] or float32 targets [rows]; writable: torch shares it."""
         self.check_known(channel)
         values = channel.frame[LABEL]
-        if self.problem_type == "regression":
+        if self.problem_type == REGRESSION:
             return np.array(values.to_numpy(dtype=np.float32))
-        if self.problem_type == "multi_label":
+        if self.problem_type == MULTI_LABEL:
             hot = np.zeros((len(values), len(self.labels)), dtype=np.float32)
             ids = self.label2id
             for row, tags in enumerate(values):
@@ -616,15 +616,15 @@ class LabelMap:
 
     def blank(self, rows: int) -> np.ndarray:
         """Labels of the right dtype and shape for unlabelled rows (predict): never read as truth."""
-        if self.problem_type == "multi_label":
+        if self.problem_type == MULTI_LABEL:
             return np.zeros((rows, len(self.labels)), dtype=np.float32)
-        return np.zeros(rows, dtype=np.float32 if self.problem_type == "regression" else np.int64)
+        return np.zeros(rows, dtype=np.float32 if self.problem_type == REGRESSION else np.int64)
 
     def names(self, labels: np.ndarray) -> list:
         """Encoded labels or predictions back to what a person reads: class names, tag lists, or the numbers."""
-        if self.problem_type == "regression":
+        if self.problem_type == REGRESSION:
             return [round(float(v), 6) for v in labels]
-        if self.problem_type == "multi_label":
+        if self.problem_type == MULTI_LABEL:
             return [[self.labels[i] for i in np.flatnonzero(row)] for row in labels]
         return [self.labels[i] for i in labels]
 
@@ -655,10 +655,10 @@ def sample_rows(channel: Channel, limit: int, seed: int) -> Channel:
 
 def label_balance(labels: np.ndarray, label_map: LabelMap) -> dict[str, float]:
     """Rows per class (single_label), rows per tag (multi_label), or the targets' min, mean and max (regression)."""
-    if label_map.problem_type == "regression":
+    if label_map.problem_type == REGRESSION:
         return {"min": round(float(labels.min()), 6), "mean": round(float(labels.mean()), 6),
                 "max": round(float(labels.max()), 6)}
-    counts = labels.sum(axis=0) if label_map.problem_type == "multi_label" else np.bincount(labels, minlength=len(label_map.labels))
+    counts = labels.sum(axis=0) if label_map.problem_type == MULTI_LABEL else np.bincount(labels, minlength=len(label_map.labels))
     return {label: int(count) for label, count in zip(label_map.labels, counts)}
 
 
@@ -868,7 +868,7 @@ def load_splits(channels: dict[str, Path | bigquery.Table], settings: Settings, 
         validation_source = "channel"
     else:
         train, validation = split_train_validation(train, settings.validation_split, settings.seed,
-                                                   stratified=settings.problem_type == "single_label")
+                                                   stratified=settings.problem_type == SINGLE_LABEL)
         validation_source = "split"
     test = read_channel(channels["test"], "test", settings, explicit=explicit) if "test" in channels else None
     for split in (validation, test):
@@ -892,7 +892,7 @@ def check_splits(train: Channel, others: dict[str, Channel | None],
     decides what an overlap does: a warning, a DataError before training, or those rows dropped from train."""
     keys = _keys(train)
     masks = splitcheck.overlapping(keys, {name: _keys(split) for name, split in others.items() if split is not None})
-    conflict = (0, 0, []) if settings.problem_type == "regression" else splitcheck.conflicts(keys, train.frame[LABEL],
+    conflict = (0, 0, []) if settings.problem_type == REGRESSION else splitcheck.conflicts(keys, train.frame[LABEL],
                                                                                             train.frame[TEXT])
     leaked = np.logical_or.reduce(list(masks.values()))
     drop = settings.split_overlap == "drop"
@@ -940,7 +940,7 @@ def named_labels(splits: Splits, setting: str) -> Splits:
                                 f"not in train: {', '.join(map(repr, unknown))}" if unknown else "",
                                 f"unnamed: {', '.join(map(repr, unnamed[:20]))}" if unnamed else "") if part)
                             + f" (labels: {', '.join(map(repr, labels[:20]))})")
-    multi = splits.label_map.problem_type == "multi_label"
+    multi = splits.label_map.problem_type == MULTI_LABEL
 
     def rename(channel: Channel | None) -> Channel | None:
         if channel is None:
@@ -981,10 +981,10 @@ def label_weights(setting: str, label_map: LabelMap, train: Channel) -> np.ndarr
 
 def _check_label_count(label_map: LabelMap, train: Channel) -> None:
     """A single_label classifier needs two classes; a multi_label one at least one tag somewhere in train."""
-    if label_map.problem_type == "single_label" and len(label_map.labels) < 2:
+    if label_map.problem_type == SINGLE_LABEL and len(label_map.labels) < 2:
         raise DataError(f"train channel has a single label {label_map.labels[0]!r} in column "
                         f"{train.columns.label!r}: a classifier needs at least two")
-    if label_map.problem_type == "multi_label" and not label_map.labels:
+    if label_map.problem_type == MULTI_LABEL and not label_map.labels:
         raise DataError(f"train channel has no labels in any row of column {train.columns.label!r}: "
                         "problem_type=multi_label needs at least one")
 

@@ -9,16 +9,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, mean_absolute_error,
-                             mean_squared_error, precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_recall_fscore_support,
+)
 
-from .data import Encoded, collate, eval_order, pad_multiple
 from . import logs
+from .data import Encoded, collate, eval_order, pad_multiple
 from .devices import Compute, autocast
 from .distributed import gather_rows
 from .losses import row_losses
-from .settings import MINIMIZED_METRICS, Settings, problem_type_of
-
+from .problem_types import MINIMIZED_METRICS, MULTI_LABEL, REGRESSION, SINGLE_LABEL, TYPES, of_config
+from .settings import Settings
 
 DEFAULT_THRESHOLD = 0.5  # a multi_label row has a label when its sigmoid reaches the label's threshold
 
@@ -27,16 +34,16 @@ DEFAULT_THRESHOLD = 0.5  # a multi_label row has a label when its sigmoid reache
 class Predictions:
     logits: np.ndarray  # float32 [rows, outputs], in row order
     loss: float  # mean of losses.row_losses over all rows
-    problem_type: str = "single_label"
+    problem_type: str = SINGLE_LABEL
     thresholds: np.ndarray | None = None  # multi_label: per label, tuned on validation; None: DEFAULT_THRESHOLD
     threshold: float | None = None  # single_label, two labels: predict the second when its probability is at least this
 
     @property
     def predicted(self) -> np.ndarray:
         """Class ids [rows], a 0/1 matrix [rows, labels] (multi_label) or the scores [rows] (regression)."""
-        if self.problem_type == "regression":
+        if self.problem_type == REGRESSION:
             return self.logits[:, 0]
-        if self.problem_type == "multi_label":
+        if self.problem_type == MULTI_LABEL:
             cut = DEFAULT_THRESHOLD if self.thresholds is None else self.thresholds
             return (self.probabilities >= cut).astype(np.int64)
         if self.threshold is None:
@@ -46,7 +53,7 @@ class Predictions:
     @property
     def probabilities(self) -> np.ndarray:
         """Softmax over classes, or each label's sigmoid (multi_label): what transformers' pipeline returns."""
-        if self.problem_type == "multi_label":
+        if self.problem_type == MULTI_LABEL:
             return 1 / (1 + np.exp(-self.logits))
         shifted = self.logits - self.logits.max(axis=1, keepdims=True)
         exp = np.exp(shifted)
@@ -80,7 +87,7 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
     order = np.concatenate([np.arange(len(encoded))[r::world.size] for r in range(world.size)])
     full = torch.empty_like(gathered)
     full[torch.from_numpy(order).to(device)] = gathered
-    problem_type = problem_type_of(model.config.problem_type)
+    problem_type = of_config(model.config.problem_type)
     loss = row_losses(full, torch.from_numpy(encoded.labels).to(device), problem_type).mean().item()
     thresholds = getattr(model.config, "label_thresholds", None)
     return Predictions(full.cpu().numpy(), loss, problem_type,
@@ -114,7 +121,7 @@ def resolve_threshold(model: torch.nn.Module, validation: Encoded, pad_token_id:
     for a two-label single_label model 0.5 (the default), the number given, or for `auto` the validation split's
     best by MCC (logged beside the MCC at 0.5); `auto` without `tune` (a stopped run, whose grace period is for
     saving) stays at 0.5. None for every other model (no second label to decide)."""
-    binary = problem_type_of(model.config.problem_type) == "single_label" and model.config.num_labels == 2
+    binary = of_config(model.config.problem_type) == SINGLE_LABEL and model.config.num_labels == 2
     default = DEFAULT_THRESHOLD if binary else None
     given = settings.decision_threshold
     if given != "auto" or not tune:
@@ -189,10 +196,10 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
     """The tutorial's per-epoch columns for the problem type: loss, then its metrics (multi_label at the
     default threshold: thresholds are tuned once, on the kept weights)."""
     predicted = predictions.predicted
-    if predictions.problem_type == "multi_label":
+    if predictions.problem_type == MULTI_LABEL:
         found = multi_label_metrics(labels, predicted, [str(i) for i in range(num_labels)])
         return {"val_loss": predictions.loss, **{f"val_{k}": found[k] for k in ("f1_micro", "f1_macro", "subset_accuracy")}}
-    if predictions.problem_type == "regression":
+    if predictions.problem_type == REGRESSION:
         return {"val_loss": predictions.loss, **{f"val_{k}": v for k, v in regression_metrics(labels, predicted).items()}}
     average = f1_average(num_labels)
     return {
@@ -203,17 +210,12 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
     }
 
 
-# Per problem type: the epoch_end field that ranks epochs when select_best names none, and how logs say it.
-HEADLINES = {"single_label": ("val_mcc", "val MCC"), "multi_label": ("val_f1_micro", "val micro-F1"),
-             "regression": ("val_pearson", "val Pearson")}
-
-
-def objective(select_best: str, problem_type: str = "single_label") -> tuple[str, str]:
+def objective(select_best: str, problem_type: str = SINGLE_LABEL) -> tuple[str, str]:
     """(epoch_end field, goal) of the metric that ranks epochs: the select_best metric, else the problem type's
     headline (val_mcc, val_f1_micro, val_pearson), all maximised. select_best, early stopping and a tuning
     trial's reported objective all follow it."""
     if select_best == "none":
-        return HEADLINES[problem_type][0], "MAXIMIZE"
+        return f"val_{TYPES[problem_type].headline}", "MAXIMIZE"
     return f"val_{select_best}", "MINIMIZE" if select_best in MINIMIZED_METRICS else "MAXIMIZE"
 
 
@@ -264,7 +266,7 @@ class EpochStats:
 
 def headline(stats: dict[str, Any], problem_type: str) -> str:
     """The problem type's headline validation metric, as epoch_end's message says it."""
-    name, shown = HEADLINES[problem_type]
+    name, shown = f"val_{TYPES[problem_type].headline}", f"val {TYPES[problem_type].headline_shown}"
     return f"{shown} {stats[name]:.4f}"
 
 
@@ -274,10 +276,10 @@ def test_metrics(model: torch.nn.Module, test_set: Encoded, pad_token_id: int, b
     by the run's decision threshold (single_label, two labels) or per-label thresholds (multi_label, from the config)."""
     predictions = dataclasses.replace(predict(model, test_set, pad_token_id, batch_size, compute), threshold=threshold)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if predictions.problem_type == "multi_label":
+    if predictions.problem_type == MULTI_LABEL:
         metrics = multi_label_metrics(test_set.labels, predictions.predicted, names)
         message = f"test micro-F1 {metrics['f1_micro']:.4f}, subset accuracy {metrics['subset_accuracy']:.4f}"
-    elif predictions.problem_type == "regression":
+    elif predictions.problem_type == REGRESSION:
         metrics = regression_metrics(test_set.labels, predictions.predicted)
         message = f"test Pearson {metrics['pearson']:.4f}, MSE {metrics['mse']:.4f}"
     else:
@@ -295,12 +297,9 @@ def test_fields(metrics: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-TEST_HEADLINES = {"single_label": "mcc", "multi_label": "f1_micro", "regression": "pearson"}
-
-
 def test_headline(metrics: dict[str, Any], problem_type: str) -> dict[str, float | None]:
     """job_end's test field: test_mcc, test_f1_micro or test_pearson (None without a test split)."""
-    name = TEST_HEADLINES[problem_type]
+    name = TYPES[problem_type].headline
     return {f"test_{name}": metrics["test"][name] if "test" in metrics else None}
 
 
@@ -324,7 +323,7 @@ def tune_thresholds(model: torch.nn.Module, validation: Encoded, pad_token_id: i
     """multi_label: per label, the threshold with the best F1 on validation, stored in the config (so it is
     saved with the model and used by the test metrics and `seqcls predict`); returned by label name for
     metrics.json. None for the other problem types, and without `tune` (a stopped run: 0.5 stays)."""
-    if settings.problem_type != "multi_label" or not tune:
+    if settings.problem_type != MULTI_LABEL or not tune:
         return None
     model.config.label_thresholds = None  # tune on the raw scores, not on earlier thresholds
     scores = predict(model, validation, pad_token_id, settings.eval_batch_size, compute).probabilities
@@ -338,6 +337,6 @@ def tune_thresholds(model: torch.nn.Module, validation: Encoded, pad_token_id: i
 
 def probability_columns(predictions: Predictions, labels: list[str]) -> dict[str, np.ndarray]:
     """`prob_<label>` columns, rounded (none for regression): test_predictions.csv and `seqcls predict` write the same ones."""
-    if predictions.problem_type == "regression":
+    if predictions.problem_type == REGRESSION:
         return {}
     return {f"prob_{label}": predictions.probabilities[:, i].round(6) for i, label in enumerate(labels)}

@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from . import logs
 from .data import LabelMap
 from .errors import ModelError, SettingsError
-from .settings import PROBLEM_TYPES
+from .problem_types import TYPES
 
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
@@ -77,7 +77,7 @@ def load_config(source: str, label_map: LabelMap) -> PretrainedConfig:
     try:
         config = AutoConfig.from_pretrained(source, num_labels=len(label_map.labels), id2label=label_map.id2label,
                                             label2id=label_map.label2id, trust_remote_code=False,
-                                            problem_type=PROBLEM_TYPES[label_map.problem_type])
+                                            problem_type=TYPES[label_map.problem_type].hf_name)
     except (OSError, ValueError) as err:
         if "custom code" in str(err):
             raise ModelError(f"model {source!r} needs its own Python code (auto_map in config.json): seqcls never runs "

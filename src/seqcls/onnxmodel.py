@@ -19,7 +19,7 @@ from . import logs
 from .data import PAIR, TEXT, Channel
 from .errors import ModelError, SeqclsError
 from .evaluate import Predictions
-from .settings import problem_type_of
+from .problem_types import REGRESSION, of_config
 
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
@@ -104,11 +104,11 @@ def quantize_int8(model: torch.nn.Module, tokenizer, folder: Path, rows: Channel
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     expected, got = _logits_both(model, session, tokenizer, rows)
     config = model.config
-    kind = problem_type_of(config.problem_type)
+    kind = of_config(config.problem_type)
     thresholds = getattr(config, "label_thresholds", None)
     decided = [Predictions(logits, 0.0, kind, None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
                            getattr(config, "decision_threshold", None)) for logits in (expected, got)]
-    if kind == "regression":  # a score, no labels: the record says how far the scores move
+    if kind == REGRESSION:  # a score, no labels: the record says how far the scores move
         equal, difference = None, float(np.abs(got - expected).max())
     else:
         same = decided[0].predicted == decided[1].predicted

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from transformers import AutoConfig
 
-from . import artifacts, atomic, data, devices, evaluate, logs, model, onnxmodel, storage
+from . import artifacts, atomic, data, devices, evaluate, logs, model, onnxmodel, problem_types, storage
 from . import settings as hyperparameters
 from .errors import ModelError, SettingsError
 
@@ -118,7 +118,7 @@ def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
         classifier, compute = _classifier(folder, config, settings, model_uri)
         pairs = _trained_on_pairs(folder)
     label_map = data.LabelMap([config.id2label[i] for i in range(config.num_labels)],
-                              hyperparameters.problem_type_of(config.problem_type))
+                              problem_types.of_config(config.problem_type))
     return Loaded(model_uri, settings, frozenset(resolved.explicit), tokenizer, classifier, label_map,
                   getattr(config, "decision_threshold", None), compute, pairs)
 

@@ -21,7 +21,8 @@ from typing import Any, Callable, Mapping
 
 from . import artifacts, logs
 from .errors import SettingsError
-from .settings import METRIC_RANGES, MINIMIZED_METRICS, Settings
+from .problem_types import METRIC_RANGES, MINIMIZED_METRICS
+from .settings import Settings
 from .storage import Current
 from .uris import parse_uri
 

@@ -26,16 +26,13 @@ from typing import Any
 
 from . import logs, runtime, storage
 from .errors import UserError
+from .problem_types import TYPES, of_manifest
 from .uris import parse_uri
 
 READ_LIMIT = 1024 * 1024  # metrics.json and run_manifest.json are a few KiB
 RECORDS = ("metrics.json", "run_manifest.json")
 # What `seqcls serve` takes and answers on /invocations (docs/serving.md), requests and responses alike.
 SERVED_TYPES = ["application/json", "application/jsonlines", "text/csv"]
-# Model Monitor's model-quality statistics name their block by problem type ("binary_classification_metrics",
-# "multiclass_classification_metrics", "regression_metrics", each metric {"value": ...}); multi-label has none of
-# its own, so it gets a block in the same shape under its own name.
-STATISTICS_BLOCK = {"regression": "regression_metrics", "multi_label": "multilabel_classification_metrics"}
 METADATA_VALUE_LIMIT = 256  # CustomerMetadataProperties values (botocore: CustomerMetadataValue max 256)
 
 
@@ -110,16 +107,10 @@ def statistics(metrics: dict[str, Any], problem_type: str) -> dict[str, Any]:
     values = {name.removeprefix("val_"): value for name, value in metrics.get(split, {}).items()
               if isinstance(value, (int, float)) and not isinstance(value, bool)}
     labels = metrics.get("labels") or []
-    block = STATISTICS_BLOCK.get(problem_type) or ("binary_classification_metrics" if len(labels) == 2
+    block = TYPES[problem_type].statistics_block or ("binary_classification_metrics" if len(labels) == 2
                                                    else "multiclass_classification_metrics")
     return {"version": 0.0, "dataset": {"split": split, "labels": labels},
             block: {name: {"value": value} for name, value in sorted(values.items())}}
-
-
-def problem_type(manifest: dict[str, Any]) -> str:
-    """run_manifest.json's settings snapshot holds each setting as {"value", "source"}."""
-    setting = (manifest.get("settings") or {}).get("problem_type") or {}
-    return setting.get("value", "single_label") if isinstance(setting, dict) else "single_label"
 
 
 def metadata(manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, str]:
@@ -164,7 +155,7 @@ def register(target: Registration, model: Path) -> str:
     session = boto3.Session(region_name=target.region)
     try:
         session.client("s3").put_object(Bucket=stats_uri.bucket, Key=stats_uri.prefix, ContentType="application/json",
-                                        Body=json.dumps(statistics(metrics, problem_type(manifest)),
+                                        Body=json.dumps(statistics(metrics, of_manifest(manifest)),
                                                         indent=2).encode())
         sagemaker = session.client("sagemaker")
         _ensure_group(sagemaker, target.group)

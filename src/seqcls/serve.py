@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from . import batching, evaluate, logs, outbound
 from .data import PAIR, TEXT
 from .errors import SeqclsError
+from .problem_types import MULTI_LABEL, REGRESSION
 from .runtime import Serving
 
 # Vertex refuses online requests over 1.5 MB and SageMaker real-time invocations over 6 MB before they reach the
@@ -216,9 +217,9 @@ def prediction_records(predictions, label_map) -> list[dict[str, object]]:
     """One JSON object per row from the same Predictions `seqcls predict` writes as columns:
     {"label", "scores"} (single_label), {"labels", "scores"} (multi_label), {"score"} (regression)."""
     names = label_map.names(predictions.predicted)
-    if label_map.problem_type == "regression":
+    if label_map.problem_type == REGRESSION:
         return [{"score": name} for name in names]
-    key = "labels" if label_map.problem_type == "multi_label" else "label"
+    key = "labels" if label_map.problem_type == MULTI_LABEL else "label"
     # predict's own prob_<label> columns (float32, rounded to 6 places), each as the decimal its CSV shows:
     # str() of a float32 is its shortest repr, where float() would add float32's binary tail (0.41016599...).
     columns = evaluate.probability_columns(predictions, label_map.labels)

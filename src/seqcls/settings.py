@@ -7,18 +7,18 @@ collects the raw sources; this module only parses and validates, so it never rea
 
 from __future__ import annotations
 
-import re
-
 import dataclasses
 import difflib
 import importlib.util
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .uris import parse_uri
 from .errors import SettingsError
+from .problem_types import REGRESSION, SELECT_BEST, SINGLE_LABEL, TYPES, promotion_metrics
+from .uris import parse_uri
 
 DEFAULT_MODEL = "bert-base-uncased"
 REPORTERS = ("tensorboard", "mlflow", "wandb", "vertex")  # report_to's trackers (tracking.py)
@@ -60,44 +60,6 @@ def _setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: 
     whether the word `auto` may stand for a number the job works out from the data."""
     return field(default=default, metadata={"help": help, "bounds": bounds, "choices": choices, "math": math,
                                             "secret": secret, "auto": auto})
-
-
-# Our problem types and the names transformers' config.problem_type (and so its pipeline) uses for them.
-PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
-                 "regression": "regression"}
-# select_best choices and the problem type each needs (None: any).
-SELECT_BEST = {"none": None, "mcc": "single_label", "loss": None, "f1_micro": "multi_label", "pearson": "regression",
-               "mse": "regression"}
-
-
-def problem_type_of(config_problem_type: str | None) -> str:
-    """Ours from a config's problem_type; a config saved without one (before it was set) is single_label."""
-    found = {hf: ours for ours, hf in PROBLEM_TYPES.items()}
-    return found.get(config_problem_type or "single_label_classification", "single_label")
-
-
-# promote_if names a metric as <split>_<metric>: what metrics.json records per problem type ("test": {name: ...};
-# "validation": {"val_<name>": ...}, the kept epoch's). Lower is better for MINIMIZED_METRICS, higher for the rest.
-PROMOTION_METRICS = {
-    "single_label": {"test": ("mcc", "accuracy", "f1", "precision", "recall", "loss"),
-                     "validation": ("mcc", "accuracy", "f1", "loss")},
-    "multi_label": {"test": ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "subset_accuracy", "loss"),
-                    "validation": ("f1_micro", "f1_macro", "subset_accuracy", "loss")},
-    "regression": {"test": ("pearson", "spearman", "mse", "mae", "loss"),
-                   "validation": ("pearson", "spearman", "mse", "mae", "loss")},
-}
-# The one list of metrics where lower is better: the gate, select_best and the tuning objective all read it.
-MINIMIZED_METRICS = ("loss", "mse", "mae")
-# Every value a run can measure lies in its metric's range: the gate ignores a champion value outside it.
-_CORRELATIONS, _RATES = ("mcc", "pearson", "spearman"), ("accuracy", "f1", "precision", "recall", "f1_micro", "f1_macro",
-                                                          "precision_micro", "recall_micro", "subset_accuracy")
-METRIC_RANGES = {**dict.fromkeys(_CORRELATIONS, (-1.0, 1.0)), **dict.fromkeys(_RATES, (0.0, 1.0)),
-                 **dict.fromkeys(MINIMIZED_METRICS, (0.0, float("inf")))}
-
-
-def promotion_metrics(problem_type: str) -> list[str]:
-    """The promote_if names a problem type's runs record: test_mcc, validation_loss, ..."""
-    return [f"{split}_{name}" for split, names in PROMOTION_METRICS[problem_type].items() for name in names]
 
 
 # transformers' get_scheduler names (SchedulerType) that need nothing beyond warm-up and length.
@@ -204,9 +166,9 @@ class Settings:
     distributed_timeout_s: int = _setting(600, "Seconds a collective may wait for a peer before the job fails",
                                           bounds=Bounds(10, 86400), math=False)
     log_every_steps: int = _setting(40, "Emit a train_progress event every N steps", bounds=POSITIVE_INT, math=False)
-    problem_type: str = _setting("single_label", "single_label: one class per row (softmax); multi_label: a set of "
+    problem_type: str = _setting(SINGLE_LABEL, "single_label: one class per row (softmax); multi_label: a set of "
                                                  "labels per row (sigmoid, per-label thresholds); regression: one number "
-                                                 "per row (docs/problem-types.md)", choices=tuple(PROBLEM_TYPES))
+                                                 "per row (docs/problem-types.md)", choices=tuple(TYPES))
     label_delimiter: str = _setting(",", "multi_label: what separates a row's labels in a CSV/TSV cell (JSONL/Parquet "
                                          "give a list)")
     select_best: str = _setting("none", "Keep the best epoch's weights instead of the last, by a validation metric of "
@@ -483,7 +445,7 @@ def _validate_training_rules(s: Settings) -> None:
         _check(not getattr(s, name) or tracker in trackers, name, getattr(s, name),
                f"needs report_to to include {tracker}")
     label_name_map(s.label_names)
-    _check(not s.label_names or s.problem_type != "regression", "label_names", s.label_names,
+    _check(not s.label_names or s.problem_type != REGRESSION, "label_names", s.label_names,
            "names classes or tags; a regression model has one output, a score")
     _check_select_best(s)
     _check_promotion(s)
@@ -493,7 +455,7 @@ def _validate_training_rules(s: Settings) -> None:
     _check(s.lr_scheduler_type != "polynomial" or s.learning_rate > POLYNOMIAL_LR_END, "learning_rate", s.learning_rate,
            f"lr_scheduler_type=polynomial decays to {POLYNOMIAL_LR_END:g} (transformers' lr_end): the peak must be above it")
     for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5), ("label_smoothing", 0.0)):
-        _check(getattr(s, name) == unset or s.problem_type == "single_label", name, getattr(s, name),
+        _check(getattr(s, name) == unset or s.problem_type == SINGLE_LABEL, name, getattr(s, name),
                f"needs problem_type=single_label (it weighs, decides or smooths classes), not {s.problem_type}")
 
 

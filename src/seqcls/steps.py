@@ -28,6 +28,7 @@ import torch
 
 from .devices import Compute, autocast
 from .losses import row_losses
+from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from .settings import Settings
 
 WARM_UP_RUNS = 2  # per width: lazy initialisation (optimizer state, cuBLAS workspaces) must precede capture
@@ -84,7 +85,7 @@ def make_optimizer(model: torch.nn.Module, settings: Settings, device: torch.dev
 
 
 def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                  problem_type: str = "single_label", label_smoothing: float = 0.0) -> torch.Tensor:
+                  problem_type: str = SINGLE_LABEL, label_smoothing: float = 0.0) -> torch.Tensor:
     """Each row's loss for the problem type (losses.row_losses, fp32) times its weight, summed: the batch mean
     when every weight is 1/rows, and Keras-style class weighting (each row's loss scaled by its label's weight)
     when class_weights are set."""
@@ -185,9 +186,9 @@ class GraphSteps:
 
     def _static_labels(self) -> torch.Tensor:
         """The label buffer data.Encoded fills: class ids, multi-hot rows or targets."""
-        if self.problem_type == "multi_label":
+        if self.problem_type == MULTI_LABEL:
             return torch.zeros((self.batch_size, self.model.config.num_labels), dtype=torch.float32, device=self.device)
-        dtype = torch.float32 if self.problem_type == "regression" else torch.int64
+        dtype = torch.float32 if self.problem_type == REGRESSION else torch.int64
         return torch.zeros(self.batch_size, dtype=dtype, device=self.device)
 
     def _step(self, width: int) -> None:

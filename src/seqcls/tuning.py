@@ -17,6 +17,7 @@ from typing import Any
 
 from .atomic import replacing
 from .evaluate import objective
+from .problem_types import SINGLE_LABEL
 
 KEEP = 100  # the package's _MAX_NUM_METRIC_ENTRIES_TO_PRESERVE
 
@@ -25,7 +26,7 @@ class ObjectiveReport:
     """A logs.Listener: at each epoch_end, the objective as a hypertune record (global_step = the epoch); with
     eval_every_steps, at each `evaluation` (global_step = the optimizer step)."""
 
-    def __init__(self, path: Path, trial_id: str, select_best: str, problem_type: str = "single_label") -> None:
+    def __init__(self, path: Path, trial_id: str, select_best: str, problem_type: str = SINGLE_LABEL) -> None:
         self.path = path
         self.trial = trial_id or "0"  # the package's default when CLOUD_ML_TRIAL_ID is unset
         self.metric = objective(select_best, problem_type)[0]
