@@ -6,12 +6,12 @@ import os
 
 if os.environ.get("FAULT_INJECT_RANK") and os.environ.get("RANK") == os.environ["FAULT_INJECT_RANK"]:
     if os.environ.get("FAULT_INJECT_STAGE") == "tokenize":
-        import seqcls.data
+        import seqcls.data.encoding
 
         def _failing_tokenize(*args, **kwargs):
             raise RuntimeError("injected fault in tokenization")
 
-        seqcls.data.tokenize = _failing_tokenize
+        seqcls.data.encoding.tokenize = _failing_tokenize
     else:
         import seqcls.train
 
