@@ -97,8 +97,8 @@ def test_a_wrong_size_is_refused_before_any_hashing(tmp_path: Path, monkeypatch:
     pub = published(tmp_path)
     (pub / "run-1" / "model.safetensors").write_bytes(b"w" * 5000)
     hashed: list[Path] = []
-    digest = storage._digest
-    monkeypatch.setattr(storage, "_digest", lambda path: hashed.append(Path(path).name) or digest(path))
+    digest = storage.fetching.file_digest
+    monkeypatch.setattr(storage.fetching, "file_digest", lambda path: hashed.append(Path(path).name) or digest(path))
     with pytest.raises(StorageError, match="model.safetensors is 5000 bytes but manifest.json says 4096 bytes"):
         storage.fetch(str(pub), tmp_path / "scratch")
     assert "model.safetensors" not in hashed

@@ -23,6 +23,7 @@ import pytest
 from jobtools import build_tiny_model, cola_rows, minilm_folder, run_inprocess
 from seqcls import promotion, storage
 from seqcls import settings as hyperparameters
+from seqcls.errors import StorageError
 from storage_servers import FakeGCS, s3_with_bucket
 
 ACCESS_KEY = "seqcls-gate"
@@ -229,7 +230,7 @@ def test_a_latest_json_that_is_not_ours_is_never_overwritten(backend, tmp_path):
     uri, _ = backend
     store = storage.open_store(uri)
     store.put("latest.json", b"not json", new=False)
-    with pytest.raises(storage.StorageError, match="is not a seqcls latest.json"):
+    with pytest.raises(StorageError, match="is not a seqcls latest.json"):
         publish_gated(uri, tmp_path, "A", 0.3)
     assert read_published(uri, "latest.json") == b"not json"
 
@@ -329,6 +330,6 @@ def test_a_run_id_latest_json_already_names_is_refused_before_training(backend, 
     so a retry cannot replace files the pointer's list vouches for."""
     uri, _ = backend
     storage.open_store(uri).put("latest.json", json.dumps({"run_id": "week-9", "files": []}).encode(), new=False)
-    with pytest.raises(storage.StorageError, match="latest.json already points at it: run 'week-9' was published before"):
+    with pytest.raises(StorageError, match="latest.json already points at it: run 'week-9' was published before"):
         storage.preflight(uri, "week-9", storage.Options())
     storage.preflight(uri, "week-10", storage.Options())

@@ -129,7 +129,7 @@ def test_s3_large_file_goes_multipart_with_composite_sha256(aws, tmp_path):
     (folders[0] / "model.safetensors").write_bytes(os.urandom(105 * MiB))
     published = storage.publish(f"s3://{BUCKET}/big", "run-1", folders)
     head = aws.client().head_object(Bucket=BUCKET, Key="big/run-1/model.safetensors", ChecksumMode="ENABLED")
-    parts = -(-105 * MiB // storage.S3_PART_BYTES)
+    parts = -(-105 * MiB // storage.s3.S3_PART_BYTES)
     assert head["ETag"].strip('"').endswith(f"-{parts}") and head["ChecksumSHA256"].endswith(f"-{parts}")
     assert published.checks == ["sha256"]
     fetched = storage.fetch(f"s3://{BUCKET}/big/run-1", tmp_path / "fetched")  # verifies sha256 of every file
@@ -154,8 +154,8 @@ def test_a_listed_object_missing_from_the_bucket_is_named(aws, tmp_path):
 def test_flaky_server_trials_either_publish_verified_bytes_or_leave_no_manifest(aws, tmp_path, monkeypatch):
     """12 trials through a proxy that drops, 500s or loses the answer of requests: 9 mild (~16% of
     requests, default retries: should recover) and 3 harsh (~60%, 2 attempts: should fail cleanly)."""
-    monkeypatch.setattr(storage, "S3_MULTIPART_THRESHOLD", 5 * MiB)  # S3's smallest part: multipart stays cheap
-    monkeypatch.setattr(storage, "S3_PART_BYTES", 5 * MiB)
+    monkeypatch.setattr(storage.s3, "S3_MULTIPART_THRESHOLD", 5 * MiB)  # S3's smallest part: multipart stays cheap
+    monkeypatch.setattr(storage.s3, "S3_PART_BYTES", 5 * MiB)
     folders = make_run(tmp_path / "run", {"config.json": 700, "tokenizer.json": 200_000, "model.safetensors": 11 * MiB,
                                           "out_loss_curve.png": 30_000})
     local = local_files(folders)
@@ -189,8 +189,8 @@ def test_server_killed_mid_upload_fails_with_no_manifest(tmp_path, monkeypatch):
     server = SeaweedS3(tmp_path / "weed", ACCESS_KEY, SECRET_KEY).start()
     try:
         server.client().create_bucket(Bucket=BUCKET)
-        monkeypatch.setattr(storage, "S3_MULTIPART_THRESHOLD", 5 * MiB)
-        monkeypatch.setattr(storage, "S3_PART_BYTES", 5 * MiB)
+        monkeypatch.setattr(storage.s3, "S3_MULTIPART_THRESHOLD", 5 * MiB)
+        monkeypatch.setattr(storage.s3, "S3_PART_BYTES", 5 * MiB)
         folders = make_run(tmp_path / "run", {"config.json": 100, "model.safetensors": 30 * MiB})
 
         def kill_on_third_part(method: str, path: str) -> None:
@@ -259,7 +259,7 @@ def test_replace_takes_the_old_manifest_down_before_uploading(tmp_path, monkeypa
     """A replace that fails midway leaves no manifest: a consumer never trusts a mix of two runs."""
     target = tmp_path / "model"
     storage.replace(str(target), "job-1", make_run(tmp_path / "w1", {"config.json": 300, "model.safetensors": MiB}))
-    monkeypatch.setattr(storage._Local, "verify", lambda self, name, entry: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    monkeypatch.setattr(storage.local.LocalStore, "verify", lambda self, name, entry: (_ for _ in ()).throw(OSError(5, "I/O error")))
     with pytest.raises(StorageError, match="failed while verifying"):
         storage.replace(str(target), "job-2", make_run(tmp_path / "w2", {"config.json": 300, "model.safetensors": MiB}, seed=1))
     assert not (target / "manifest.json").exists()

@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from . import artifacts, atomic, data, devices, evaluate, logs, model, onnxmodel, problem_types, storage
 from . import settings as hyperparameters
 from .errors import ModelError, SettingsError
+from .uris import parse_uri
 
 CHUNK_ROWS = 50_000  # rows scored and written at a time: bounds the token arrays and scores, paces the progress events
 # Settings that describe the input and the model, taken from the training run when it recorded them.
@@ -101,7 +102,7 @@ class Loaded:
 
 def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
     """Fetch (and verify) the model, settle the settings it was trained with, load it onto its device."""
-    storage.parse_uri(model_uri, "--model")
+    parse_uri(model_uri, "--model")
     with tempfile.TemporaryDirectory(prefix="seqcls-predict-") as scratch:
         folder = storage.fetch(model_uri, Path(scratch))
         model.check_local_folder(folder)
