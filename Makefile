@@ -23,7 +23,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	# torch first, pinned: on these machines 2.13.0 resolves to the local CPU wheel (no CUDA download).
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,infra,servetest,onnx,pipelines,tracking]'
+	$(BIN)/pip install --quiet -e '.[sagemaker,vertex,serve,onnx,trackers,dev,infra,servetest,pipelines]'
 	$(MAKE) airflow-venv
 
 # Airflow 3 and its providers for tests/infra/test_airflow.py, in a venv of their own: Airflow's pins
@@ -106,7 +106,7 @@ lock: $(BIN)/python
 	$(BIN)/pip install --quiet uv
 	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip compile --quiet --no-config \
 	  --index-url https://pypi.org/simple --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	  --custom-compile-command 'make lock' --extra onnx --extra tracking -o container/requirements.txt pyproject.toml container/requirements.in
+	  --custom-compile-command 'make lock' --extra sagemaker --extra vertex --extra serve --extra onnx --extra trackers -o container/requirements.txt pyproject.toml container/requirements.in
 
 # Known-vulnerability check of the lock with pip-audit, from its own venv (its dependencies stay out of ours).
 # --strict: a package that cannot be audited (advisory API unreachable, as behind our proxy) fails the

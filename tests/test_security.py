@@ -356,6 +356,9 @@ def test_runtime_dependencies_are_locked() -> None:
             assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+]+", line), f"not an exact pin: {line!r}"
             name, version = line.split("==")
             lock[name.lower().replace("_", "-")] = version
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    image_extras = re.findall(r"--extra (\w+)", (REPO / "Makefile").read_text())  # `make lock`'s extras: the image's
+    assert {"sagemaker", "vertex", "serve", "trackers"} <= set(image_extras), image_extras
+    declared = project["dependencies"] + [d for extra in image_extras for d in project["optional-dependencies"][extra]]
     missing = [d for d in declared if _name(d) not in lock]
     assert not missing, f"runtime dependencies missing from the lock (run `make lock`): {missing}"

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import logs
+from . import extras, logs
 from .errors import DataError, SettingsError
 
 SCHEME = "bq://"
@@ -56,10 +56,9 @@ def parse(uri: str) -> Table:
 
 
 def _client(table: Table):
-    try:
-        from google.cloud import bigquery
-    except ImportError:
-        raise DataError(f"{table} needs google-cloud-bigquery (a dependency of seqcls: reinstall it)") from None
+    extras.require("google.cloud.bigquery", f"the channel {table}")
+    from google.cloud import bigquery
+
     return bigquery.Client(project=table.project)
 
 

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from . import logs, outbound
+from . import extras, logs, outbound
 from . import runtime
 from .errors import Interrupted, SeqclsError, SettingsError, UserError
 
@@ -160,9 +160,11 @@ def serve_command(argv: Sequence[str]) -> int:
     parser.add_argument("--inference_backend", choices=("torch", "onnx", "onnx_int8"), help="default: torch (docs/serving.md)")
     args = parser.parse_args(list(argv))
     given = {name: getattr(args, name) for name in runtime.SERVING_SETTINGS if getattr(args, name) is not None}
-    from . import serve  # heavy imports only once the arguments are known
-
     try:
+        extras.require("fastapi", "seqcls serve")
+        extras.require("uvicorn", "seqcls serve")
+        from . import serve  # heavy imports only once the arguments are known
+
         where = runtime.serving(args.model, args.port)
         overrides = {**where.settings, **given}
         for name in ("max_body_bytes", "max_batch_rows", "max_queue_rows"):
@@ -205,6 +207,8 @@ def register_command(argv: Sequence[str]) -> int:
     from . import registry
 
     try:
+        extras.require("boto3" if args.registry == "sagemaker" else "google.cloud.aiplatform",
+                       f"seqcls register {args.registry}")
         if args.registry == "sagemaker":
             registry.register(registry.Registration(args.model_package_group, args.image, args.model_data_url,
                                                     args.statistics_uri, args.region), args.model)

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from . import extras
 from .errors import SettingsError
 from .problem_types import REGRESSION, SELECT_BEST, SINGLE_LABEL, TYPES, promotion_metrics
 from .uris import parse_uri
@@ -433,12 +434,12 @@ def _validate_training_rules(s: Settings) -> None:
     _check(not missing, "export_onnx", s.export_onnx, f"needs {', '.join(missing)}: pip install 'seqcls[onnx]' "
                                                       "(the image has them)")
     trackers = report_targets(s.report_to)
-    _check("mlflow" not in trackers or importlib.util.find_spec("mlflow") is not None, "report_to", s.report_to,
-           "needs the MLflow client: pip install 'seqcls[tracking]' (the image has it)")
+    _check("mlflow" not in trackers or extras.installed("mlflow"), "report_to", s.report_to,
+           f"needs the MLflow client: {extras.install_hint('mlflow')}")
     _check("wandb" not in trackers or importlib.util.find_spec("wandb") is not None, "report_to", s.report_to,
            "needs wandb: pip install wandb (not in the image: build FROM it and add it)")
-    _check("vertex" not in trackers or importlib.util.find_spec("google.cloud.aiplatform") is not None, "report_to",
-           s.report_to, "needs the Vertex AI SDK: pip install 'seqcls[tracking]' (the image has it)")
+    _check("vertex" not in trackers or extras.installed("google.cloud.aiplatform"), "report_to", s.report_to,
+           f"needs the Vertex AI SDK: {extras.install_hint('google.cloud.aiplatform')}")
     for name, tracker in (("mlflow_experiment", "mlflow"), ("mlflow_registered_model", "mlflow"),
                           ("mlflow_log_model", "mlflow"), ("vertex_experiment", "vertex"),
                           ("vertex_api_endpoint", "vertex")):

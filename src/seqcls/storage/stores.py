@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .. import extras
 from ..errors import SeqclsError, StorageError
 from ..uris import parse_uri
 from .base import LATEST, Options, Pointer, Store
@@ -14,6 +15,8 @@ from .s3 import S3Store
 
 def open_store(uri: str, options: Options = Options()) -> Store:
     target = parse_uri(uri)
+    if target.scheme in ("s3", "gs"):
+        extras.require("boto3" if target.scheme == "s3" else "google.cloud.storage", f"{target.scheme}:// storage")
     try:
         if target.scheme == "s3":
             return S3Store(target, options)
