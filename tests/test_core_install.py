@@ -125,3 +125,18 @@ def test_training_toward_s3_without_boto3_fails_before_training(core: list[str],
     events = [json.loads(line)["event"] for line in done.stdout.splitlines()]
     assert done.returncode == 2 and "pip install 'seqcls[sagemaker]'" in done.stdout, done.stdout[-2000:]
     assert "epoch_end" not in events and not (root / "model" / "model.safetensors").exists()
+
+
+SUBMITTERS = ("infra.sagemaker.submit", "infra.sagemaker.tune", "infra.sagemaker.transform", "infra.sagemaker.pipeline",
+              "infra.vertex.submit", "infra.vertex.tune", "infra.vertex.batch_predict", "infra.vertex.pipeline",
+              "infra.airflow.render")
+
+
+def test_the_submitters_import_no_torch() -> None:
+    """A laptop or a CI runner that only submits jobs needs the cloud SDKs, not torch (seqcls.tuning's objective and
+    seqcls.settings' checks are pure Python)."""
+    probe = (f"import importlib, json, sys\nfor name in {SUBMITTERS!r}:\n    importlib.import_module(name)\n"
+             "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == []

@@ -108,9 +108,9 @@ def test_multi_label_predictions_use_the_saved_thresholds():
     ("loss", "regression", ("val_loss", "MINIMIZE")), ("loss", "multi_label", ("val_loss", "MINIMIZE")),
 ])
 def test_the_objective_follows_the_problem_type(select_best, problem_type, expected):
-    assert evaluate.objective(select_best, problem_type) == expected
+    assert problem_types.objective(select_best, problem_type) == expected
     field, goal = expected
-    assert evaluate.better(select_best, 0.5, 0.4) == (goal == "MAXIMIZE")
+    assert problem_types.better(select_best, 0.5, 0.4) == (goal == "MAXIMIZE")
 
 
 def test_epoch_stats_rows_hold_only_their_problem_types_fields():

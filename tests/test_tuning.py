@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from seqcls import evaluate, logs, promotion, tuning
+from seqcls import logs, problem_types, promotion, tuning
 from seqcls.problem_types import SELECT_BEST
 
 EPOCHS = [{"epoch": 1, "val_loss": 0.61234, "val_mcc": 0.125}, {"epoch": 2, "val_loss": 0.58, "val_mcc": 0.2501}]
@@ -51,9 +51,9 @@ def test_records_match_cloudml_hypertune(tmp_path, monkeypatch, select_best, met
 
 
 def test_objective_follows_select_best():
-    assert evaluate.objective("none") == ("val_mcc", "MAXIMIZE")
-    assert evaluate.objective("mcc") == ("val_mcc", "MAXIMIZE")
-    assert evaluate.objective("loss") == ("val_loss", "MINIMIZE")
+    assert problem_types.objective("none") == ("val_mcc", "MAXIMIZE")
+    assert problem_types.objective("mcc") == ("val_mcc", "MAXIMIZE")
+    assert problem_types.objective("loss") == ("val_loss", "MINIMIZE")
 
 
 def test_the_report_listens_to_the_logged_events_and_stops_at_job_end(tmp_path):
@@ -69,10 +69,10 @@ def test_the_report_listens_to_the_logged_events_and_stops_at_job_end(tmp_path):
 def test_a_nan_epoch_neither_wins_nor_blocks_a_later_number():
     """regression's Pearson is NaN when an epoch predicts a constant; select_best and early stopping use `better`."""
     nan = float("nan")
-    assert evaluate.better("pearson", 0.1, nan) and not evaluate.better("pearson", nan, 0.1)
-    assert not evaluate.better("pearson", nan, nan) and evaluate.better("mse", 2.0, nan)
-    assert evaluate.better("mcc", 0.3, 0.2) and not evaluate.better("mcc", 0.3, 0.2, min_delta=0.1)
-    assert evaluate.better("loss", 0.4, 0.5) and not evaluate.better("loss", 0.5, 0.4)
+    assert problem_types.better("pearson", 0.1, nan) and not problem_types.better("pearson", nan, 0.1)
+    assert not problem_types.better("pearson", nan, nan) and problem_types.better("mse", 2.0, nan)
+    assert problem_types.better("mcc", 0.3, 0.2) and not problem_types.better("mcc", 0.3, 0.2, min_delta=0.1)
+    assert problem_types.better("loss", 0.4, 0.5) and not problem_types.better("loss", 0.5, 0.4)
 
 
 def test_step_level_evaluations_report_the_optimizer_step_as_global_step(tmp_path, monkeypatch):
@@ -91,6 +91,6 @@ def test_step_level_evaluations_report_the_optimizer_step_as_global_step(tmp_pat
 @pytest.mark.parametrize("name", [name for name in SELECT_BEST if name != "none"])
 def test_select_best_and_the_promotion_gate_agree_on_which_way_is_better(name):
     """One list of lower-is-better metrics: an epoch ranked best must also be the run the gate prefers."""
-    _, goal = evaluate.objective(name, SELECT_BEST[name] or "single_label")
+    _, goal = problem_types.objective(name, SELECT_BEST[name] or "single_label")
     lower_wins = promotion.decide(promotion.Rule(f"validation_{name}"), 1.0, "champion", 2.0).promoted
     assert (goal == "MINIMIZE") == lower_wins

@@ -7,7 +7,7 @@
         [--spot --checkpoint-s3-uri s3://...] [--network-isolation --model s3://...] [--dry-run | --wait]
 
 Every option of `infra.sagemaker.submit` describes each trial, checked the same way. The objective is
-what the job itself ranks epochs by (seqcls.evaluate.objective, as Vertex's tune.py uses it): the
+what the job itself ranks epochs by (seqcls.problem_types.objective, as Vertex's tune.py uses it): the
 `--hp select_best` metric (`loss`: `validation:loss`, minimised), else the problem type's headline,
 maximised: `validation:mcc` (`validation:f1_micro` with `--hp problem_type=multi_label`,
 `validation:pearson` with `regression`). SageMaker reads it from the `epoch_end` log line of every epoch with the

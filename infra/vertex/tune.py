@@ -23,6 +23,7 @@ from google.cloud.aiplatform_v1.types import HyperparameterTuningJob, StudySpec
 from infra.common import SubmitError, job_hyperparameters, run_cli
 from infra.vertex import submit
 from seqcls import tuning
+from seqcls.problem_types import SINGLE_LABEL
 
 Parameter = StudySpec.ParameterSpec
 TUNED = ("learning_rate", "epochs", "batch_size", "warmup_ratio")
@@ -74,7 +75,7 @@ def spec(args: argparse.Namespace) -> HyperparameterTuningJob:
     if fixed:
         raise SubmitError(f"--hp {', '.join(fixed)}: tuned by this job; set its range instead (see --help)")
     select_best = job.hyperparameters.get("select_best", "none")
-    metric_id, goal = tuning.objective(select_best, job.hyperparameters.get("problem_type", "single_label"))
+    metric_id, goal = tuning.objective(select_best, job.hyperparameters.get("problem_type", SINGLE_LABEL))
     if args.max_trials < 1 or not 1 <= args.parallel_trials <= args.max_trials:
         raise SubmitError("--max-trials must be >= 1 and --parallel-trials between 1 and --max-trials")
     selection = StudySpec.MeasurementSelectionType

@@ -1,5 +1,5 @@
 """Evaluation: batched prediction without per-batch host syncs, scikit-learn and scipy metrics per problem
-type, the objective that ranks epochs, and multi_label decision thresholds."""
+type, and multi_label decision thresholds."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .data import Encoded, collate, eval_order, pad_multiple
 from .devices import Compute, autocast
 from .distributed import gather_rows
 from .losses import row_losses
-from .problem_types import MINIMIZED_METRICS, MULTI_LABEL, REGRESSION, SINGLE_LABEL, TYPES, of_config
+from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TYPES, of_config
 from .settings import Settings
 
 DEFAULT_THRESHOLD = 0.5  # a multi_label row has a label when its sigmoid reaches the label's threshold
@@ -208,25 +208,6 @@ def epoch_validation(labels: np.ndarray, predictions: Predictions, num_labels: i
         "val_mcc": float(matthews_corrcoef(labels, predicted)),
         "val_f1": float(f1_score(labels, predicted, average=average, zero_division=0)),
     }
-
-
-def objective(select_best: str, problem_type: str = SINGLE_LABEL) -> tuple[str, str]:
-    """(epoch_end field, goal) of the metric that ranks epochs: the select_best metric, else the problem type's
-    headline (val_mcc, val_f1_micro, val_pearson), all maximised. select_best, early stopping and a tuning
-    trial's reported objective all follow it."""
-    if select_best == "none":
-        return f"val_{TYPES[problem_type].headline}", "MAXIMIZE"
-    return f"val_{select_best}", "MINIMIZE" if select_best in MINIMIZED_METRICS else "MAXIMIZE"
-
-
-def better(select_best: str, value: float, reference: float, min_delta: float = 0.0) -> bool:
-    """Whether `value` beats `reference` on the objective by more than min_delta (every headline is maximised,
-    so the goal follows from select_best alone). A NaN (Pearson of a constant prediction) beats nothing and
-    is beaten by any number, so one early NaN epoch cannot freeze select_best or early stopping."""
-    if np.isnan(value) or np.isnan(reference):
-        return not np.isnan(value)
-    goal = objective(select_best)[1]
-    return value > reference + min_delta if goal == "MAXIMIZE" else value < reference - min_delta
 
 
 def validation_metrics(stats: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """The problem types (single_label, multi_label, regression): the one place that says what differs between them.
 
 Transformers' name for each, the metrics its runs record and which of them fall, the headline that ranks epochs and
-heads the test results, the select_best choices it allows, what the model card and SageMaker's model-quality
+heads the test results, the select_best choices it allows and the objective they rank by, what the model card and SageMaker's model-quality
 statistics call it. Every other module reads this one; none spells a type's name itself (tests/test_layout.py).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,3 +85,22 @@ def promotion_metrics(problem_type: str) -> list[str]:
     """The promote_if names (<split>_<metric>) a problem type's runs record: test_mcc, validation_loss, ..."""
     t = TYPES[problem_type]
     return [f"test_{name}" for name in t.test_metrics] + [f"validation_{name}" for name in t.validation_metrics]
+
+
+def objective(select_best: str, problem_type: str = SINGLE_LABEL) -> tuple[str, str]:
+    """(epoch_end field, goal) of the metric that ranks epochs: the select_best metric, else the problem type's
+    headline (val_mcc, val_f1_micro, val_pearson), all maximised. select_best, early stopping and a tuning
+    trial's reported objective all follow it."""
+    if select_best == "none":
+        return f"val_{TYPES[problem_type].headline}", "MAXIMIZE"
+    return f"val_{select_best}", "MINIMIZE" if select_best in MINIMIZED_METRICS else "MAXIMIZE"
+
+
+def better(select_best: str, value: float, reference: float, min_delta: float = 0.0) -> bool:
+    """Whether `value` beats `reference` on the objective by more than min_delta (every headline is maximised,
+    so the goal follows from select_best alone). A NaN (Pearson of a constant prediction) beats nothing and
+    is beaten by any number, so one early NaN epoch cannot freeze select_best or early stopping."""
+    if math.isnan(value) or math.isnan(reference):
+        return not math.isnan(value)
+    goal = objective(select_best)[1]
+    return value > reference + min_delta if goal == "MAXIMIZE" else value < reference - min_delta

@@ -27,7 +27,8 @@ from .data import Encoded, batch_widths, collate, epoch_order, pad_multiple
 from .devices import Compute
 from .distributed import all_reduce_sum, any_rank, shard
 from .errors import Interrupted
-from .evaluate import EpochStats, better, epoch_validation, headline, objective, predict, validation_metrics
+from .evaluate import EpochStats, epoch_validation, headline, predict, validation_metrics
+from .problem_types import better, objective
 from .settings import Settings
 from .steps import (Batch, EagerStep, GraphSteps, ReplayMismatch, Step, TrainingState, current_lr, graphs_unavailable,
                     make_optimizer)

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import replacing
-from .evaluate import objective
-from .problem_types import SINGLE_LABEL
+from .problem_types import SINGLE_LABEL, objective
 
 KEEP = 100  # the package's _MAX_NUM_METRIC_ENTRIES_TO_PRESERVE
 
