@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import AlbertConfig, AlbertForSequenceClassification, get_sche
 
 from seqcls import model as models
 from seqcls import steps, train
-from seqcls.checkpoint import Checkpointer
+from seqcls.checkpoint import STOP, Checkpointer
 from seqcls.devices import Compute
 from seqcls.distributed import World
 from seqcls.errors import SettingsError
@@ -225,6 +226,26 @@ def test_step_level_early_stopping_ends_the_run_at_that_evaluation(tmp_path, mon
     assert stop["step"] == 6 and stop["best_step"] == 3
     assert max(f["step"] for n, f in events if n == "train_progress") == 6
     assert outcome.early_stopped_after == 2 and [s.step for s in outcome.stats] == [3, 6]
+
+
+def test_a_sigterm_stops_its_own_run_with_a_checkpoint_and_not_the_next_one(tmp_path, monkeypatch):
+    """The loop returns why it stopped; the stop request belongs to the run it arrived in, so a second run in the
+    same process (a test session, a notebook) trains every step."""
+    settings = dataclasses.replace(BIG, log_every_steps=1, checkpoint_every_steps=0)
+    signalled = []
+
+    def sigterm_after_step_2(name, message, level=logging.INFO, **fields):
+        if name == "train_progress" and fields["step"] == 2 and not signalled:
+            signalled.append(2)
+            STOP._handle(signal.SIGTERM, None)  # what the installed handler does inside a run: only asks
+
+    monkeypatch.setattr(train.logs, "event", sigterm_after_step_2)
+    stopped = train.train(tiny_bert(), weighted_rows(), settings, Compute(CPU, "fp32", World()),
+                          Checkpointer(tmp_path / "first", "test", False))
+    assert stopped.stopped.startswith("interrupted by SIGTERM at step 2/20") and stopped.stopped_at_step == 2
+    assert (tmp_path / "first").is_dir() and any((tmp_path / "first").iterdir())
+    _, second, events = run(settings, tmp_path / "second", monkeypatch)
+    assert second.stopped == "" and max(f["step"] for n, f in events if n == "train_progress") == 20
 
 
 def test_gradient_checkpointing_trains_bit_for_bit_the_same_weights(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ def test_vertex_variables_map_gcs_uris_to_the_fuse_mount(tmp_path, monkeypatch):
     (fuse / "bucket" / "data").mkdir(parents=True)
     (fuse / "bucket" / "data" / "train-0.jsonl").write_text("{}")
     (fuse / "bucket" / "data" / "train-1.jsonl").write_text("{}")
-    monkeypatch.setattr(runtime, "GCS_FUSE_ROOT", str(fuse))
+    monkeypatch.setattr(runtime.platform, "GCS_FUSE_ROOT", str(fuse))
     env = {
         "SEQCLS_OPT_ML": str(tmp_path / "ml"),
         "AIP_MODEL_DIR": "gs://bucket/out/model/",
@@ -115,7 +115,7 @@ def test_bad_command_lines(argv, fragment):
 
 
 def test_failure_file_without_a_tree_is_none_for_a_person(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "OPT_ML_DEFAULT", str(tmp_path / "absent"))
+    monkeypatch.setattr(runtime.platform, "OPT_ML_DEFAULT", str(tmp_path / "absent"))
     assert runtime.failure_file_for([], {}) is None
     assert runtime.failure_file_for(["--output_dir", str(tmp_path)], {}) == tmp_path / "output" / "failure"
 

@@ -129,7 +129,7 @@ class Events:
 
 def test_a_failing_tracker_call_warns_once_and_drops_the_rest(capsys):
     logs.setup()
-    worker = tracking._Worker("probe")
+    worker = tracking.Worker("probe")
     done: list[str] = []
 
     def broken() -> None:
@@ -147,7 +147,7 @@ def test_a_failing_tracker_call_warns_once_and_drops_the_rest(capsys):
 
 def test_a_tracker_that_never_answers_costs_at_most_its_timeout(capsys):
     logs.setup()
-    worker = tracking._Worker("probe")
+    worker = tracking.Worker("probe")
     release = threading.Event()
     worker.submit("upload the model", release.wait)
     started = time.monotonic()

@@ -1,6 +1,6 @@
 """The job as Vertex AI runs it: AIP_* folders on the /gcs mount, container args, one job id per execution.
 
-What Vertex sets is cited in seqcls/runtime.py and tests/test_runtime.py: AIP_MODEL_DIR, AIP_CHECKPOINT_DIR
+What Vertex sets is cited in seqcls/runtime/platform.py and tests/test_runtime.py: AIP_MODEL_DIR, AIP_CHECKPOINT_DIR
 and AIP_TENSORBOARD_LOG_DIR under baseOutputDirectory (the same folders for every run of a schedule, which
 posts the same CustomJob body), CLOUD_ML_JOB_ID new for each CustomJob and kept through Vertex's worker
 restarts and job retries (https://cloud.google.com/vertex-ai/docs/training/understanding-training-service).

@@ -78,7 +78,9 @@ class StopSignal:
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
-        self._deferred = True
+        """One run's training: a request from an earlier run in this process is forgotten (an earlier SIGTERM
+        outside a run already ended its job)."""
+        self.requested, self._deferred = False, True
         try:
             yield
         finally:

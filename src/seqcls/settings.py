@@ -1,7 +1,7 @@
 """Hyperparameters: the tutorial recipe as defaults, layered sources, typed parsing, validation.
 
 Sources, lowest to highest precedence: built-in defaults < hyperparameters.json (SageMaker writes
-every value as a JSON string) < env SEQCLS_<NAME> < command-line `--name value`. runtime.py
+every value as a JSON string) < env SEQCLS_<NAME> < command-line `--name value`. runtime/
 collects the raw sources; this module only parses and validates, so it never reads os.environ.
 """
 
@@ -22,7 +22,7 @@ from .problem_types import REGRESSION, SELECT_BEST, SINGLE_LABEL, TYPES, promoti
 from .uris import parse_uri
 
 DEFAULT_MODEL = "bert-base-uncased"
-REPORTERS = ("tensorboard", "mlflow", "wandb", "vertex")  # report_to's trackers (tracking.py)
+REPORTERS = ("tensorboard", "mlflow", "wandb", "vertex")  # report_to's trackers (tracking/)
 ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")  # export_onnx: torch's exporter and the check's runtime
 SECRET_MARKERS = ("key", "secret", "token", "password", "credential")
 

@@ -4,7 +4,8 @@ gradient accumulation, and a clean stop on SIGTERM.
 The loop is written out (no Trainer) so that resume can be exact and, on one GPU, each step can be
 replayed whole as a CUDA graph (steps.py). On one process it syncs with the host only when it logs,
 evaluates or checkpoints; under DDP every step also all-reduces the stop flag (`any_rank`, one `.item()`),
-so that all ranks stop at the same step after a SIGTERM.
+so that all ranks stop at the same step after a SIGTERM. The loop's steps return why it stops (`Stop`: early
+stopping, or SIGTERM after a checkpoint) rather than raising it, and patience is checked in one place.
 Every count here (schedule, log_every_steps, checkpoints, evaluations, max_steps) is of optimizer steps;
 an optimizer step is gradient_accumulation_steps batches of batch_size rows.
 """
@@ -26,7 +27,6 @@ from .checkpoint import STOP, Checkpointer, Progress
 from .data import Encoded, batch_widths, collate, epoch_order, pad_multiple
 from .devices import Compute
 from .distributed import all_reduce_sum, any_rank, shard
-from .errors import Interrupted
 from .evaluate import EpochStats, epoch_validation, headline, predict, validation_metrics
 from .problem_types import better, objective
 from .settings import Settings
@@ -69,8 +69,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: Settings, plan: P
                          num_training_steps=plan.total_steps)
 
 
-class _EarlyStop(Exception):
-    """Early stopping decided at a step-level evaluation: the run ends there, mid-epoch."""
+@dataclass(frozen=True)
+class Stop:
+    """Why the loop ended before its last step: early stopping, or the platform's SIGTERM (with its message)."""
+
+    early: bool
+    message: str = ""
 
 
 @dataclass
@@ -219,22 +223,21 @@ class _Loop:
         """Every remaining epoch; a SIGTERM ends the run early with a checkpoint (see `train`)."""
         self.bar = _progress_bar(self.plan.total_steps, self.progress.global_step)
         self.start = self.interval_start = time.perf_counter()
-        try:
-            with STOP.deferred():
-                for epoch in range(self.progress.epoch, self.plan.epochs + 1):
-                    if self._patience_spent():  # checked first: a run resumed after the decision stops too
-                        self.outcome.early_stopped_after = epoch - 1 if self.progress.step_in_epoch == 0 else epoch
-                        break
-                    self._epoch(epoch)
-        except _EarlyStop:
-            self.outcome.early_stopped_after = self.progress.epoch
-        except Interrupted as stop:
-            self.outcome.stopped, self.outcome.stopped_at_step = str(stop), self.progress.global_step
+        # A run resumed after early stopping had decided stops at once, where it stopped before.
+        stop = Stop(early=True) if self._early_stop_due() else None
+        with STOP.deferred():
+            for epoch in range(self.progress.epoch, self.plan.epochs + 1):
+                if stop is not None or (stop := self._epoch(epoch)) is not None:
+                    break
+        if stop is not None and stop.early:
+            self.outcome.early_stopped_after = self.progress.epoch - (self.progress.step_in_epoch == 0)
+        elif stop is not None:
+            self.outcome.stopped, self.outcome.stopped_at_step = stop.message, self.progress.global_step
         if self.bar is not None:
             self.bar.close()
         return self._finish()
 
-    def _epoch(self, epoch: int) -> None:
+    def _epoch(self, epoch: int) -> Stop | None:
         world, progress, every = self.compute.world, self.progress, self.settings.eval_every_steps
         window = _Window(self.compute.device)
         batches = self._batches(epoch)
@@ -252,12 +255,14 @@ class _Loop:
                 self._log_progress(epoch, window)
                 window = _Window(self.compute.device)
             if every and (progress.global_step % every == 0 or last):
-                self._evaluate(epoch)
+                stop = self._evaluate(epoch)
             else:
-                self._maybe_checkpoint(boundary=progress.step_in_epoch == len(batches) or last)
+                stop = self._maybe_checkpoint(boundary=progress.step_in_epoch == len(batches) or last)
+            if stop is not None:
+                return stop
             if last:
                 break
-        self._end_epoch(epoch)
+        return self._end_epoch(epoch)
 
     def _log_progress(self, epoch: int, window: _Window) -> None:
         all_reduce_sum(window.loss, self.compute.world)
@@ -270,7 +275,7 @@ class _Loop:
                    world_size=self.compute.world.size, elapsed_s=round(elapsed, 2),
                    eta_s=round(elapsed / done * (total - self.progress.global_step), 1))
 
-    def _maybe_checkpoint(self, boundary: bool) -> None:
+    def _maybe_checkpoint(self, boundary: bool) -> Stop | None:
         """Mid-epoch: every checkpoint_every_steps, and at once when the platform asked the job to stop (an epoch's
         end checkpoints anyway)."""
         progress, s = self.progress, self.settings
@@ -279,29 +284,31 @@ class _Loop:
         if (periodic or stopping) and not boundary:
             self._save_checkpoint()
             if stopping:
-                self._stop(f"at step {progress.global_step}/{self.plan.total_steps}")
+                return self._signalled(f"at step {progress.global_step}/{self.plan.total_steps}")
+        return None
 
-    def _stop(self, where: str) -> None:
+    def _signalled(self, where: str) -> Stop:
         """After a checkpoint: the platform asked the job to stop (SIGTERM), on any rank."""
-        raise Interrupted(f"interrupted by SIGTERM {where}; checkpoint saved in {self.checkpointer.directory}: "
-                          "rerun to resume")
+        return Stop(early=False, message=f"interrupted by SIGTERM {where}; checkpoint saved in "
+                                         f"{self.checkpointer.directory}: rerun to resume")
 
-    def _end_epoch(self, epoch: int) -> None:
+    def _end_epoch(self, epoch: int) -> Stop | None:
         """Per-epoch evaluation (unless eval_every_steps evaluates), the next epoch's start, a checkpoint."""
         progress = self.progress
-        if not self.settings.eval_every_steps:
-            self._evaluate(epoch, checkpoint=False)
+        early = self._evaluate(epoch, checkpoint=False) if not self.settings.eval_every_steps else None
         # An evaluation at this very step has just checkpointed: a resume from there comes back here at once.
         evaluated_here = self.settings.eval_every_steps and progress.eval_step == progress.global_step
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
         if not evaluated_here:
             self._save_checkpoint()
         if any_rank(STOP.requested, self.compute.world, self.compute.device):
-            self._stop(f"after epoch {epoch}")
+            return self._signalled(f"after epoch {epoch}")
+        return early
 
-    def _evaluate(self, epoch: int, checkpoint: bool = True) -> None:
+    def _evaluate(self, epoch: int, checkpoint: bool = True) -> Stop | None:
         """Validate, log the tutorial's row (epoch_end per epoch, `evaluation` every eval_every_steps), keep the
-        best weights; a step-level evaluation checkpoints too, so a resume never repeats or loses one."""
+        best weights; a step-level evaluation checkpoints too, so a resume never repeats or loses one. Returns why the
+        run stops here, if it does: SIGTERM (after a step-level evaluation's checkpoint) or early stopping."""
         world, progress, model = self.compute.world, self.progress, self.state.model
         all_reduce_sum(self.loss_sum, world)
         train_seconds, val_start = time.perf_counter() - self.interval_start, time.perf_counter()
@@ -326,13 +333,14 @@ class _Loop:
         if checkpoint:
             self._save_checkpoint()
             if any_rank(STOP.requested, world, self.compute.device):
-                self._stop(f"after the evaluation at step {progress.global_step}/{self.plan.total_steps}")
-            if self._patience_spent() and progress.global_step < self.plan.total_steps:
-                raise _EarlyStop
+                return self._signalled(f"after the evaluation at step {progress.global_step}/{self.plan.total_steps}")
+        return Stop(early=True) if self._early_stop_due() else None
 
-    def _patience_spent(self) -> bool:
+    def _early_stop_due(self) -> bool:
+        """The one patience check: early_stopping_patience evaluations without improvement, and steps still to go."""
         patience = self.settings.early_stopping_patience
-        return bool(patience) and self.progress.stale_evaluations >= patience
+        return (bool(patience) and self.progress.stale_evaluations >= patience
+                and self.progress.global_step < self.plan.total_steps)
 
     def _keep_if_best(self, stats: EpochStats) -> None:
         """select_best's weights, and early stopping's count of evaluations that did not beat the best by min_delta."""
@@ -348,7 +356,7 @@ class _Loop:
         if _improved(s, stats, progress.best):
             progress.best = stats.row()
             self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.state.model.state_dict().items()}
-        if self._patience_spent() and progress.global_step < self.plan.total_steps:
+        if self._early_stop_due():
             at = f"step {progress.global_step}" if stats.step else f"epoch {stats.epoch}"
             best_at = f"step {progress.best['step']}" if stats.step else f"epoch {progress.best['epoch']}"
             logs.event("early_stopping", f"stopping after {at}: {key} has not improved by more than "

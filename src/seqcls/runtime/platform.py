@@ -1,8 +1,5 @@
-"""The runtime contract: where inputs and outputs live on SageMaker, Vertex AI or a workstation.
-
-This is the only module that knows SageMaker and Vertex names and reads os.environ. It turns the
-environment and the command line into one read-only `Platform` object that the job passes around.
-"""
+"""The training job's platform: where inputs and outputs live on SageMaker, Vertex AI or a workstation, read from the
+environment and the command line into one read-only `Platform` that the job passes around."""
 
 from __future__ import annotations
 
@@ -15,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import bigquery
-from .errors import DataError, SettingsError
-from .settings import FIELDS, check_scalar_values, load_hyperparameters_json, unknown_name
+from .. import bigquery
+from ..errors import DataError, SettingsError
+from ..settings import FIELDS, check_scalar_values, load_hyperparameters_json, unknown_name
+from .launch import NPROC_OVERRIDE, SM_RESOURCE_CONFIG
 
 # SageMaker training-container contract.
 OPT_ML_DEFAULT = "/opt/ml"
@@ -30,7 +28,6 @@ SM_JOB_NAME = "TRAINING_JOB_NAME"
 SM_RESERVED_PREFIXES = ("sagemaker_", "_tuning_")
 SM_TUNING_OBJECTIVE = "_tuning_objective_metric"  # present: this job is a trial of a tuning job
 CHANNELS = ("train", "validation", "test", "model")
-
 # Vertex AI custom-job contract.
 AIP_MODEL_DIR = "AIP_MODEL_DIR"
 AIP_CHECKPOINT_DIR = "AIP_CHECKPOINT_DIR"
@@ -49,31 +46,10 @@ VERTEX_TRIAL_ID = "CLOUD_ML_TRIAL_ID"
 # SEQCLS_GCS_ROOT relocates it, as SEQCLS_OPT_ML relocates /opt/ml (tests).
 GCS_FUSE_ROOT = "/gcs"
 GCS_FUSE_OVERRIDE = "SEQCLS_GCS_ROOT"
-
-# Distributed launch: SageMaker describes the cluster in resourceconfig.json, Vertex in CLUSTER_SPEC;
-# torchrun marks the processes it starts with LOCAL_RANK.
-SM_RESOURCE_CONFIG = ("input", "config", "resourceconfig.json")
 # How each channel reaches the container ("How Amazon SageMaker Provides Training Information",
 # https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-training-algo-running-container.html):
 # TrainingInputMode File or FastFile gives files in /opt/ml/input/data/<channel>/ (read alike); Pipe gives FIFOs.
 SM_INPUT_CONFIG = ("input", "config", "inputdataconfig.json")
-# Batch Transform tells the container its MaxPayloadInMB (and SAGEMAKER_BATCH=true) in the environment.
-SM_MAX_PAYLOAD_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
-VERTEX_CLUSTER_SPEC = "CLUSTER_SPEC"
-VERTEX_POOLS = ("workerpool0", "workerpool1")
-NPROC_OVERRIDE = "SEQCLS_NPROC_PER_NODE"
-DEFAULT_MASTER_PORT = 29500
-
-# NCCL and EFA settings for SageMaker hosts, as SageMaker's own PyTorch launcher sets them
-# (aws/sagemaker-training-toolkit @33839372: torch_distributed.py `TorchDistributedRunner._setup`; the
-# instance lists are `SM_EFA_NCCL_INSTANCES` / `SM_EFA_RDMA_INSTANCES` in sagemaker_training/__init__.py;
-# the resourceconfig.json keys and the "eth0" default are read in environment.py `Environment.__init__`).
-SM_DEFAULT_NETWORK_INTERFACE = "eth0"
-SM_EFA_NCCL_INSTANCES = frozenset({
-    "ml.g4dn.8xlarge", "ml.g4dn.12xlarge", "ml.g5.48xlarge", "ml.p3dn.24xlarge", "ml.p4d.24xlarge",
-    "ml.p4de.24xlarge", "ml.p5.48xlarge", "ml.trn1.32xlarge", "ml.p6e-gb200.36xlarge"})
-SM_EFA_RDMA_INSTANCES = frozenset({"ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.trn1.32xlarge", "ml.p6e-gb200.36xlarge"})
-
 # MLflow's own variables (mlflow/environment_variables.py): where runs go, the experiment, a run to log into.
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 # W&B reads its own (WANDB_PROJECT, WANDB_MODE, WANDB_API_KEY, ...); the job only needs where it writes.
@@ -86,11 +62,9 @@ VERTEX_EXPERIMENT_ENV = ("AIP_EXPERIMENT_NAME", "AIP_EXPERIMENT_RUN_NAME", "CLOU
 # Set only where the user has not: their own values win.
 MLFLOW_JOB_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-
 ENV_PREFIX = "SEQCLS_"
 DEBUG = "SEQCLS_DEBUG"  # 1: tracebacks on stderr for user errors too
 ENV_NOT_HYPERPARAMETERS = {OPT_ML_OVERRIDE, "SEQCLS_GIT_COMMIT", NPROC_OVERRIDE, GCS_FUSE_OVERRIDE, DEBUG}
-
 # Command-line options that name paths (for a person); everything else on the command line is a hyperparameter.
 PATH_OPTIONS = {"train", "validation", "test", "model", "output_dir"}
 
@@ -171,7 +145,7 @@ def hyperparameter_name(key: str) -> str | None:
     return name
 
 
-def _env_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
+def env_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
     return {name: value for key, value in env.items() if (name := hyperparameter_name(key))}
 
 
@@ -227,12 +201,6 @@ def _root(name: str, output_dir: str, env: Mapping[str, str], timestamp: str) ->
     if name != "local" and Path(OPT_ML_DEFAULT).is_dir():
         return Path(OPT_ML_DEFAULT)
     return (Path("runs") / f"seqcls-{timestamp}").absolute()
-
-
-def process_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int, int]:
-    """(rank, world size, local rank): torchrun sets RANK, WORLD_SIZE and LOCAL_RANK for every process it starts."""
-    env = os.environ if env is None else env
-    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
 
 
 def mlflow_job_defaults() -> None:
@@ -305,7 +273,7 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
     from_file, ignored = _read_hyperparameters_file(root / "input" / "config" / "hyperparameters.json")
     layers = [
         ("hyperparameters.json", from_file),
-        ("env", _env_hyperparameters(env)),
+        ("env", env_hyperparameters(env)),
         ("cli", cli_hyperparameters),
     ]
     fields: dict[str, object] = {
@@ -383,71 +351,6 @@ def failure_file_for(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     return None
 
 
-@dataclass(frozen=True)
-class Launch:
-    """How many processes on how many nodes, and where they meet (torchrun's arguments)."""
-
-    nnodes: int
-    node_rank: int
-    nproc_per_node: int
-    master_addr: str
-    master_port: int
-    env: Mapping[str, str] = field(default_factory=dict)  # variables to add to the launcher's environment
-
-    @property
-    def world_size(self) -> int:
-        return self.nnodes * self.nproc_per_node
-
-    def torchrun_args(self) -> list[str]:
-        if self.nnodes == 1:
-            return ["--standalone", f"--nproc_per_node={self.nproc_per_node}"]
-        return [f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}", f"--nproc_per_node={self.nproc_per_node}",
-                f"--master_addr={self.master_addr}", f"--master_port={self.master_port}"]
-
-
-def sagemaker_nccl_env(resource_config: Mapping[str, object], env: Mapping[str, str]) -> dict[str, str]:
-    """The NCCL/EFA variables this SageMaker host needs that `env` does not already set (the user's value wins).
-
-    NCCL must use the interface SageMaker gives the container network, or it may pick one the other hosts
-    cannot reach; on EFA instances it goes through libfabric's EFA provider. Unlike the toolkit, which also
-    sets NCCL_PROTO=simple on every host, we set it on EFA instances only: its other runners
-    (smdataparallel.py, mpi.py) do so, and say why: EFA delivers out of order.
-    """
-    instance_type = resource_config.get("current_instance_type", "local")
-    wanted = {"NCCL_SOCKET_IFNAME": str(resource_config.get("network_interface_name") or SM_DEFAULT_NETWORK_INTERFACE)}
-    if instance_type in SM_EFA_NCCL_INSTANCES:
-        wanted.update(FI_PROVIDER="efa", NCCL_PROTO="simple")
-    if instance_type in SM_EFA_RDMA_INSTANCES:
-        wanted.update(FI_EFA_USE_DEVICE_RDMA="1", RDMAV_FORK_SAFE="1")
-    return {name: value for name, value in wanted.items() if name not in env}
-
-
-def launch_plan(root: Path, gpu_count: int, env: Mapping[str, str] | None = None) -> Launch | None:
-    """The torchrun launch this node needs, or None when one process is enough or torchrun already started us."""
-    env = os.environ if env is None else env
-    if "LOCAL_RANK" in env:
-        return None
-    try:
-        nproc = int(env.get(NPROC_OVERRIDE) or max(gpu_count, 1))
-    except ValueError:
-        raise SettingsError(f"{NPROC_OVERRIDE}={env[NPROC_OVERRIDE]!r} must be an integer") from None
-    port = int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT))
-    nodes, node_rank, added_env = ["localhost"], 0, {}
-    resource_config = root.joinpath(*SM_RESOURCE_CONFIG)
-    if resource_config.is_file():
-        config = json.loads(resource_config.read_text())
-        nodes = sorted(config["hosts"])
-        node_rank = nodes.index(config["current_host"])
-        added_env = sagemaker_nccl_env(config, env)
-    elif env.get(VERTEX_CLUSTER_SPEC):
-        spec = json.loads(env[VERTEX_CLUSTER_SPEC])
-        nodes = [address.rsplit(":", 1)[0] for pool in VERTEX_POOLS for address in spec["cluster"].get(pool, [])]
-        task = spec["task"]
-        node_rank = 0 if task["type"] == VERTEX_POOLS[0] else len(spec["cluster"][VERTEX_POOLS[0]]) + int(task["index"])
-    launch = Launch(len(nodes), node_rank, nproc, nodes[0], port, added_env)
-    return launch if launch.world_size > 1 else None
-
-
 def pinned_for_ranks(where: Platform, argv: Sequence[str]) -> list[str]:
     """Arguments that make every rank agree on a locally derived output folder and run id (both carry a timestamp)."""
     if where.name != "local":
@@ -456,101 +359,3 @@ def pinned_for_ranks(where: Platform, argv: Sequence[str]) -> list[str]:
     if not any("run_id" in values for _, values in where.hyperparameter_layers):
         pinned.append(f"--run_id={where.run_id}")
     return pinned
-
-
-# --- The GPU the platform says this container has (read by seqcls.devices' fail-fast check) ---
-# SageMaker writes the machine's instance type into resourceconfig.json as `current_instance_type`
-# (sagemaker-training-toolkit, src/sagemaker_training/environment.py, read_resource_config; the SDK's local
-# mode writes "local_gpu" or "local_cpu", sagemaker/train/local/local_container.py). The SDK itself calls an
-# ml.<family>.<size> type a GPU type when the family starts with g or p (sagemaker-core image_uris._processor:
-# `family[0] in ("g", "p")`). Vertex AI passes no accelerator setting into the container (its documented
-# variables are AIP_*, CLOUD_ML_JOB_ID, CLUSTER_SPEC, TF_CONFIG): there the device files are the signal.
-SM_INSTANCE_TYPE = "current_instance_type"
-SM_LOCAL_GPU = "local_gpu"
-SM_GPU_FAMILY_INITIALS = ("g", "p")
-
-
-def declared_gpu(root: Path) -> str | None:
-    """'SageMaker instance type ml.g5.xlarge' when the platform says this machine has a GPU, else None."""
-    try:
-        instance_type = json.loads(root.joinpath(*SM_RESOURCE_CONFIG).read_text()).get(SM_INSTANCE_TYPE) or ""
-    except (OSError, ValueError, AttributeError):
-        return None
-    parts = instance_type.split(".")
-    gpu_family = len(parts) == 3 and parts[0] == "ml" and parts[1][:1] in SM_GPU_FAMILY_INITIALS
-    return f"SageMaker instance type {instance_type}" if gpu_family or instance_type == SM_LOCAL_GPU else None
-
-
-# --- Serving: what SageMaker hosting and Vertex AI prediction tell a serving container -------------------------
-# SageMaker runs `docker run IMAGE serve`, unpacks the model into /opt/ml/model and sends GET /ping and
-# POST /invocations to port 8080 (https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-inference-code.html);
-# in an inference pipeline or multi-container endpoint it names another port in SAGEMAKER_BIND_TO_PORT
-# (https://docs.aws.amazon.com/sagemaker/latest/dg/inference-pipeline-real-time.html). Vertex AI sets the port and
-# both routes, and where it copied the model (https://cloud.google.com/vertex-ai/docs/predictions/custom-container-requirements,
-# "Environment variables"); its own defaults are 8080 and routes under /v1/endpoints/...
-SM_SERVING_ROUTES = ("/ping", "/invocations")
-SM_BIND_TO_PORT = "SAGEMAKER_BIND_TO_PORT"
-AIP_HTTP_PORT = "AIP_HTTP_PORT"
-AIP_HEALTH_ROUTE = "AIP_HEALTH_ROUTE"
-AIP_PREDICT_ROUTE = "AIP_PREDICT_ROUTE"
-AIP_STORAGE_URI = "AIP_STORAGE_URI"
-DEFAULT_SERVING_PORT = 8080
-# The routes a Vertex model's container spec names (and Vertex then hands the server as AIP_PREDICT_ROUTE and
-# AIP_HEALTH_ROUTE): one spec for every Vertex model we make (batch prediction, the Model Registry).
-VERTEX_PREDICT_ROUTE, VERTEX_HEALTH_ROUTE = "/predict", "/health"
-
-
-def vertex_container_spec(image: str) -> dict[str, Any]:
-    """A Vertex ModelContainerSpec (proto field names) that runs this image's server: without `serve` it trains."""
-    return {"image_uri": image, "args": ["serve"], "predict_route": VERTEX_PREDICT_ROUTE,
-            "health_route": VERTEX_HEALTH_ROUTE, "ports": [{"container_port": DEFAULT_SERVING_PORT}]}
-
-
-@dataclass(frozen=True)
-class Serving:
-    """Where the server listens, which routes it answers, and which model it loads."""
-
-    port: int
-    health_routes: tuple[str, ...]
-    predict_routes: tuple[str, ...]
-    model_uri: str
-    platform: str  # "vertex" | "sagemaker" | "local"
-    max_body_bytes: int | None = None  # Batch Transform's MaxPayloadInMB (SAGEMAKER_MAX_PAYLOAD_IN_MB), when it says
-    settings: dict[str, str] = field(default_factory=dict)  # SEQCLS_<NAME> of SERVING_SETTINGS (an endpoint has no args)
-
-
-# What an endpoint may set in its container environment as SEQCLS_<NAME> (the command line's --name wins).
-SERVING_SETTINGS = ("device", "precision", "eval_batch_size", "inference_backend")
-
-
-def _route(value: str, name: str) -> str:
-    if not value.startswith("/"):
-        raise SettingsError(f"{name}={value!r} must be a path starting with /")
-    return value
-
-
-def serving(model_arg: str | None, port_arg: int | None, env: Mapping[str, str] | None = None) -> Serving:
-    """SageMaker's routes always; Vertex's too when it names them. The model: --model, else AIP_STORAGE_URI
-    (Vertex), else <root>/model (SageMaker's /opt/ml/model, relocatable with SEQCLS_OPT_ML)."""
-    env = os.environ if env is None else env
-    platform = "vertex" if env.get(AIP_PREDICT_ROUTE) or env.get(AIP_STORAGE_URI) else (
-        "sagemaker" if not model_arg else "local")
-    port_text = str(port_arg) if port_arg is not None else env.get(AIP_HTTP_PORT) or env.get(SM_BIND_TO_PORT) or ""
-    try:
-        port = int(port_text) if port_text else DEFAULT_SERVING_PORT
-    except ValueError:
-        raise SettingsError(f"serving port {port_text!r} (from {AIP_HTTP_PORT} or {SM_BIND_TO_PORT}) is not a number") from None
-    if not 0 < port < 65536:
-        raise SettingsError(f"serving port {port} is out of range 1-65535")
-    health = dict.fromkeys([SM_SERVING_ROUTES[0], *([_route(env[AIP_HEALTH_ROUTE], AIP_HEALTH_ROUTE)]
-                                                    if env.get(AIP_HEALTH_ROUTE) else [])])
-    predict = dict.fromkeys([SM_SERVING_ROUTES[1], *([_route(env[AIP_PREDICT_ROUTE], AIP_PREDICT_ROUTE)]
-                                                     if env.get(AIP_PREDICT_ROUTE) else [])])
-    root = Path(env.get(OPT_ML_OVERRIDE) or OPT_ML_DEFAULT)
-    model_uri = model_arg or env.get(AIP_STORAGE_URI) or str(root / "model")
-    payload = env.get(SM_MAX_PAYLOAD_MB, "")
-    if payload and not payload.isdigit():
-        raise SettingsError(f"{SM_MAX_PAYLOAD_MB}={payload!r} must be a whole number of MB")
-    chosen = {name: value for name, value in _env_hyperparameters(env).items() if name in SERVING_SETTINGS}
-    return Serving(port, tuple(health), tuple(predict), model_uri, platform,
-                   int(payload) * 2**20 if payload and int(payload) > 0 else None, chosen)
