@@ -24,6 +24,7 @@ import pytest
 
 from jobtools import build_tiny_model, good_csv, minilm_folder, run_subprocess, write_tree
 from seqcls import runtime, settings
+from seqcls.errors import SettingsError
 
 
 def sdk_v2_encode(hyperparameters: dict[str, object]) -> dict[str, str]:
@@ -86,13 +87,13 @@ def test_tuning_trial_reserved_keys_are_ignored(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value, expected", [('"fp16x"', "fp16x"), ("[1, 2]", "got [1, 2]"), ("null", "got null")])
 def test_decoded_values_still_fail_clearly(tmp_path: Path, value: str, expected: str) -> None:
-    with pytest.raises(settings.SettingsError, match="precision") as raised:
+    with pytest.raises(SettingsError, match="precision") as raised:
         resolve_file(tmp_path, {"precision": value})
     assert expected in str(raised.value)
 
 
 def test_a_typo_next_to_reserved_keys_is_still_an_error(tmp_path: Path) -> None:
-    with pytest.raises(settings.SettingsError, match="did you mean learning_rate"):
+    with pytest.raises(SettingsError, match="did you mean learning_rate"):
         resolve_file(tmp_path, {**tuning_trial_file({}, {}), "learning_rat": "1e-4"})
 
 

@@ -201,7 +201,7 @@ def test_only_settings_marked_math_make_a_checkpoint_unresumable() -> None:
     ("eval_every_steps", "-1", "must be >= 0"), ("label_smoothing", "1", "must be >= 0 and < 1"),
 ])
 def test_declared_ranges_are_enforced(name: str, raw: str, message: str) -> None:
-    with pytest.raises(settings.SettingsError, match=message):
+    with pytest.raises(SettingsError, match=message):
         settings.resolve([("cli", {name: raw})])
 
 
@@ -216,7 +216,7 @@ def test_declared_ranges_are_enforced(name: str, raw: str, message: str) -> None
     ({"gradient_checkpointing": "sometimes"}, "expected true or false"),
 ])
 def test_scale_settings_that_do_not_fit_together_are_refused(layer: dict[str, str], message: str) -> None:
-    with pytest.raises(settings.SettingsError, match=message):
+    with pytest.raises(SettingsError, match=message):
         settings.resolve([("cli", layer)])
 
 
