@@ -118,3 +118,21 @@ def test_only_the_problem_types_module_names_a_problem_type() -> None:
                if module not in ("problem_types", "hf_inference") for node in ast.walk(tree)
                if isinstance(node, ast.Constant) and node.value in PROBLEM_TYPE_NAMES]
     assert not spelled, spelled
+
+
+MAX_MODULE_LINES = 420  # "about 400": past it a module holds more than one concern; split it into a subpackage
+
+
+def test_every_module_is_short_and_says_what_it_owns() -> None:
+    long = {m: len((SRC / f"{m.replace('.', '/')}.py").read_text().splitlines()) for m in MODULES if m not in PACKAGES}
+    undocumented = [m for m, tree in MODULES.items() if not ast.get_docstring(tree)]
+    too_long = {m: n for m, n in long.items() if n > MAX_MODULE_LINES}
+    assert not too_long and not undocumented, (too_long, undocumented)
+
+
+def test_the_layout_doc_names_every_module() -> None:
+    """docs/layout.md is where a change goes: a module missing from it is a room nobody can find."""
+    layout = (SRC.parents[1] / "docs" / "layout.md").read_text()
+    named = [m for m in MODULES if m not in PACKAGES and m not in ("__init__", "__main__")]
+    missing = [m for m in named if f"`{m.replace('.', '/')}.py`" not in layout]
+    assert not missing, missing
