@@ -91,3 +91,24 @@ def test_predict_and_pipeline_agree_with_the_job(run, tmp_path):
     # precision=auto computes in bf16 on a CPU with native bf16, the pipeline in fp32: equal to ~1e-4.
     assert [next(s["score"] for s in row if s["label"] == "1") for row in scored] == \
         pytest.approx([float(r["prob_1"]) for r in got[:16]], abs=1e-3)
+
+
+def test_predict_truncates_to_the_length_config_json_names(run, tmp_path):
+    """config.json is the one inference contract: its inference_max_length (what code/inference.py and the ONNX
+    export read) decides predict's truncation, not run_manifest.json's copy; --max_length still overrides it."""
+    import shutil
+
+    from seqcls import predict
+
+    root, _ = run
+    folder = shutil.copytree(root / "model", tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    manifest = json.loads((folder / "run_manifest.json").read_text())
+    assert config["inference_max_length"] == manifest["data"]["max_length"]
+    config["inference_max_length"] = 7
+    (folder / "config.json").write_text(json.dumps(config))
+    assert predict.load(str(folder), {}).settings.max_length == 7
+    assert predict.load(str(folder), {"max_length": "12"}).settings.max_length == 12
+    del config["inference_max_length"]  # a folder from before config.json carried it: the manifest's
+    (folder / "config.json").write_text(json.dumps(config))
+    assert predict.load(str(folder), {}).settings.max_length == manifest["data"]["max_length"]

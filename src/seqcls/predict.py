@@ -106,15 +106,20 @@ def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
     with tempfile.TemporaryDirectory(prefix="seqcls-predict-") as scratch:
         folder = storage.fetch(model_uri, Path(scratch))
         model.check_local_folder(folder)
-        resolved = hyperparameters.resolve([("run_manifest.json", _training_settings(folder)), ("cli", overrides)])
-        settings = resolved.settings
-        if settings.max_length == "auto":
-            raise SettingsError("predict needs max_length as a number (auto is worked out from training data); "
-                                "leave it unset to use the training run's")
         try:
             config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         except (OSError, ValueError) as err:
             raise ModelError(f"cannot read the config of {model_uri}: {str(err).splitlines()[0][:300]}") from None
+        # config.json is the inference contract (code/inference.py and the ONNX export read it too): its
+        # inference_max_length is the length the run truncated to; run_manifest.json's only for folders without it.
+        truncated = getattr(config, "inference_max_length", None)
+        resolved = hyperparameters.resolve([("run_manifest.json", _training_settings(folder)),
+                                            ("config.json", {"max_length": truncated} if truncated else {}),
+                                            ("cli", overrides)])
+        settings = resolved.settings
+        if settings.max_length == "auto":
+            raise SettingsError("predict needs max_length as a number (auto is worked out from training data); "
+                                "leave it unset to use the training run's")
         tokenizer = model.load_tokenizer(str(folder))
         classifier, compute = _classifier(folder, config, settings, model_uri)
         pairs = _trained_on_pairs(folder)
