@@ -44,12 +44,12 @@ class Bounds:
 
 
 def _setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: tuple[str, ...] = (),
-             math: bool = True, secret: bool = False, auto: bool = False) -> Any:
+             math: bool = True, auto: bool = False) -> Any:
     """A hyperparameter: what it does, what values it takes, whether it changes the trained weights
-    (checkpoints from runs that differ only in non-math settings still resume), whether to mask it, and
-    whether the word `auto` may stand for a number the job works out from the data."""
+    (checkpoints from runs that differ only in non-math settings still resume), and whether the word `auto`
+    may stand for a number the job works out from the data. Whether to mask it follows from its name (`is_secret`)."""
     return field(default=default, metadata={"help": help, "bounds": bounds, "choices": choices, "math": math,
-                                            "secret": secret, "auto": auto})
+                                            "auto": auto})
 
 
 # transformers' get_scheduler names (SchedulerType) that need nothing beyond warm-up and length.
@@ -230,11 +230,11 @@ OPERATIONAL = frozenset(name for name, f in FIELDS.items() if not f.metadata["ma
 
 
 def is_secret(name: str) -> bool:
-    """A setting marked secret, or any name that looks like a credential (an unknown one in
-    hyperparameters.json, say): masked wherever settings are logged or stored."""
+    """Any name that looks like a credential (a setting, or an unknown key in hyperparameters.json): masked
+    wherever settings are logged or stored. No setting of ours holds a secret: credentials come from the
+    platforms' default chains."""
     lowered = name.lower()
-    marked = name in FIELDS and FIELDS[name].metadata["secret"]
-    return marked or any(marker in lowered for marker in SECRET_MARKERS)
+    return any(marker in lowered for marker in SECRET_MARKERS)
 
 
 def allowed_values(name: str) -> str:
