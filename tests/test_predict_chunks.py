@@ -131,3 +131,27 @@ def test_every_input_format_in_chunks_writes_the_same_bytes_and_ends_on_the_true
     assert progress[-1]["seconds_left"] == 0
     (dropped,) = [e for e in events if e["event"] == "rows_dropped"]
     assert dropped["dropped"] == 2
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_write_the_bytes_one_process_writes(tiny, rows, tmp_path) -> None:
+    """`torchrun -m seqcls predict` (gloo on CPU): each rank scores every other row of each chunk on its own device,
+    rank 0 writes them in input order; a chunk with fewer rows than ranks (the last, 2,500 = 2 x 1,249 + 2) works."""
+    import subprocess
+    import sys
+
+    from jobtools import clean_env
+
+    args = ["--model", str(tiny), "--input", str(rows), "--precision", "fp32"]
+    env = clean_env({"OMP_NUM_THREADS": "1", "SEQCLS_GIT_COMMIT": "test"})
+    single = subprocess.run([sys.executable, "-m", "seqcls", "predict", *args, "--output", str(tmp_path / "one.csv")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "seqcls", "predict", *args, "--output", str(tmp_path / "two.csv")],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    written = [json.loads(line) for line in sharded.stdout.splitlines() if '"predictions_written"' in line]
+    assert len(written) == 1 and written[0]["ranks"] == 2 and written[0]["rows"] == 2500
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "two.csv"]  # no temp file from either rank

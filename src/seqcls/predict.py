@@ -7,6 +7,7 @@ run's own max_length and column names (from run_manifest.json) unless the comman
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -19,7 +20,7 @@ import pandas as pd
 import torch
 from transformers import AutoConfig
 
-from . import artifacts, atomic, data, devices, evaluate, logs, model, onnxmodel, problem_types, storage
+from . import artifacts, atomic, data, devices, distributed, evaluate, logs, model, onnxmodel, problem_types, storage
 from . import settings as hyperparameters
 from .errors import ModelError, SettingsError
 from .uris import parse_uri
@@ -100,7 +101,7 @@ class Loaded:
         return "torch"
 
 
-def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
+def load(model_uri: str, overrides: Mapping[str, str], world: distributed.World = distributed.World()) -> Loaded:
     """Fetch (and verify) the model, settle the settings it was trained with, load it onto its device."""
     parse_uri(model_uri, "--model")
     with tempfile.TemporaryDirectory(prefix="seqcls-predict-") as scratch:
@@ -121,7 +122,7 @@ def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
             raise SettingsError("predict needs max_length as a number (auto is worked out from training data); "
                                 "leave it unset to use the training run's")
         tokenizer = model.load_tokenizer(str(folder))
-        classifier, compute = _classifier(folder, config, settings, model_uri)
+        classifier, compute = _classifier(folder, config, settings, model_uri, world)
         pairs = _trained_on_pairs(folder)
     label_map = data.LabelMap([config.id2label[i] for i in range(config.num_labels)],
                               problem_types.of_config(config.problem_type))
@@ -129,8 +130,8 @@ def load(model_uri: str, overrides: Mapping[str, str]) -> Loaded:
                   getattr(config, "decision_threshold", None), compute, pairs)
 
 
-def _classifier(folder: Path, config, settings: hyperparameters.Settings,
-                model_uri: str) -> tuple[torch.nn.Module, devices.Compute]:
+def _classifier(folder: Path, config, settings: hyperparameters.Settings, model_uri: str,
+                world: distributed.World) -> tuple[torch.nn.Module, devices.Compute]:
     """inference_backend=onnx (onnx_int8): the run's model.onnx (model.int8.onnx) on the CPU (a run without the
     file: a warning, then torch);
     torch: the safetensors weights on the settings' device and precision."""
@@ -141,7 +142,7 @@ def _classifier(folder: Path, config, settings: hyperparameters.Settings,
         logs.warning("onnx_missing", f"{model_uri} has no {wanted} (trained without export_onnx=true, or "
                                      "export_onnx_int8=true, or its int8 check dropped it): scoring with PyTorch",
                      model=model_uri, file=wanted)
-    device = devices.pick_device(settings)
+    device = devices.pick_device(settings, world)  # under torchrun: this rank's GPU
     return (model.load_model(str(folder), config, settings.seed).to(device).eval(),
             devices.Compute(device, devices.pick_precision(settings, device)))
 
@@ -160,28 +161,54 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
         chunk_rows: int = CHUNK_ROWS) -> Summary:
     """Load the model, then read, score and write the input `chunk_rows` rows at a time: memory stays bounded
     whatever the row count (reading included), `predict_progress` reports rows/s and the time left, and the
-    output file appears complete or not at all."""
+    output file appears complete or not at all. Under torchrun each rank scores its share of every chunk on its
+    own device and rank 0 writes the rows in input order (`_score_shard`)."""
     started = time.perf_counter()
-    loaded = load(model_uri, overrides)
-    label_map, done = loaded.label_map, 0
+    world = distributed.from_env()
+    loaded = load(model_uri, overrides, world)
+    distributed.init(world, loaded.compute.device, loaded.settings.distributed_timeout_s)
+    try:
+        rows = _score_file(loaded, input_path, output_path, chunk_rows, world)
+    finally:
+        distributed.shutdown()
+    summary = Summary(rows, output_path, loaded.label_map.labels, round(time.perf_counter() - started, 2))
+    logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
+               model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
+               labels=summary.labels, problem_type=loaded.label_map.problem_type, device=loaded.compute.device.type,
+               backend=loaded.backend, ranks=world.size, seconds=summary.seconds)
+    return summary
+
+
+def _score_file(loaded: Loaded, input_path: Path, output_path: Path, chunk_rows: int,
+                world: distributed.World) -> int:
+    """Every chunk scored (shared across ranks) and, on rank 0, written; returns the rows scored."""
+    done, scoring = 0, time.perf_counter()
     estimate = data.count_rows(input_path, "input", loaded.settings, loaded.explicit)
     as_json = output_path.suffix.lower() in (".jsonl", ".json")
-    scoring = time.perf_counter()
-    with atomic.replacing(output_path) as tmp, tmp.open("w", encoding="utf-8", newline="") as out:
+    with (atomic.replacing(output_path) if world.is_main else contextlib.nullcontext()) as tmp, \
+            (tmp.open("w", encoding="utf-8", newline="") if tmp else contextlib.nullcontext()) as out:
         for frame in data.read_in_chunks(input_path, "input", loaded.settings, loaded.explicit, chunk_rows):
-            predictions = predict_frame(loaded, frame)  # text, [text_pair]
-            for column, values in artifacts.prediction_columns(predictions, label_map,
-                                                               loaded.settings.label_delimiter).items():
-                frame[column] = values
-            out.write(_serialise(frame, as_json, header=done == 0))
+            columns = _score_shard(loaded, frame, world)
+            if out is not None:
+                out.write(_serialise(frame.assign(**columns), as_json, header=done == 0))
             done += len(frame)
             _progress(done, max(estimate, done), time.perf_counter() - scoring)
         if done != estimate:  # the estimate counted lines: the last event says what was scored
             _progress(done, done, time.perf_counter() - scoring)
-    summary = Summary(done, output_path, label_map.labels, round(time.perf_counter() - started, 2))
-    logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
-               model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
-               labels=label_map.labels, problem_type=label_map.problem_type, device=loaded.compute.device.type,
-               backend=loaded.backend,
-               seconds=summary.seconds)
-    return summary
+    return done
+
+
+def _score_shard(loaded: Loaded, frame: pd.DataFrame, world: distributed.World) -> dict[str, list]:
+    """The prediction columns of `frame`: this rank scores every world.size-th row from its rank on, and rank 0
+    puts the ranks' answers back in input order (the other ranks get {})."""
+    mine = frame.iloc[world.rank::world.size]
+    columns = (artifacts.prediction_columns(predict_frame(loaded, mine), loaded.label_map,
+                                            loaded.settings.label_delimiter) if len(mine) else None)
+    parts = distributed.gather_objects(columns, world)
+    if not world.is_main:
+        return {}
+    merged: dict[str, list] = {}
+    for rank, part in enumerate(parts):
+        for name, values in (part or {}).items():
+            merged.setdefault(name, [None] * len(frame))[rank::world.size] = list(values)
+    return merged
