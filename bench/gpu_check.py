@@ -53,9 +53,9 @@ SCALE_VARIANTS = ["batch_size=8,gradient_accumulation_steps=4", "gradient_checkp
 PROBE = r"""
 import importlib, json, os, pkgutil, platform, sys
 import seqcls
-for module in pkgutil.iter_modules(seqcls.__path__):
-    if module.name not in ("__main__", "serve"):  # serve needs the serving stack (fastapi); this checks training
-        importlib.import_module("seqcls." + module.name)
+for module in pkgutil.walk_packages(seqcls.__path__, "seqcls."):  # subpackages' modules too
+    if module.name not in ("seqcls.__main__", "seqcls.serve"):  # serve needs the serving stack (fastapi)
+        importlib.import_module(module.name)
 import pythonjsonlogger, torch, transformers
 from seqcls import devices as gpu
 seen = gpu.look()
