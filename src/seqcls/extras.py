@@ -9,8 +9,7 @@ from .errors import SettingsError
 
 # The module a capability imports, and the extra that installs it (the image installs every one).
 EXTRAS = {"boto3": "sagemaker", "google.cloud.storage": "vertex", "google.cloud.bigquery": "vertex",
-          "google.cloud.aiplatform": "vertex", "fastapi": "serve", "uvicorn": "serve", "mlflow": "trackers",
-          "onnxruntime": "onnx"}
+          "google.cloud.aiplatform": "vertex", "fastapi": "serve", "uvicorn": "serve", "mlflow": "trackers"}
 
 
 def installed(module: str) -> bool:

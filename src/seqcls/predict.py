@@ -204,6 +204,8 @@ def _score_shard(loaded: Loaded, frame: pd.DataFrame, world: distributed.World) 
     mine = frame.iloc[world.rank::world.size]
     columns = (artifacts.prediction_columns(predict_frame(loaded, mine), loaded.label_map,
                                             loaded.settings.label_delimiter) if len(mine) else None)
+    if not world.active:
+        return columns or {}
     parts = distributed.gather_objects(columns, world)
     if not world.is_main:
         return {}

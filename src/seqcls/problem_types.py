@@ -1,8 +1,9 @@
 """The problem types (single_label, multi_label, regression): the one place that says what differs between them.
 
 Transformers' name for each, the metrics its runs record and which of them fall, the headline that ranks epochs and
-heads the test results, the select_best choices it allows and the objective they rank by, what the model card and SageMaker's model-quality
-statistics call it. Every other module reads this one; none spells a type's name itself (tests/test_layout.py).
+heads the test results, the select_best choices it allows and the objective they rank by, what the model card and
+SageMaker's model-quality statistics call it. Every other module reads this one; none spells a type's name itself
+(tests/test_layout.py).
 """
 
 from __future__ import annotations

@@ -4,8 +4,6 @@ and what it expects."""
 
 from __future__ import annotations
 
-import importlib.util
-
 from .. import extras
 from ..errors import SettingsError
 from ..problem_types import REGRESSION, SELECT_BEST, SINGLE_LABEL, promotion_metrics
@@ -37,14 +35,15 @@ def validate(s: Settings) -> None:
     for name in ("model_name_or_path", "text_column", "label_column"):
         check_setting(bool(getattr(s, name)), name, getattr(s, name), "must not be empty")
     check_setting(s.text_pair_column not in (s.text_column, s.label_column), "text_pair_column", s.text_pair_column,
-           "must differ from text_column and label_column")
+                  "must differ from text_column and label_column")
     check_setting(s.text_column != s.label_column, "label_column", s.label_column, "must differ from text_column")
     check_setting(bool(s.label_delimiter), "label_delimiter", s.label_delimiter, "must not be empty")
     check_setting(not s.base_model or _is_repo_id(s.base_model), "base_model", s.base_model, "must be a Hub id such as org/name")
     if s.output_uri:
         parse_uri(s.output_uri, "hyperparameter output_uri")  # a bad scheme or bucket fails here, before any training
-    check_setting(not s.s3_expected_bucket_owner or (s.s3_expected_bucket_owner.isdigit() and len(s.s3_expected_bucket_owner) == 12),
-           "s3_expected_bucket_owner", s.s3_expected_bucket_owner, "must be a 12-digit AWS account id")
+    owner = s.s3_expected_bucket_owner
+    check_setting(not owner or (owner.isdigit() and len(owner) == 12), "s3_expected_bucket_owner", owner,
+                  "must be a 12-digit AWS account id")
     _validate_training_rules(s)
     check_setting(not s.run_id or is_safe_run_id(s.run_id), "run_id", s.run_id, RUN_ID_RULE)
 
@@ -52,39 +51,40 @@ def validate(s: Settings) -> None:
 def _validate_training_rules(s: Settings) -> None:
     """Settings that only make sense together."""
     check_setting(not s.early_stopping_patience or s.select_best != "none", "early_stopping_patience",
-           s.early_stopping_patience, "needs select_best (mcc or loss, or the problem type's metric): it picks the "
-                                      "metric that stops the run and keeps that best epoch's weights")
+                  s.early_stopping_patience, "needs select_best (mcc or loss, or the problem type's metric): it "
+                                             "picks the metric that stops the run and keeps that best epoch's weights")
     class_weight_map(s.class_weights)
     check_setting(s.export_onnx or not s.export_onnx_int8, "export_onnx_int8", s.export_onnx_int8,
-           "needs export_onnx=true: the int8 model is quantized from model.onnx")
-    missing = [name for name in ONNX_MODULES if s.export_onnx and importlib.util.find_spec(name) is None]
-    check_setting(not missing, "export_onnx", s.export_onnx, f"needs {', '.join(missing)}: pip install 'seqcls[onnx]' "
-                                                      "(the image has them)")
+                  "needs export_onnx=true: the int8 model is quantized from model.onnx")
+    missing = [name for name in ONNX_MODULES if s.export_onnx and not extras.installed(name)]
+    check_setting(not missing, "export_onnx", s.export_onnx,
+                  f"needs {', '.join(missing)}: pip install 'seqcls[onnx]' (the image has them)")
     trackers = report_targets(s.report_to)
     check_setting("mlflow" not in trackers or extras.installed("mlflow"), "report_to", s.report_to,
-           f"needs the MLflow client: {extras.install_hint('mlflow')}")
-    check_setting("wandb" not in trackers or importlib.util.find_spec("wandb") is not None, "report_to", s.report_to,
-           "needs wandb: pip install wandb (not in the image: build FROM it and add it)")
+                  f"needs the MLflow client: {extras.install_hint('mlflow')}")
+    check_setting("wandb" not in trackers or extras.installed("wandb"), "report_to", s.report_to,
+                  "needs wandb: pip install wandb (not in the image: build FROM it and add it)")
     check_setting("vertex" not in trackers or extras.installed("google.cloud.aiplatform"), "report_to", s.report_to,
-           f"needs the Vertex AI SDK: {extras.install_hint('google.cloud.aiplatform')}")
+                  f"needs the Vertex AI SDK: {extras.install_hint('google.cloud.aiplatform')}")
     for name, tracker in (("mlflow_experiment", "mlflow"), ("mlflow_registered_model", "mlflow"),
                           ("mlflow_log_model", "mlflow"), ("vertex_experiment", "vertex"),
                           ("vertex_api_endpoint", "vertex")):
         check_setting(not getattr(s, name) or tracker in trackers, name, getattr(s, name),
-               f"needs report_to to include {tracker}")
+                      f"needs report_to to include {tracker}")
     label_name_map(s.label_names)
     check_setting(not s.label_names or s.problem_type != REGRESSION, "label_names", s.label_names,
-           "names classes or tags; a regression model has one output, a score")
+                  "names classes or tags; a regression model has one output, a score")
     _check_select_best(s)
     _check_promotion(s)
     check_setting(s.lr_scheduler_type != "constant" or not (s.warmup_steps or s.warmup_ratio), "lr_scheduler_type",
-           s.lr_scheduler_type, "constant has no warm-up: use constant_with_warmup, or set warmup_steps and "
-                                "warmup_ratio to 0")
-    check_setting(s.lr_scheduler_type != "polynomial" or s.learning_rate > POLYNOMIAL_LR_END, "learning_rate", s.learning_rate,
-           f"lr_scheduler_type=polynomial decays to {POLYNOMIAL_LR_END:g} (transformers' lr_end): the peak must be above it")
+                  s.lr_scheduler_type, "constant has no warm-up: use constant_with_warmup, or set warmup_steps "
+                                       "and warmup_ratio to 0")
+    check_setting(s.lr_scheduler_type != "polynomial" or s.learning_rate > POLYNOMIAL_LR_END, "learning_rate",
+                  s.learning_rate, f"lr_scheduler_type=polynomial decays to {POLYNOMIAL_LR_END:g} (transformers' "
+                                   "lr_end): the peak must be above it")
     for name, unset in (("class_weights", "none"), ("decision_threshold", 0.5), ("label_smoothing", 0.0)):
         check_setting(getattr(s, name) == unset or s.problem_type == SINGLE_LABEL, name, getattr(s, name),
-               f"needs problem_type=single_label (it weighs, decides or smooths classes), not {s.problem_type}")
+                      f"needs problem_type=single_label (it weighs, decides or smooths classes), not {s.problem_type}")
 
 
 def _check_select_best(s: Settings) -> None:
@@ -100,13 +100,13 @@ def _check_promotion(s: Settings) -> None:
     """The gate moves <output_uri>/latest.json by a metric this problem type's runs record."""
     if s.promote_if == "none":
         check_setting(not s.promotion_file, "promotion_file", s.promotion_file,
-               "needs promote_if: without a gate every run moves latest.json")
+                      "needs promote_if: without a gate every run moves latest.json")
         return
     usable = promotion_metrics(s.problem_type)
     check_setting(s.promote_if in usable, "promote_if", s.promote_if,
-           f"must be none or a metric of problem_type={s.problem_type}: {', '.join(usable)}")
+                  f"must be none or a metric of problem_type={s.problem_type}: {', '.join(usable)}")
     check_setting(bool(s.output_uri), "promote_if", s.promote_if,
-           "needs output_uri: the gate decides where <output_uri>/latest.json points (on Vertex, AIP_MODEL_DIR "
-           "always receives the run just trained; docs/publishing.md)")
+                  "needs output_uri: the gate decides where <output_uri>/latest.json points (on Vertex, AIP_MODEL_DIR "
+                  "always receives the run just trained; docs/publishing.md)")
     check_setting(s.publish_latest, "promote_if", s.promote_if,
-           "needs publish_latest=true: the gate decides whether latest.json moves")
+                  "needs publish_latest=true: the gate decides whether latest.json moves")

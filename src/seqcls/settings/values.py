@@ -89,7 +89,7 @@ def class_weight_map(value: str) -> dict[str, float] | None:
     for label, weight in weights.items():
         number = weight if isinstance(weight, (int, float)) and not isinstance(weight, bool) else float("nan")
         check_setting(math.isfinite(number) and number > 0, "class_weights", value,
-               f"the weight of label {label!r} must be a positive number, got {json.dumps(weight)}")
+                      f"the weight of label {label!r} must be a positive number, got {json.dumps(weight)}")
     return {str(label): float(weight) for label, weight in weights.items()}
 
 
@@ -109,7 +109,7 @@ def label_name_map(value: str) -> list[str] | dict[str, str] | None:
                             "{\"0\": \"unacceptable\", \"1\": \"acceptable\"}")
     for name in given:
         check_setting(isinstance(name, str) and bool(name.strip()), "label_names", value,
-               f"every name must be a non-empty string, got {json.dumps(name)}")
+                      f"every name must be a non-empty string, got {json.dumps(name)}")
     stripped = [name.strip() for name in given]
     repeated = sorted({name for name in stripped if stripped.count(name) > 1})
     check_setting(not repeated, "label_names", value, f"names must be distinct; repeated: {', '.join(map(repr, repeated))}")
@@ -123,8 +123,8 @@ def report_targets(value: str) -> tuple[str, ...]:
         return ()
     unknown = [name for name in names if name not in REPORTERS]
     check_setting(bool(names) and not unknown, "report_to", value,
-           f"must be none or a comma-separated list of {', '.join(REPORTERS)}"
-           + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+                  f"must be none or a comma-separated list of {', '.join(REPORTERS)}"
+                  + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     return names
 
 
