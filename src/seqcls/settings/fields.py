@@ -78,7 +78,8 @@ class Settings:
                                bounds=Bounds(1, 65536))
     gradient_accumulation_steps: int = _setting(1, "Batches whose gradients add up to one optimizer step: the recipe of "
                                                    "a bigger batch in the memory of batch_size rows", bounds=Bounds(1, 1024))
-    eval_batch_size: int = _setting(256, "Samples per validation/test forward pass (no effect on results)",
+    eval_batch_size: int = _setting(256, "Samples per validation/test forward pass (no effect on results beyond "
+                                    "float rounding: a batch's shape sets the kernels' summation order)",
                                     bounds=Bounds(1, 65536), math=False)
     learning_rate: float = _setting(2e-5, "AdamW peak learning rate", bounds=FRACTION_OPEN)
     adam_epsilon: float = _setting(1e-8, "AdamW epsilon", bounds=FRACTION_OPEN)
