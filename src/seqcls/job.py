@@ -120,7 +120,8 @@ def _publish_options(settings: hyperparameters.Settings) -> storage.Options:
 
 
 def _settled(where: runtime.Platform, settings: hyperparameters.Settings) -> runtime.Platform:
-    """The run id and checkpoint folder the settings choose; a platform's job name must be as safe a run id."""
+    """The run id and checkpoint folder the settings choose: the run_id setting, else the platform's job id or a
+    timestamp (runtime's detect), which must be as safe a run id."""
     if not settings.run_id and not hyperparameters.is_safe_run_id(where.run_id):
         raise SettingsError(f"the platform's job name {where.run_id!r}, used as the run id, {hyperparameters.RUN_ID_RULE}: "
                             "set hyperparameter run_id")

@@ -279,7 +279,7 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
     fields: dict[str, object] = {
         "checkpoint_dir": root / "checkpoints",
         "tensorboard_dir": root / "output" / "tensorboard",  # SageMaker uploads it when a TensorBoardOutputConfig is set
-        "run_id": (env.get(SM_JOB_NAME, "") if name == "sagemaker" else "") or f"seqcls-{timestamp}",
+        "run_id": _platform_run_id(name, env, timestamp),
     } | (_vertex_outputs(env, root) if name == "vertex" else {})
     if name == "sagemaker" and SM_TUNING_OBJECTIVE in ignored:
         # A tuning job has one CheckpointConfig for all its trials: each trial keeps its resume state under
@@ -298,6 +298,14 @@ def detect(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Platfor
         tracking_env={name: env[name] for name in (*MLFLOW_ENV, *WANDB_ENV, *VERTEX_EXPERIMENT_ENV) if env.get(name)},
         **fields,
     )
+
+
+def _platform_run_id(name: str, env: Mapping[str, str], timestamp: str) -> str:
+    """The run id when the run_id setting is unset (job._settled applies the setting): SageMaker's training job
+    name, Vertex's job id (a scheduler posting the same CustomJob body gets a new one per execution), otherwise
+    seqcls-<UTC timestamp>."""
+    job = {"sagemaker": env.get(SM_JOB_NAME, ""), "vertex": env.get(VERTEX_JOB_ID, "")}.get(name, "")
+    return job or f"seqcls-{timestamp}"
 
 
 def debug_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -331,8 +339,6 @@ def _vertex_outputs(env: Mapping[str, str], root: Path) -> dict[str, object]:
         "checkpoint_dir": folder(AIP_CHECKPOINT_DIR) or root / "checkpoints",
         "tensorboard_dir": folder(AIP_TENSORBOARD_LOG_DIR) or root / "output" / "tensorboard",
     }
-    if job_id:
-        outputs["run_id"] = job_id
     return outputs
 
 
