@@ -5,6 +5,7 @@ run's metrics.json, training_stats.csv and run_manifest.json."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import shlex
@@ -14,6 +15,7 @@ from huggingface_hub import ModelCard
 
 from jobtools import build_tiny_model, cola_rows, minilm_folder, run_subprocess, write_tree
 from seqcls import card
+from seqcls.records import RunManifest
 from seqcls.settings import FIELDS, resolve
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
@@ -105,7 +107,7 @@ def test_a_partial_model_says_so(run):
     metrics = {**{k: v for k, v in metrics.items() if k != "test"}, "partial": partial}
     with (run.root / "output" / "data" / "training_stats.csv").open() as handle:
         stats = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)][:1]
-    rendered = card.render({**manifest, "partial": partial}, metrics, stats)
+    rendered = card.render(dataclasses.replace(RunManifest.from_json(manifest), partial=partial), metrics, stats)
     assert "**Partial model.**" in rendered.text and "end of epoch 1" in rendered.text
     meta = rendered.data.to_dict()
     assert "partial" in meta["tags"] and "model-index" not in meta

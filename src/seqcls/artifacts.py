@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
 from .evaluate import EpochStats, Predictions, probability_columns, validation_metrics
 from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL, of_config
+from .records import RUN_MANIFEST, DataRecord, RunManifest
 
 RELOAD_CHECK_ROWS = 8
 
@@ -209,7 +210,7 @@ def plot_scatter(path: Path, targets: np.ndarray, scores: np.ndarray) -> None:
 def _test_files(out: Path, record: "RunRecord") -> None:
     """The test split's predictions and its picture: a confusion matrix, a per-label table, or a scatter."""
     channel, label_ids, predictions = record.test
-    delimiter = record.manifest["settings"]["label_delimiter"]["value"]
+    delimiter = record.manifest.value("label_delimiter")
     write_predictions(out / "test_predictions.csv", channel, label_ids, predictions, record.label_map, delimiter)
     test = record.metrics["test"]
     if record.label_map.problem_type == MULTI_LABEL:
@@ -273,7 +274,7 @@ class RunRecord:
     there was a test split, its rows and predictions."""
 
     metrics: dict[str, Any]
-    manifest: dict[str, Any]
+    manifest: RunManifest
     stats: list[EpochStats]
     label_map: LabelMap
     test: tuple[Channel, np.ndarray, Predictions] | None = None  # rows, label ids, predictions
@@ -305,20 +306,21 @@ def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir
         if "onnx" in record.onnx:
             saved.append(onnxmodel.export(model, tokenizer, staged_model))
         if "onnx_int8" in record.onnx:
-            record.manifest["onnx_int8"] = onnxmodel.quantize_int8(model, tokenizer, staged_model, record.check_rows)
-            saved += [onnxmodel.ONNX_INT8_FILE] if record.manifest["onnx_int8"]["kept"] else []
+            record = replace(record, manifest=replace(record.manifest, onnx_int8=onnxmodel.quantize_int8(
+                model, tokenizer, staged_model, record.check_rows)))
+            saved += [onnxmodel.ONNX_INT8_FILE] if record.manifest.onnx_int8["kept"] else []
         write_json(staged_model / "metrics.json", record.metrics)
         write_training_stats(out / "training_stats.csv", record.stats)
         plot_loss_curve(out / "loss_curve.png", record.stats)
         if record.test is not None:
             _test_files(out, record)
-        write_json(staged_model / "run_manifest.json", record.manifest)
+        write_json(staged_model / RUN_MANIFEST, record.manifest.to_json())
         write_atomic(staged_model / "README.md", str(card.render(record.manifest, record.metrics,
                                                                  [s.row() for s in record.stats])).encode())
         checked = reload_check(model, tokenizer, staged_model, record.check_rows)
     logs.event("artifacts_saved", f"model saved to {model_dir} (reload check passed on {checked} rows)",
                model_dir=str(model_dir), output_data_dir=str(output_data_dir),
-               files=saved + ["metrics.json", "run_manifest.json", "README.md"], reload_check_rows=checked)
+               files=saved + ["metrics.json", RUN_MANIFEST, "README.md"], reload_check_rows=checked)
     return saved
 
 
@@ -342,13 +344,11 @@ def device_record(device: torch.device, precision: str) -> dict[str, object]:
             "cpu_count": os.cpu_count()}
 
 
-def run_manifest(run: dict[str, object], model_source: str, channels: list[Channel],
-                 data_facts: dict[str, object]) -> dict[str, object]:
+def run_manifest(run: dict[str, Any], model_source: str, channels: list[Channel], data_facts: dict[str, Any]) -> RunManifest:
     """run_manifest.json: `run` (id, platform, commit, settings, device, timing, partial, trackers) plus the inputs
     with their digests, what the data stage settled (rows per split, validation source, the max_length
     used) and the package versions: enough to rerun the job, or to predict like it, from this file alone."""
-    return {**{k: run[k] for k in ("run_id", "platform", "git_commit", "settings")},
-            "model_source": model_source, "model_source_files": model_source_files(model_source),
-            "data": {"files": [f for channel in channels for f in channel.files], **data_facts},
-            "packages": package_versions(),
-            **{k: run[k] for k in ("device", "timing", "partial", "trackers") if k in run}}
+    return RunManifest(run["run_id"], run["platform"], run["git_commit"], run["settings"], model_source,
+                       model_source_files(model_source),
+                       DataRecord([f for channel in channels for f in channel.files], **data_facts), package_versions(),
+                       run.get("device"), run.get("timing"), run.get("partial"), run.get("trackers"))

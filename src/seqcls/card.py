@@ -16,7 +16,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .data import COLUMN_SETTINGS
-from .problem_types import REGRESSION, SINGLE_LABEL, TYPES, of_manifest
+from .problem_types import REGRESSION, SINGLE_LABEL, TYPES
+from .records import RunManifest
 from .settings import FIELDS
 
 # The `datasets` builder that reads each suffix (`load_dataset("csv", ...)`): the honest dataset "type" of local files.
@@ -45,17 +46,16 @@ def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
     return "\n".join(lines)
 
 
-def reproduce_command(manifest: dict[str, Any]) -> str:
+def reproduce_command(manifest: RunManifest) -> str:
     """`seqcls train` with the same data files, model and every setting that changes the weights; a column
     setting left to the files' headers stays unset so the same header picks the same column again."""
-    settings = manifest["settings"]
     args = ["seqcls", "train"]
     for channel in ("train", "validation", "test"):
-        paths = [str(f["path"]) for f in manifest["data"]["files"] if f["channel"] == channel]
+        paths = [str(f["path"]) for f in manifest.data.of_channel(channel)]
         if paths:
             args += [f"--{channel}", paths[0] if len(paths) == 1 else str(PurePosixPath(paths[0]).parent)]
-    args += ["--model_name_or_path", manifest["model_source"]]
-    for name, entry in settings.items():
+    args += ["--model_name_or_path", manifest.model_source]
+    for name, entry in manifest.settings.items():
         left_to_header = name in COLUMN_SETTINGS and entry["source"] == "default"
         if name == "model_name_or_path" or not FIELDS[name].metadata["math"] or left_to_header:
             continue
@@ -64,19 +64,19 @@ def reproduce_command(manifest: dict[str, Any]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def _metadata(manifest: dict[str, Any], metrics: dict[str, Any], base_model: str | None) -> ModelCardData:
+def _metadata(manifest: RunManifest, metrics: dict[str, Any], base_model: str | None) -> ModelCardData:
     results = []
-    test_files = [f for f in manifest["data"]["files"] if f["channel"] == "test"]
+    test_files = manifest.data.of_channel("test")
     if "test" in metrics and test_files:
         builder = BUILDERS.get(Path(str(test_files[0]["path"])).suffix.lower(), "csv")
         name = ", ".join(Path(str(f["path"])).name for f in test_files)
         results = [EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=builder,
                               dataset_name=name, dataset_split="test", metric_type=metric, metric_name=shown,
                               metric_config=config, metric_value=round(float(metrics["test"][key]), 4))
-                   for key, metric, shown, config in TYPES[of_manifest(manifest)].card_metrics]
+                   for key, metric, shown, config in TYPES[manifest.problem_type].card_metrics]
     return ModelCardData(base_model=base_model, library_name="transformers", pipeline_tag="text-classification",
-                         tags=["seqcls", "text-classification"] + (["partial"] if manifest.get("partial") else []),
-                         model_name=manifest["run_id"], eval_results=results or None)
+                         tags=["seqcls", "text-classification"] + (["partial"] if manifest.partial else []),
+                         model_name=manifest.run_id, eval_results=results or None)
 
 
 def _columns(chosen: dict[str, str | None] | None) -> str:
@@ -86,12 +86,12 @@ def _columns(chosen: dict[str, str | None] | None) -> str:
     return f"{roles} ({chosen['chosen']})"
 
 
-def _data_section(manifest: dict[str, Any], labels: list[str]) -> str:
-    data = manifest["data"]
+def _data_section(manifest: RunManifest, labels: list[str]) -> str:
+    data = manifest.data
     files = [(f["channel"], f"`{f['path']}`", f["rows"], _columns(f.get("columns")), str(f["sha256"])[:12])
-             for f in data["files"]]
-    rows = ", ".join(f"{split} {count}" for split, count in data["rows"].items())
-    held_out = " (held out from train, seeded)" if data["validation_source"] == "split" else ""
+             for f in data.files]
+    rows = ", ".join(f"{split} {count}" for split, count in data.rows.items())
+    held_out = " (held out from train, seeded)" if data.validation_source == "split" else ""
     return "\n\n".join([
         "## Data", _table(("channel", "file", "rows read", "columns (how chosen)", "sha256"), files),
         f"Rows per split after sampling and splitting: {rows}; validation{held_out}.",
@@ -137,9 +137,8 @@ def _results_section(stats: list[dict[str, Any]], metrics: dict[str, Any], kind:
     return "\n\n".join(parts)
 
 
-def _limits(manifest: dict[str, Any], base: str) -> str:
-    kind = of_manifest(manifest)
-    partial = manifest.get("partial")
+def _limits(manifest: RunManifest, base: str) -> str:
+    kind, partial = manifest.problem_type, manifest.partial
     warning = (f"> **Partial model.** The run was stopped before it finished: these weights are {partial.get('weights')} "
                f"({partial.get('reason', 'stopped')}); no test split was scored.\n\n" if partial else "")
     return warning + "\n\n".join([
@@ -150,31 +149,30 @@ def _limits(manifest: dict[str, Any], base: str) -> str:
         "`transformers.pipeline(\"text-classification\", model=...)` loads it too but takes the argmax, ignoring "
         "the thresholds in config.json. "
         + ("`model.onnx` (batch and sequence axes dynamic) gives the PyTorch logits within 1e-4 in onnxruntime; "
-           "apply the thresholds as above. " if manifest["settings"].get("export_onnx", {}).get("value") else "")
+           "apply the thresholds as above. " if manifest.value("export_onnx") else "")
         + "It knows only the labels above, and scores only as well as the metrics here say on data like the "
         "validation and test files; other domains, languages or inputs longer than `max_length` tokens (truncated) are untested. It inherits the "
         "base model's biases and limits. Not for decisions about people without a review of its errors.",
     ])
 
 
-def render(manifest: dict[str, Any], metrics: dict[str, Any], stats: list[dict[str, Any]]) -> ModelCard:
+def render(manifest: RunManifest, metrics: dict[str, Any], stats: list[dict[str, Any]]) -> ModelCard:
     """The card for one run, from its manifest, metrics.json and per-epoch stats."""
-    settings = manifest["settings"]
-    base_model = hub_id(settings.get("base_model", {}).get("value", "")) or hub_id(manifest["model_source"])
-    base = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else f"the local model folder `{manifest['model_source']}`"
+    base_model = hub_id(manifest.value("base_model", "")) or hub_id(manifest.model_source)
+    base = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else f"the local model folder `{manifest.model_source}`"
     hyperparameters = [(f"`{name}`", f"`{entry['value']}`" if entry["value"] != "" else "(empty)", entry["source"])
-                       for name, entry in settings.items()]
+                       for name, entry in manifest.settings.items()]
     body = "\n\n".join([
-        f"# {manifest['run_id']}",
-        f"A `{of_manifest(manifest)}` text {'regressor' if of_manifest(manifest) == REGRESSION else 'classifier'} "
-        f"fine-tuned from {base} (weights read from `{manifest['model_source']}`) "
-        f"by seqcls (commit `{manifest['git_commit']}`). "
+        f"# {manifest.run_id}",
+        f"A `{manifest.problem_type}` text {'regressor' if manifest.problem_type == REGRESSION else 'classifier'} "
+        f"fine-tuned from {base} (weights read from `{manifest.model_source}`) "
+        f"by seqcls (commit `{manifest.git_commit}`). "
         "Every input's sha256 and the package versions are in `run_manifest.json`; the metrics in `metrics.json`.",
         _limits(manifest, base),
         _data_section(manifest, metrics["labels"]),
         "## Training", "Hyperparameters (value and where it came from):",
         _table(("name", "value", "source"), hyperparameters),
-        _results_section(stats, metrics, of_manifest(manifest)),
+        _results_section(stats, metrics, manifest.problem_type),
         "## Reproduce", "```bash\n" + reproduce_command(manifest) + "\n```",
     ])
     # huggingface_hub writes the metadata (to_yaml), as its ModelCard.from_template does, without needing jinja2.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from transformers import AutoConfig
 from . import artifacts, atomic, data, devices, distributed, evaluate, logs, model, onnxmodel, problem_types, storage
 from . import settings as hyperparameters
 from .errors import ModelError, SettingsError
+from .records import RUN_MANIFEST, RunManifest
 from .uris import parse_uri
 
 CHUNK_ROWS = 50_000  # rows scored and written at a time: bounds the token arrays and scores, paces the progress events
@@ -46,29 +46,16 @@ def _progress(done: int, rows: int, seconds: float) -> None:
                rows_per_s=round(rate, 1), seconds_left=None if left is None else round(left, 1))
 
 
-def _training_settings(folder: Path) -> dict[str, object]:
+def _training_settings(manifest: RunManifest | None) -> dict[str, object]:
     """The training run's values of INHERITED that it was given; a column it chose from its files' headers
     is chosen again from the input's header (the input need not have the training file's layout)."""
-    path = folder / "run_manifest.json"
-    if not path.is_file():
+    if manifest is None:
         return {}
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    recorded = manifest.get("settings", {})
-    inherited = {name: recorded[name]["value"] for name in INHERITED
-                 if name in recorded and not (name in data.COLUMN_SETTINGS and recorded[name].get("source") == "default")}
+    inherited = {name: manifest.value(name) for name in INHERITED if name in manifest.settings
+                 and (name not in data.COLUMN_SETTINGS or manifest.given(name))}
     if inherited.get("max_length") == "auto":  # the length the training run worked out
-        inherited["max_length"] = manifest["data"]["max_length"]
+        inherited["max_length"] = manifest.data.max_length
     return inherited
-
-
-def _trained_on_pairs(folder: Path) -> bool | None:
-    """Whether the training files had a second text column, as run_manifest.json recorded per file."""
-    path = folder / "run_manifest.json"
-    if not path.is_file():
-        return None
-    files = json.loads(path.read_text(encoding="utf-8")).get("data", {}).get("files", [])
-    columns = [f["columns"] for f in files if f.get("channel") == "train" and isinstance(f.get("columns"), dict)]
-    return any(c.get(data.PAIR) for c in columns) if columns else None
 
 
 def _serialise(frame: pd.DataFrame, as_json: bool, header: bool) -> str:
@@ -114,7 +101,8 @@ def load(model_uri: str, overrides: Mapping[str, str], world: distributed.World 
         # config.json is the inference contract (code/inference.py and the ONNX export read it too): its
         # inference_max_length is the length the run truncated to; run_manifest.json's only for folders without it.
         truncated = getattr(config, "inference_max_length", None)
-        resolved = hyperparameters.resolve([("run_manifest.json", _training_settings(folder)),
+        manifest = RunManifest.read(folder)
+        resolved = hyperparameters.resolve([(RUN_MANIFEST, _training_settings(manifest)),
                                             ("config.json", {"max_length": truncated} if truncated else {}),
                                             ("cli", overrides)])
         settings = resolved.settings
@@ -123,7 +111,7 @@ def load(model_uri: str, overrides: Mapping[str, str], world: distributed.World 
                                 "leave it unset to use the training run's")
         tokenizer = model.load_tokenizer(str(folder))
         classifier, compute = _classifier(folder, config, settings, model_uri, world)
-        pairs = _trained_on_pairs(folder)
+        pairs = manifest.trained_on_pairs() if manifest else None
     label_map = data.LabelMap([config.id2label[i] for i in range(config.num_labels)],
                               problem_types.of_config(config.problem_type))
     return Loaded(model_uri, settings, frozenset(resolved.explicit), tokenizer, classifier, label_map,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 SINGLE_LABEL = "single_label"
 MULTI_LABEL = "multi_label"
@@ -73,13 +72,6 @@ def of_config(config_problem_type: str | None) -> str:
     """Ours from a config's problem_type; a config saved without one (before it was set) is single_label."""
     found = {t.hf_name: t.name for t in TYPES.values()}
     return found.get(config_problem_type or TYPES[SINGLE_LABEL].hf_name, SINGLE_LABEL)
-
-
-def of_manifest(manifest: dict[str, Any]) -> str:
-    """A run_manifest.json's problem type (its settings hold each setting as {"value", "source"}); a manifest from
-    before the setting existed is single_label."""
-    setting = (manifest.get("settings") or {}).get("problem_type") or {}
-    return setting.get("value", SINGLE_LABEL) if isinstance(setting, dict) else SINGLE_LABEL
 
 
 def promotion_metrics(problem_type: str) -> list[str]:

@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import artifacts, logs
 from .errors import SettingsError
 from .problem_types import METRIC_RANGES, MINIMIZED_METRICS
+from .records import RUN_MANIFEST, RunManifest
 from .settings import Settings
 from .storage import Current
 from .uris import parse_uri
 
 METRICS = "metrics.json"
-RUN_MANIFEST = "run_manifest.json"
 RECORD = "promotion.json"  # in the output-data folder: SageMaker uploads it in output.tar.gz
 READ_LIMIT = 1024 * 1024  # a champion's metrics.json is a few KiB; a larger one counts as unreadable
 
@@ -181,8 +181,10 @@ class Gate:
         self.decision = decide(self.rule, value, current.run_id, comparison.champion if comparison else None,
                                comparison, incomparable, published)
         record = self.decision.record()
-        for path in (self.model_dir / METRICS, self.model_dir / RUN_MANIFEST):
-            artifacts.write_json(path, {**_read_json(path), "promotion": record})
+        artifacts.write_json(self.model_dir / METRICS, {**_read_json(self.model_dir / METRICS), "promotion": record})
+        manifest = RunManifest.read(self.model_dir)
+        if manifest is not None:
+            artifacts.write_json(self.model_dir / RUN_MANIFEST, replace(manifest, promotion=record).to_json())
         artifacts.write_json(self.output_data_dir / RECORD, record)
         return self.decision.promoted
 

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from . import logs, runtime, storage
-from .errors import UserError
-from .problem_types import TYPES, of_manifest
+from .errors import ModelError, UserError
+from .problem_types import TYPES
+from .records import RUN_MANIFEST, RunManifest
 from .uris import parse_uri
 
 READ_LIMIT = 1024 * 1024  # metrics.json and run_manifest.json are a few KiB
-RECORDS = ("metrics.json", "run_manifest.json")
+RECORDS = ("metrics.json", RUN_MANIFEST)
 # What `seqcls serve` takes and answers on /invocations (docs/serving.md), requests and responses alike.
 SERVED_TYPES = ["application/json", "application/jsonlines", "text/csv"]
 METADATA_VALUE_LIMIT = 256  # CustomerMetadataProperties values (botocore: CustomerMetadataValue max 256)
@@ -63,7 +64,7 @@ class VertexRegistration:
     api_endpoint: str | None = None  # Private Service Connect, or a test server
 
 
-def read_records(model: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def read_records(model: Path) -> tuple[dict[str, Any], RunManifest]:
     """metrics.json and run_manifest.json from a model folder or a model.tar.gz (found by base name: the
     service's archive holds the model folder's files at its root)."""
     if model.is_dir():
@@ -86,9 +87,9 @@ def read_records(model: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise RegistryError(f"{model}: {', '.join(too_large)} is over {READ_LIMIT // 2**20} MiB, not a seqcls run's record")
     try:
         metrics, manifest = (json.loads(found[name]) for name in RECORDS)
-    except ValueError as err:
-        raise RegistryError(f"{model}: metrics.json or run_manifest.json is not JSON ({err})") from None
-    return metrics, manifest
+        return metrics, RunManifest.from_json(manifest, f"{model}: {RUN_MANIFEST}")
+    except (ValueError, ModelError) as err:
+        raise RegistryError(f"{model}: metrics.json or {RUN_MANIFEST} is not a seqcls record ({err})") from None
 
 
 def promoted_record(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -113,10 +114,10 @@ def statistics(metrics: dict[str, Any], problem_type: str) -> dict[str, Any]:
             block: {name: {"value": value} for name, value in sorted(values.items())}}
 
 
-def metadata(manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, str]:
+def metadata(manifest: RunManifest, record: dict[str, Any]) -> dict[str, str]:
     """CustomerMetadataProperties: what a deployer reads in the registry without opening the run."""
     comparison = record.get("comparison") or {}
-    fields = {"seqcls:run_id": manifest.get("run_id"), "seqcls:metric": record.get("metric"),
+    fields = {"seqcls:run_id": manifest.run_id, "seqcls:metric": record.get("metric"),
               "seqcls:value": record.get("value"), "seqcls:champion_run_id": record.get("current_run_id"),
               "seqcls:champion_value": record.get("current_value"), "seqcls:difference": comparison.get("improvement"),
               "seqcls:interval": comparison.get("interval"), "seqcls:rows": comparison.get("rows"),
@@ -126,12 +127,12 @@ def metadata(manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, str]
             for key, value in fields.items() if value is not None}
 
 
-def create_request(target: Registration, manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+def create_request(target: Registration, manifest: RunManifest, record: dict[str, Any]) -> dict[str, Any]:
     """The CreateModelPackage request (botocore's SageMaker model: ModelPackageGroupName, InferenceSpecification,
     ModelMetrics, CustomerMetadataProperties, ModelApprovalStatus)."""
     return {
         "ModelPackageGroupName": target.group,
-        "ModelPackageDescription": f"seqcls run {manifest.get('run_id')}: {record.get('reason')}"[:1024],
+        "ModelPackageDescription": f"seqcls run {manifest.run_id}: {record.get('reason')}"[:1024],
         "InferenceSpecification": {
             "Containers": [{"Image": target.image, "ModelDataUrl": target.model_data_url}],
             "SupportedContentTypes": SERVED_TYPES, "SupportedResponseMIMETypes": SERVED_TYPES},
@@ -155,15 +156,15 @@ def register(target: Registration, model: Path) -> str:
     session = boto3.Session(region_name=target.region)
     try:
         session.client("s3").put_object(Bucket=stats_uri.bucket, Key=stats_uri.prefix, ContentType="application/json",
-                                        Body=json.dumps(statistics(metrics, of_manifest(manifest)),
+                                        Body=json.dumps(statistics(metrics, manifest.problem_type),
                                                         indent=2).encode())
         sagemaker = session.client("sagemaker")
         _ensure_group(sagemaker, target.group)
         arn = sagemaker.create_model_package(**create_request(target, manifest, record))["ModelPackageArn"]
     except (BotoCoreError, ClientError) as err:
-        raise RegistryError(f"registering run {manifest.get('run_id')} in {target.group} failed: {err}") from None
-    logs.event("model_registered", f"run {manifest.get('run_id')} registered as {arn} (Approved)",
-               model_package_arn=arn, model_package_group=target.group, run_id=manifest.get("run_id"),
+        raise RegistryError(f"registering run {manifest.run_id} in {target.group} failed: {err}") from None
+    logs.event("model_registered", f"run {manifest.run_id} registered as {arn} (Approved)",
+               model_package_arn=arn, model_package_group=target.group, run_id=manifest.run_id,
                statistics_uri=target.statistics_uri)
     return arn
 
@@ -200,7 +201,7 @@ def register_vertex(target: VertexRegistration, published: str, scratch: Path) -
     vertex_artifact_uri(published, "")  # a location Vertex cannot read fails before anything is fetched
     folder = storage.fetch(published, scratch)  # the pointer, then every file verified against the manifest
     metrics, manifest = read_records(folder)
-    record, run_id = promoted_record(metrics), str(manifest.get("run_id"))
+    record, run_id = promoted_record(metrics), manifest.run_id
     artifact_uri = vertex_artifact_uri(published, run_id)
     logs.adopt("google.cloud.aiplatform")
     # REST, as the tracker: transport and endpoint first, then the project (google/cloud/aiplatform/initializer.py).

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import time
 from typing import Any
 
 from .. import logs, outbound, scalars
+from ..records import RUN_MANIFEST, RunManifest
 from .base import RemoteTracker, RunContext
 
 DEFAULT_EXPERIMENT = "seqcls"
@@ -133,14 +133,15 @@ class MlflowTracker(RemoteTracker):
         """metrics.json, run_manifest.json and the model card under run/, the plots under plots/, and the model
         folder under model/ when asked; tagged with a fingerprint of the data files the manifest lists."""
         model_dir, data_dir = self.context.model_dir, self.context.output_data_dir
-        for name in ("metrics.json", "run_manifest.json", "README.md"):
+        for name in ("metrics.json", RUN_MANIFEST, "README.md"):
             if (model_dir / name).is_file():
                 self.client.log_artifact(self.mlflow_run_id, str(model_dir / name), "run")
         for plot in sorted(data_dir.glob("*.png")):
             self.client.log_artifact(self.mlflow_run_id, str(plot), "plots")
         if self.log_model:
             self.client.log_artifacts(self.mlflow_run_id, str(model_dir), "model")
-        files = json.loads((model_dir / "run_manifest.json").read_text())["data"]["files"]
+        manifest = RunManifest.read(model_dir)
+        files = manifest.data.files if manifest else []
         fingerprint = hashlib.sha256("".join(f"{f['channel']}:{f['sha256']}\n" for f in files).encode()).hexdigest()
         self._log_tags({"seqcls/data_sha256": fingerprint})
 

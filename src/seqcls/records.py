@@ -1,0 +1,112 @@
+"""run_manifest.json as a typed record: the one writer (`RunManifest.to_json`) and the one reader (`RunManifest.read`,
+`from_json`) that the job, predict, the model card, the registry and the trackers share.
+
+The file is what a consumer needs to rerun the job, or to predict like it, from this file alone: the run's id,
+platform and commit, every setting with where its value came from, the inputs with their digests, what the data
+stage settled, the package versions. Folders written before a field existed still read (the field is None).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data.columns import PAIR
+from .errors import ModelError
+from .problem_types import SINGLE_LABEL
+
+RUN_MANIFEST = "run_manifest.json"
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """What the data stage read and settled: each input file (channel, path, rows, sha256, the columns it was read
+    by), the rows per split, where validation came from, the max_length used, the split-overlap checks."""
+
+    files: list[dict[str, Any]] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    validation_source: str | None = None
+    max_length: int | None = None
+    split_checks: dict[str, Any] | None = None
+
+    def of_channel(self, channel: str) -> list[dict[str, Any]]:
+        return [f for f in self.files if f.get("channel") == channel]
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """One run's run_manifest.json. `settings` holds every setting as {"value", "source"} (Resolved.snapshot)."""
+
+    run_id: str
+    platform: str
+    git_commit: str
+    settings: dict[str, dict[str, Any]]
+    model_source: str
+    model_source_files: Any
+    data: DataRecord
+    packages: dict[str, str]
+    device: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
+    partial: dict[str, Any] | None = None  # what a stopped run's model holds
+    trackers: list[dict[str, Any]] | None = None
+    onnx_int8: dict[str, Any] | None = None  # the int8 export's agreement check, when one was made
+    promotion: dict[str, Any] | None = None  # the gate's decision (promotion.py), when promote_if is set
+
+    def value(self, name: str, default: Any = None) -> Any:
+        """A setting's value as the run used it; `default` for a setting the run predates."""
+        entry = self.settings.get(name)
+        return entry.get("value", default) if isinstance(entry, dict) else default
+
+    def given(self, name: str) -> bool:
+        """Whether the setting was given (hyperparameters, CLI, environment) rather than left to its default."""
+        entry = self.settings.get(name)
+        return isinstance(entry, dict) and "value" in entry and entry.get("source") != "default"
+
+    @property
+    def problem_type(self) -> str:
+        """A manifest from before the setting existed is single_label."""
+        return self.value("problem_type", SINGLE_LABEL)
+
+    def trained_on_pairs(self) -> bool | None:
+        """Whether the training files had a second text column; None when the manifest does not say."""
+        columns = [f["columns"] for f in self.data.of_channel("train") if isinstance(f.get("columns"), dict)]
+        return any(c.get(PAIR) for c in columns) if columns else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content, in the key order it has always had; onnx_int8 and promotion only when the run made
+        that check or that decision."""
+        record = {"run_id": self.run_id, "platform": self.platform, "git_commit": self.git_commit,
+                  "settings": self.settings, "model_source": self.model_source,
+                  "model_source_files": self.model_source_files,
+                  "data": {"files": self.data.files, "rows": self.data.rows,
+                           "validation_source": self.data.validation_source, "max_length": self.data.max_length,
+                           "split_checks": self.data.split_checks},
+                  "packages": self.packages, "device": self.device, "timing": self.timing, "partial": self.partial,
+                  "trackers": self.trackers}
+        optional = {"onnx_int8": self.onnx_int8, "promotion": self.promotion}
+        return record | {name: value for name, value in optional.items() if value is not None}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], where: str = RUN_MANIFEST) -> "RunManifest":
+        if not isinstance(record, dict) or not isinstance(record.get("settings", {}), dict):
+            raise ModelError(f"{where} is not a seqcls run manifest (expected an object with settings)")
+        data = record.get("data") if isinstance(record.get("data"), dict) else {}
+        return cls(str(record.get("run_id", "")), str(record.get("platform", "")), str(record.get("git_commit", "")),
+                   record.get("settings", {}), str(record.get("model_source", "")), record.get("model_source_files"),
+                   DataRecord(list(data.get("files") or []), dict(data.get("rows") or {}), data.get("validation_source"),
+                              data.get("max_length"), data.get("split_checks")),
+                   dict(record.get("packages") or {}), record.get("device"), record.get("timing"),
+                   record.get("partial"), record.get("trackers"), record.get("onnx_int8"), record.get("promotion"))
+
+    @classmethod
+    def read(cls, folder: Path) -> "RunManifest | None":
+        """A model folder's manifest; None for a folder without one (a model not trained by seqcls)."""
+        path = folder / RUN_MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
+        except ValueError as err:
+            raise ModelError(f"{path} is not JSON ({err})") from None

@@ -1,0 +1,67 @@
+"""run_manifest.json has one writer and one reader (seqcls.records): a run's file reads back into the same bytes,
+a folder written before a field existed still reads, and no other module spells the file's name."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from jobtools import build_tiny_model, cola_rows, minilm_folder, run_subprocess, write_tree
+from seqcls.errors import ModelError
+from seqcls.problem_types import SINGLE_LABEL
+from seqcls.records import RUN_MANIFEST, RunManifest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "seqcls"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, cola_dir) -> Path:
+    """A real run with a test split and the promotion gate on, so the manifest holds every field the job writes."""
+    root = tmp_path_factory.mktemp("opt_ml")
+    model = build_tiny_model(tmp_path_factory.mktemp("model") / "tiny", minilm_folder())
+    write_tree(root, {"data/train/train.tsv": cola_rows(cola_dir, "in_domain_train.tsv", 60),
+                      "data/test/test.tsv": cola_rows(cola_dir, "out_of_domain_dev.tsv", 30)})
+    published = tmp_path_factory.mktemp("published")
+    outcome = run_subprocess(root, ["--model", str(model), "--epochs", "1", "--batch_size", "8", "--max_length", "32",
+                                    "--run_id", "records-run", "--output_uri", str(published), "--promote_if", "test_mcc"])
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    return root / "model"
+
+
+@pytest.mark.slow
+def test_a_runs_manifest_reads_back_into_the_same_file(model_dir) -> None:
+    text = (model_dir / RUN_MANIFEST).read_text()
+    manifest = RunManifest.read(model_dir)
+    assert json.dumps(manifest.to_json(), indent=2) + "\n" == text
+    assert manifest.run_id == "records-run" and manifest.promotion["promoted"] is True
+    assert manifest.value("max_length") == 32 and manifest.given("max_length") and not manifest.given("seed")
+    assert manifest.problem_type == SINGLE_LABEL and manifest.trained_on_pairs() is False
+    assert [f["channel"] for f in manifest.data.files] == ["train", "test"] and manifest.data.rows["test"] == 30
+
+
+def test_a_manifest_from_before_a_field_existed_still_reads(tmp_path) -> None:
+    (tmp_path / RUN_MANIFEST).write_text(json.dumps({"run_id": "old", "settings": {"max_length": {"value": 64,
+                                                                                                    "source": "cli"}}}))
+    manifest = RunManifest.read(tmp_path)
+    assert (manifest.run_id, manifest.value("max_length"), manifest.problem_type) == ("old", 64, SINGLE_LABEL)
+    assert manifest.trained_on_pairs() is None and manifest.data.max_length is None and manifest.promotion is None
+    assert "onnx_int8" not in manifest.to_json() and "promotion" not in manifest.to_json()
+    assert RunManifest.read(tmp_path / "no-such-folder") is None
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"settings": "max_length=64"}'])
+def test_a_manifest_that_is_not_one_says_so(tmp_path, content) -> None:
+    (tmp_path / RUN_MANIFEST).write_text(content)
+    with pytest.raises(ModelError, match=RUN_MANIFEST):
+        RunManifest.read(tmp_path)
+
+
+def test_only_the_records_module_names_the_manifest_file() -> None:
+    """Every reader and writer goes through records.RUN_MANIFEST, so the file's shape has one owner."""
+    spelled = [f"{path.relative_to(SRC)}:{node.lineno}" for path in sorted(SRC.rglob("*.py")) if path.name != "records.py"
+               for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)
+               and node.value == RUN_MANIFEST]
+    assert not spelled, spelled
