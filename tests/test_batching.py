@@ -3,6 +3,7 @@ request waits for nothing, a full queue refuses at once, and an error reaches ev
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -105,3 +106,20 @@ def test_requests_with_other_columns_never_share_a_pass() -> None:
     scorer.release.set()
     single.result(5), paired.result(5)
     assert scorer.passes == [1, 1, 1]
+
+
+def test_the_worker_holds_its_context_open_across_passes_in_its_own_thread() -> None:
+    """The server passes predict.casting_once: autocast's state is per thread, and its weight casts last only
+    while the context is open, so the worker thread must enter it once and keep it."""
+    held: list[tuple[str, str]] = []
+
+    @contextlib.contextmanager
+    def hold():
+        held.append(("enter", threading.current_thread().name))
+        yield
+        held.append(("exit", threading.current_thread().name))
+
+    batcher = Batcher(Scorer(), hold=hold)
+    for first in (0, 10):
+        assert batcher.submit(request(first, 2)).result(10).logits[:, 0].tolist() == [first, first + 1]
+    assert held == [("enter", "seqcls-batcher")] and batcher.passes == 2

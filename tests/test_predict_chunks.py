@@ -158,3 +158,21 @@ def test_two_torchrun_ranks_write_the_bytes_one_process_writes(tiny, rows, tmp_p
     written = [json.loads(line) for line in sharded.stdout.splitlines() if '"predictions_written"' in line]
     assert len(written) == 1 and written[0]["ranks"] == 2 and written[0]["rows"] == 2500
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "two.csv"]  # no temp file from either rank
+
+
+def test_casting_once_keeps_each_weights_cast_and_scores_alike(tiny) -> None:
+    """Inside predict.casting_once a pass reuses the weights' bf16 copies (so the server and a file's chunks cast
+    them once): the scores equal per-pass casting's, and a weight changed inside it is not seen until it closes."""
+    import pandas as pd
+    import torch
+
+    loaded = predict.load(str(tiny), {"precision": "bf16"})
+    frame = pd.DataFrame({"text": ["a short one", "a rather longer sentence about books and their readers"]})
+    cast_per_pass = predict.predict_frame(loaded, frame).logits
+    with predict.casting_once(loaded):
+        held = predict.predict_frame(loaded, frame).logits
+        with torch.no_grad():
+            loaded.classifier.classifier.weight.add_(1.0)
+        stale = predict.predict_frame(loaded, frame).logits
+    fresh = predict.predict_frame(loaded, frame).logits
+    assert (held == cast_per_pass).all() and (stale == held).all() and not (fresh == held).all()

@@ -73,7 +73,8 @@ class State:
         with self.lock:
             if self.batcher is None:
                 self.batcher = batching.Batcher(functools.partial(predict.predict_frame, self.loaded),
-                                                self.max_batch_rows, self.max_queue_rows)
+                                                self.max_batch_rows, self.max_queue_rows,
+                                                functools.partial(predict.casting_once, self.loaded))
             return self.batcher
 
 
