@@ -189,8 +189,9 @@ def agreement(answers: list[tuple[str, dict]], reference: dict[str, dict]) -> di
 
 
 def bare_forward_ms(model: Path, sentence: str, repeats: int) -> float:
-    """The model's own forward on one tokenized sentence, as the server loads it (`predict.load`), in this process:
-    the median over `repeats` calls."""
+    """The model's own forward on one tokenized sentence, as the server loads and runs it (`predict.load`, the
+    weights' casts held across calls as the server's batcher holds them), in this process: the median over
+    `repeats` calls."""
     import torch
 
     from seqcls import devices, predict
@@ -198,7 +199,7 @@ def bare_forward_ms(model: Path, sentence: str, repeats: int) -> float:
     loaded = predict.load(str(model), {})
     inputs = loaded.tokenizer([sentence], return_tensors="pt")
     timings = []
-    with torch.inference_mode():
+    with torch.inference_mode(), predict.casting_once(loaded):
         for _ in range(repeats + 5):
             started = time.perf_counter()
             with devices.autocast(loaded.compute.device, loaded.compute.precision):
