@@ -199,7 +199,7 @@ def bare_forward_ms(model: Path, sentence: str, repeats: int) -> float:
     loaded = predict.load(str(model), {})
     inputs = loaded.tokenizer([sentence], return_tensors="pt")
     timings = []
-    with torch.inference_mode(), predict.casting_once(loaded):
+    with torch.no_grad(), predict.casting_once(loaded):  # as evaluate.predict: inference_mode defeats the cast cache
         for _ in range(repeats + 5):
             started = time.perf_counter()
             with devices.autocast(loaded.compute.device, loaded.compute.precision):
