@@ -317,17 +317,18 @@ def test_step_level_evaluations_are_rows_of_the_stats_table_and_points_of_the_lo
 
     from seqcls import artifacts, card
     from seqcls.evaluate import EpochStats
+    from seqcls.records import Metrics
 
     stats = [EpochStats(epoch=1, step=500, train_loss=0.7, val_loss=0.6, val_accuracy=0.6, val_mcc=0.1, val_f1=0.5),
              EpochStats(epoch=1, step=1000, train_loss=0.6, val_loss=0.5, val_accuracy=0.7, val_mcc=0.3, val_f1=0.6),
              EpochStats(epoch=2, step=1500, train_loss=0.5, val_loss=0.55, val_accuracy=0.65, val_mcc=0.2, val_f1=0.55)]
     record = artifacts.metrics_record(stats, 1, ["0", "1"], {"best_step": 1000})
-    assert record["best_step"] == 1000 and record["validation"]["val_mcc"] == 0.3
-    assert "best_step" not in artifacts.metrics_record(stats[:1], 1, ["0", "1"], {"best_step": 0})
+    assert record.best_step == 1000 and record.validation["val_mcc"] == 0.3
+    assert "best_step" not in artifacts.metrics_record(stats[:1], 1, ["0", "1"], {"best_step": 0}).to_json()
     artifacts.write_training_stats(tmp_path / "training_stats.csv", stats)
     table = pd.read_csv(tmp_path / "training_stats.csv")
     assert list(table.columns[:3]) == ["epoch", "step", "train_loss"] and list(table["step"]) == [500, 1000, 1500]
     artifacts.plot_loss_curve(tmp_path / "loss_curve.png", stats)
     assert Image.open(tmp_path / "loss_curve.png").size[0] > 100
     assert card._weights_saved(record) == "Weights saved: step 1000 (epoch 1)."
-    assert card._weights_saved({"best_epoch": 2}) == "Weights saved: epoch 2."
+    assert card._weights_saved(Metrics(2, {}, [])) == "Weights saved: epoch 2."

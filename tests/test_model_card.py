@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 
 from jobtools import build_tiny_model, cola_rows, minilm_folder, run_subprocess, write_tree
 from seqcls import card
-from seqcls.records import RunManifest
+from seqcls.records import Metrics, RunManifest
 from seqcls.settings import FIELDS, resolve
 
 BASE = "sentence-transformers/all-MiniLM-L6-v2"
@@ -104,7 +104,7 @@ def test_a_partial_model_says_so(run):
     manifest = json.loads((run.root / "model" / "run_manifest.json").read_text())
     metrics = json.loads((run.root / "model" / "metrics.json").read_text())
     partial = {"reason": "stopped by SIGTERM", "stopped_at_step": 9, "epochs_completed": 1, "weights": "end of epoch 1"}
-    metrics = {**{k: v for k, v in metrics.items() if k != "test"}, "partial": partial}
+    metrics = dataclasses.replace(Metrics.from_json(metrics), test=None, partial=partial)
     with (run.root / "output" / "data" / "training_stats.csv").open() as handle:
         stats = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)][:1]
     rendered = card.render(dataclasses.replace(RunManifest.from_json(manifest), partial=partial), metrics, stats)

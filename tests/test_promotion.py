@@ -13,6 +13,7 @@ import pytest
 
 from seqcls import evaluate, problem_types, promotion, settings
 from seqcls.errors import SettingsError
+from seqcls.records import Metrics
 from seqcls.storage import Current
 
 
@@ -64,15 +65,18 @@ def test_the_record_has_the_contract_fields_in_order() -> None:
 
 
 def test_metric_values_are_read_where_metrics_json_keeps_them() -> None:
-    record = {"test": {"mcc": 0.25, "loss": 0.6, "confusion_matrix": [[1, 2], [3, 4]]},
-              "validation": {"val_mcc": 0.3, "val_loss": 0.55}, "best_epoch": 2}
+    record = Metrics.from_json({"test": {"mcc": 0.25, "loss": 0.6, "confusion_matrix": [[1, 2], [3, 4]]},
+                                "validation": {"val_mcc": 0.3, "val_loss": 0.55}, "best_epoch": 2})
     assert promotion.metric_value(record, "test_mcc") == 0.25
     assert promotion.metric_value(record, "validation_mcc") == 0.3
     assert promotion.metric_value(record, "validation_loss") == 0.55
     assert promotion.metric_value(record, "test_f1") is None
-    assert promotion.metric_value({"validation": {}}, "test_mcc") is None  # an older run without a test split
+    assert promotion.metric_value(Metrics.from_json({"validation": {}}), "test_mcc") is None  # no test split
     assert promotion.metric_value(None, "test_mcc") is None
-    assert math.isnan(promotion.metric_value({"test": {"pearson": math.nan}}, "test_pearson"))
+    assert math.isnan(promotion.metric_value(Metrics.from_json({"test": {"pearson": math.nan}}), "test_pearson"))
+    # a published champion's file from a foreign or broken writer: a field of the wrong type counts as missing
+    assert promotion.metric_value(Metrics.from_json({"test": [0.9], "validation": {"val_mcc": "0.9"}}), "test_mcc") is None
+    assert promotion.metric_value(Metrics.from_json({"validation": {"val_mcc": True}}), "validation_mcc") is None
 
 
 def _recorded_names(problem_type: str) -> set[str]:

@@ -1,5 +1,6 @@
-"""run_manifest.json has one writer and one reader (seqcls.records): a run's file reads back into the same bytes,
-a folder written before a field existed still reads, and no other module spells the file's name."""
+"""run_manifest.json and metrics.json have one writer and one reader each (seqcls.records): a run's files read back
+into the same bytes, a folder written before a field existed still reads, and no other module spells the files'
+names."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from jobtools import build_tiny_model, cola_rows, minilm_folder, run_subprocess, write_tree
 from seqcls.errors import ModelError
 from seqcls.problem_types import SINGLE_LABEL
-from seqcls.records import RUN_MANIFEST, RunManifest
+from seqcls.records import METRICS, RUN_MANIFEST, Metrics, RunManifest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "seqcls"
 
@@ -42,6 +43,16 @@ def test_a_runs_manifest_reads_back_into_the_same_file(model_dir) -> None:
     assert [f["channel"] for f in manifest.data.files] == ["train", "test"] and manifest.data.rows["test"] == 30
 
 
+@pytest.mark.slow
+def test_a_runs_metrics_read_back_into_the_same_file(model_dir) -> None:
+    text = (model_dir / METRICS).read_text()
+    metrics = Metrics.read(model_dir)
+    assert json.dumps(metrics.to_json(), indent=2) + "\n" == text
+    assert metrics.labels == ["0", "1"] and metrics.decision_threshold is not None and metrics.best_epoch == 1
+    assert metrics.value("test_mcc") == metrics.test["mcc"] and metrics.promotion == RunManifest.read(model_dir).promotion
+    assert metrics.best_step is None and "best_step" not in metrics.to_json()  # decisions not made are left out
+
+
 def test_a_manifest_from_before_a_field_existed_still_reads(tmp_path) -> None:
     (tmp_path / RUN_MANIFEST).write_text(json.dumps({"run_id": "old", "settings": {"max_length": {"value": 64,
                                                                                                     "source": "cli"}}}))
@@ -59,9 +70,9 @@ def test_a_manifest_that_is_not_one_says_so(tmp_path, content) -> None:
         RunManifest.read(tmp_path)
 
 
-def test_only_the_records_module_names_the_manifest_file() -> None:
-    """Every reader and writer goes through records.RUN_MANIFEST, so the file's shape has one owner."""
+def test_only_the_records_module_names_the_record_files() -> None:
+    """Every reader and writer goes through records.RUN_MANIFEST and METRICS, so each file's shape has one owner."""
     spelled = [f"{path.relative_to(SRC)}:{node.lineno}" for path in sorted(SRC.rglob("*.py")) if path.name != "records.py"
                for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)
-               and node.value == RUN_MANIFEST]
+               and node.value in (RUN_MANIFEST, METRICS)]
     assert not spelled, spelled

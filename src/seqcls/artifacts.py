@@ -31,7 +31,7 @@ from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
 from .errors import SeqclsError
 from .evaluate import EpochStats, Predictions, probability_columns, validation_metrics
 from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL, of_config
-from .records import RUN_MANIFEST, DataRecord, RunManifest
+from .records import METRICS, RUN_MANIFEST, DataRecord, Metrics, RunManifest
 
 RELOAD_CHECK_ROWS = 8
 
@@ -212,7 +212,7 @@ def _test_files(out: Path, record: "RunRecord") -> None:
     channel, label_ids, predictions = record.test
     delimiter = record.manifest.value("label_delimiter")
     write_predictions(out / "test_predictions.csv", channel, label_ids, predictions, record.label_map, delimiter)
-    test = record.metrics["test"]
+    test = record.metrics.test
     if record.label_map.problem_type == MULTI_LABEL:
         write_per_label_metrics(out / "per_label_metrics.csv", test["per_label"])
     elif record.label_map.problem_type == REGRESSION:
@@ -273,7 +273,7 @@ class RunRecord:
     """What one run saves beside its model: metrics.json, run_manifest.json, per-epoch stats and, when
     there was a test split, its rows and predictions."""
 
-    metrics: dict[str, Any]
+    metrics: Metrics
     manifest: RunManifest
     stats: list[EpochStats]
     label_map: LabelMap
@@ -282,7 +282,7 @@ class RunRecord:
     onnx: tuple[str, ...] = ()  # "onnx": also model.onnx, checked like the safetensors; "onnx_int8": model.int8.onnx
 
 
-def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str], facts: dict[str, Any]) -> dict[str, Any]:
+def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str], facts: dict[str, Any]) -> Metrics:
     """metrics.json before the test split: the kept epoch's validation metrics (no timings, so identical
     runs give identical files), the labels, and the `facts` that are set: decision_threshold (single_label, two
     labels: 0.5 when unset), label_thresholds (multi_label), early_stopped_after_epoch, best_step (with
@@ -290,11 +290,11 @@ def metrics_record(stats: list[EpochStats], best_epoch: int, labels: list[str], 
     stopped run's model holds. `problem_type` only decides whether decision_threshold applies."""
     best_step = facts.get("best_step") or 0  # with eval_every_steps several evaluations share an epoch
     kept = next((s.row() for s in stats if s.epoch == best_epoch and (s.step or 0) == best_step), {})
-    record: dict[str, Any] = {"best_epoch": best_epoch, "validation": validation_metrics(kept), "labels": labels}
-    if len(labels) == 2 and facts.get("problem_type", SINGLE_LABEL) == SINGLE_LABEL:
-        record["decision_threshold"] = facts.get("decision_threshold") or 0.5
-    record.update({k: v for k, v in facts.items() if v and k not in ("decision_threshold", "problem_type")})
-    return record
+    two_labels = len(labels) == 2 and facts.get("problem_type", SINGLE_LABEL) == SINGLE_LABEL
+    return Metrics(best_epoch, validation_metrics(kept), labels,
+                   (facts.get("decision_threshold") or 0.5) if two_labels else None,
+                   *(facts.get(name) or None for name in ("label_thresholds", "early_stopped_after_epoch", "best_step",
+                                                          "partial")))
 
 
 def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir: Path, record: RunRecord) -> list[str]:
@@ -309,7 +309,7 @@ def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir
             record = replace(record, manifest=replace(record.manifest, onnx_int8=onnxmodel.quantize_int8(
                 model, tokenizer, staged_model, record.check_rows)))
             saved += [onnxmodel.ONNX_INT8_FILE] if record.manifest.onnx_int8["kept"] else []
-        write_json(staged_model / "metrics.json", record.metrics)
+        write_json(staged_model / METRICS, record.metrics.to_json())
         write_training_stats(out / "training_stats.csv", record.stats)
         plot_loss_curve(out / "loss_curve.png", record.stats)
         if record.test is not None:
@@ -320,7 +320,7 @@ def save_run(model: torch.nn.Module, tokenizer, model_dir: Path, output_data_dir
         checked = reload_check(model, tokenizer, staged_model, record.check_rows)
     logs.event("artifacts_saved", f"model saved to {model_dir} (reload check passed on {checked} rows)",
                model_dir=str(model_dir), output_data_dir=str(output_data_dir),
-               files=saved + ["metrics.json", RUN_MANIFEST, "README.md"], reload_check_rows=checked)
+               files=saved + [METRICS, RUN_MANIFEST, "README.md"], reload_check_rows=checked)
     return saved
 
 

@@ -17,7 +17,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .data import COLUMN_SETTINGS
 from .problem_types import REGRESSION, SINGLE_LABEL, TYPES
-from .records import RunManifest
+from .records import Metrics, RunManifest
 from .settings import FIELDS
 
 # The `datasets` builder that reads each suffix (`load_dataset("csv", ...)`): the honest dataset "type" of local files.
@@ -64,15 +64,15 @@ def reproduce_command(manifest: RunManifest) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def _metadata(manifest: RunManifest, metrics: dict[str, Any], base_model: str | None) -> ModelCardData:
+def _metadata(manifest: RunManifest, metrics: Metrics, base_model: str | None) -> ModelCardData:
     results = []
     test_files = manifest.data.of_channel("test")
-    if "test" in metrics and test_files:
+    if metrics.test and test_files:
         builder = BUILDERS.get(Path(str(test_files[0]["path"])).suffix.lower(), "csv")
         name = ", ".join(Path(str(f["path"])).name for f in test_files)
         results = [EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=builder,
                               dataset_name=name, dataset_split="test", metric_type=metric, metric_name=shown,
-                              metric_config=config, metric_value=round(float(metrics["test"][key]), 4))
+                              metric_config=config, metric_value=round(float(metrics.test[key]), 4))
                    for key, metric, shown, config in TYPES[manifest.problem_type].card_metrics]
     return ModelCardData(base_model=base_model, library_name="transformers", pipeline_tag="text-classification",
                          tags=["seqcls", "text-classification"] + (["partial"] if manifest.partial else []),
@@ -107,30 +107,30 @@ def _test_table(test: dict[str, Any], kind: str) -> str:
     return _table(("loss", *(name for _, _, name, _ in shown)), [(test["loss"], *(test[key] for key, *_ in shown))])
 
 
-def _weights_saved(metrics: dict[str, Any]) -> str:
-    if metrics.get("best_step"):
-        return f"Weights saved: step {metrics['best_step']} (epoch {metrics['best_epoch']})."
-    return f"Weights saved: epoch {metrics['best_epoch']}." if metrics["best_epoch"] else "Weights saved: mid-epoch."
+def _weights_saved(metrics: Metrics) -> str:
+    if metrics.best_step:
+        return f"Weights saved: step {metrics.best_step} (epoch {metrics.best_epoch})."
+    return f"Weights saved: epoch {metrics.best_epoch}." if metrics.best_epoch else "Weights saved: mid-epoch."
 
 
-def _results_section(stats: list[dict[str, Any]], metrics: dict[str, Any], kind: str) -> str:
+def _results_section(stats: list[dict[str, Any]], metrics: Metrics, kind: str) -> str:
     columns = [c for c in (stats[0] if stats else {}) if c not in TIMING_COLUMNS]
     parts = ["## Results", "Validation after each epoch:",
              _table(tuple(columns), [tuple(row[c] for c in columns) for row in stats]),
              _weights_saved(metrics)]
-    if metrics.get("early_stopped_after_epoch"):
-        parts.append(f"Early stopping ended training after epoch {metrics['early_stopped_after_epoch']}.")
-    if metrics.get("decision_threshold", 0.5) != 0.5:
+    if metrics.early_stopped_after_epoch:
+        parts.append(f"Early stopping ended training after epoch {metrics.early_stopped_after_epoch}.")
+    if (metrics.decision_threshold or 0.5) != 0.5:
         parts.append(f"Decision threshold: the second label is predicted when its probability is at least "
-                     f"{metrics['decision_threshold']:.4f} (`config.json` `decision_threshold`; `seqcls predict` applies "
+                     f"{metrics.decision_threshold:.4f} (`config.json` `decision_threshold`; `seqcls predict` applies "
                      "it, `transformers.pipeline` takes the argmax).")
-    test = metrics.get("test")
+    test = metrics.test
     if test:
         parts += ["Test split:", _test_table(test, kind)]
         if "per_label" in test:
             parts += ["Per label (test, at the tuned thresholds):",
                       _table(("label", "threshold", "precision", "recall", "F1", "support"),
-                             [(name, metrics.get("label_thresholds", {}).get(name, ""), v["precision"], v["recall"],
+                             [(name, (metrics.label_thresholds or {}).get(name, ""), v["precision"], v["recall"],
                                v["f1"], v["support"]) for name, v in test["per_label"].items()])]
     else:
         parts.append("No test split was scored.")
@@ -156,7 +156,7 @@ def _limits(manifest: RunManifest, base: str) -> str:
     ])
 
 
-def render(manifest: RunManifest, metrics: dict[str, Any], stats: list[dict[str, Any]]) -> ModelCard:
+def render(manifest: RunManifest, metrics: Metrics, stats: list[dict[str, Any]]) -> ModelCard:
     """The card for one run, from its manifest, metrics.json and per-epoch stats."""
     base_model = hub_id(manifest.value("base_model", "")) or hub_id(manifest.model_source)
     base = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else f"the local model folder `{manifest.model_source}`"
@@ -169,7 +169,7 @@ def render(manifest: RunManifest, metrics: dict[str, Any], stats: list[dict[str,
         f"by seqcls (commit `{manifest.git_commit}`). "
         "Every input's sha256 and the package versions are in `run_manifest.json`; the metrics in `metrics.json`.",
         _limits(manifest, base),
-        _data_section(manifest, metrics["labels"]),
+        _data_section(manifest, metrics.labels),
         "## Training", "Hyperparameters (value and where it came from):",
         _table(("name", "value", "source"), hyperparameters),
         _results_section(stats, metrics, manifest.problem_type),

@@ -25,6 +25,7 @@ from .devices import Compute, autocast
 from .distributed import gather_rows
 from .losses import row_losses
 from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TYPES, of_config
+from .records import Metrics
 from .settings import Settings
 
 DEFAULT_THRESHOLD = 0.5  # a multi_label row has a label when its sigmoid reaches the label's threshold
@@ -278,10 +279,10 @@ def test_fields(metrics: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def test_headline(metrics: dict[str, Any], problem_type: str) -> dict[str, float | None]:
+def test_headline(metrics: Metrics, problem_type: str) -> dict[str, float | None]:
     """job_end's test field: test_mcc, test_f1_micro or test_pearson (None without a test split)."""
     name = TYPES[problem_type].headline
-    return {f"test_{name}": metrics["test"][name] if "test" in metrics else None}
+    return {f"test_{name}": metrics.test[name] if metrics.test else None}
 
 
 def best_f1_threshold(truth: np.ndarray, scores: np.ndarray) -> float:

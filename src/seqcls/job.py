@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import artifacts, atomic, checkpoint, data, devices, distributed, evaluate, logs, model, storage, train
-from . import champion, hostdata, promotion, runtime, tracking, tuning
+from . import champion, hostdata, promotion, records, runtime, tracking, tuning
 from . import settings as hyperparameters
 from .errors import Interrupted, SettingsError
 
@@ -60,8 +60,9 @@ def run(where: runtime.Platform) -> Path:
         "early_stopped_after_epoch": outcome.early_stopped_after, "best_step": outcome.best_step, "partial": partial})
     test = None
     if "test" in encoded and not partial:
-        metrics["test"], predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id,
-                                                             settings.eval_batch_size, compute, threshold)
+        tested, predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id,
+                                                    settings.eval_batch_size, compute, threshold)
+        metrics = dataclasses.replace(metrics, test=tested)
         test = (splits.test, encoded["test"].labels, predictions)
     gate_rows = champion.gate_rows("none" if partial else settings.promote_if, splits, encoded, test and test[2],
                                    lambda: dataclasses.replace(evaluate.predict(classifier, encoded["validation"],
@@ -103,7 +104,7 @@ def _read_and_tokenize(where: runtime.Platform, resolved: hyperparameters.Resolv
     return data.encode_splits(tokenizer, splits, max_length)
 
 
-def _log_end(where: runtime.Platform, metrics: dict, started: float, problem_type: str,
+def _log_end(where: runtime.Platform, metrics: records.Metrics, started: float, problem_type: str,
              trackers: tracking.Trackers) -> None:
     """The trackers take the last of the run (bounded by tracker_timeout_s); then job_end with the problem type's
     test headline (test_mcc, test_f1_micro or test_pearson)."""
@@ -111,7 +112,7 @@ def _log_end(where: runtime.Platform, metrics: dict, started: float, problem_typ
     tested = evaluate.test_headline(metrics, problem_type)
     logs.event("job_end", f"done in {time.perf_counter() - started:.1f}s" + "".join(
         f", {name} {value:.4f}" for name, value in tested.items() if value is not None),
-               run_id=where.run_id, **tested, best_epoch=metrics["best_epoch"],
+               run_id=where.run_id, **tested, best_epoch=metrics.best_epoch,
                seconds=round(time.perf_counter() - started, 2), model_dir=str(where.model_dir))
 
 

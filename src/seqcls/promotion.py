@@ -22,12 +22,11 @@ from typing import Any, Callable, Mapping
 from . import artifacts, logs
 from .errors import SettingsError
 from .problem_types import METRIC_RANGES, MINIMIZED_METRICS
-from .records import RUN_MANIFEST, RunManifest
+from .records import METRICS, RUN_MANIFEST, Metrics, RunManifest
 from .settings import Settings
 from .storage import Current
 from .uris import parse_uri
 
-METRICS = "metrics.json"
 RECORD = "promotion.json"  # in the output-data folder: SageMaker uploads it in output.tar.gz
 READ_LIMIT = 1024 * 1024  # a champion's metrics.json is a few KiB; a larger one counts as unreadable
 
@@ -91,12 +90,9 @@ class Decision:
         return "promoted" if self.promoted else "kept"
 
 
-def metric_value(metrics: Mapping[str, Any] | None, metric: str) -> float | None:
-    """`test_mcc` or `validation_loss` from a metrics.json record; None when the record lacks it."""
-    split, _, name = metric.partition("_")
-    found = (metrics or {}).get(split)
-    value = found.get(name if split == "test" else f"val_{name}") if isinstance(found, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def metric_value(metrics: Metrics | None, metric: str) -> float | None:
+    """`test_mcc` or `validation_loss` from a metrics.json record; None without a record or when it lacks it."""
+    return metrics.value(metric) if metrics is not None else None
 
 
 def decide(rule: Rule, value: float | None, current_run_id: str | None, current_value: float | None,
@@ -157,7 +153,7 @@ class Gate:
         self.champions = parse_uri(settings.output_uri)
         self.promotion_file = Path(settings.promotion_file) if settings.promotion_file else None
         self.model_dir, self.output_data_dir = model_dir, output_data_dir
-        self.value = metric_value(_read_json(model_dir / METRICS), self.metric)
+        self.value = metric_value(Metrics.read(model_dir), self.metric)
         self.compare = compare
         self.compared: dict[str, tuple[Comparison | None, str | None]] = {}  # a lost race re-decides: score once
         self.decision: Decision | None = None
@@ -181,10 +177,8 @@ class Gate:
         self.decision = decide(self.rule, value, current.run_id, comparison.champion if comparison else None,
                                comparison, incomparable, published)
         record = self.decision.record()
-        artifacts.write_json(self.model_dir / METRICS, {**_read_json(self.model_dir / METRICS), "promotion": record})
-        manifest = RunManifest.read(self.model_dir)
-        if manifest is not None:
-            artifacts.write_json(self.model_dir / RUN_MANIFEST, replace(manifest, promotion=record).to_json())
+        for path, read in ((self.model_dir / METRICS, Metrics.read), (self.model_dir / RUN_MANIFEST, RunManifest.read)):
+            artifacts.write_json(path, replace(read(self.model_dir), promotion=record).to_json())
         artifacts.write_json(self.output_data_dir / RECORD, record)
         return self.decision.promoted
 
@@ -203,7 +197,7 @@ def gate(settings: Settings, model_dir: Path, output_data_dir: Path,
     return None if settings.promote_if == "none" else Gate(settings, model_dir, output_data_dir, compare)
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
+def _parse(raw: bytes) -> Metrics | None:
     """A published metrics.json; None when it is over READ_LIMIT, not JSON (however it fails: a deep nesting
     raises RecursionError) or not an object, all treated like a missing metric."""
     if len(raw) > READ_LIMIT:
@@ -212,7 +206,7 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
         value = json.loads(raw)
     except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    return Metrics.from_json(value) if isinstance(value, dict) else None
 
 
 def usable(metric: str, value: float | None) -> float | None:
@@ -223,7 +217,3 @@ def usable(metric: str, value: float | None) -> float | None:
         return None
     low, high = METRIC_RANGES.get(metric.partition("_")[2], (-math.inf, math.inf))
     return value if low <= value <= high else None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))

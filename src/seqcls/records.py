@@ -1,9 +1,11 @@
-"""run_manifest.json as a typed record: the one writer (`RunManifest.to_json`) and the one reader (`RunManifest.read`,
-`from_json`) that the job, predict, the model card, the registry and the trackers share.
+"""The run's records as types: run_manifest.json (`RunManifest`) and metrics.json (`Metrics`), each with one writer
+(`to_json`) and one reader (`read`, `from_json`) that the job, predict, the model card, the promotion gate, the
+registry and the trackers share.
 
-The file is what a consumer needs to rerun the job, or to predict like it, from this file alone: the run's id,
-platform and commit, every setting with where its value came from, the inputs with their digests, what the data
-stage settled, the package versions. Folders written before a field existed still read (the field is None).
+run_manifest.json is what a consumer needs to rerun the job, or to predict like it, from this file alone: the run's
+id, platform and commit, every setting with where its value came from, the inputs with their digests, what the
+data stage settled, the package versions. metrics.json is what the run measured and decided. Folders written
+before a field existed still read (the field is None).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .data.columns import PAIR
 from .errors import ModelError
 from .problem_types import SINGLE_LABEL
 
 RUN_MANIFEST = "run_manifest.json"
+METRICS = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,70 @@ class RunManifest:
     @classmethod
     def read(cls, folder: Path) -> "RunManifest | None":
         """A model folder's manifest; None for a folder without one (a model not trained by seqcls)."""
-        path = folder / RUN_MANIFEST
-        if not path.is_file():
-            return None
-        try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")), str(path))
-        except ValueError as err:
-            raise ModelError(f"{path} is not JSON ({err})") from None
+        record = _read_object(folder / RUN_MANIFEST)
+        return None if record is None else cls.from_json(record, str(folder / RUN_MANIFEST))
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ModelError(f"{path} is not JSON ({err})") from None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One run's metrics.json: the kept evaluation's validation metrics (no timings, so identical runs give
+    identical files), the labels, what the run decided, the test split's metrics and the promotion gate's record."""
+
+    best_epoch: int
+    validation: dict[str, Any]
+    labels: list[str]
+    decision_threshold: float | None = None  # single_label with two labels (0.5 when not tuned)
+    label_thresholds: dict[str, float] | None = None  # multi_label, tuned on validation
+    early_stopped_after_epoch: int | None = None
+    best_step: int | None = None  # with eval_every_steps: the evaluation whose weights were kept
+    partial: dict[str, Any] | None = None  # what a stopped run's model holds
+    test: dict[str, Any] | None = None
+    promotion: dict[str, Any] | None = None
+
+    def value(self, metric: str) -> float | None:
+        """`test_mcc` or `validation_loss` (a promote_if name); None when the record lacks it."""
+        split, _, name = metric.partition("_")
+        found = self.test if split == "test" else self.validation if split == "validation" else None
+        return _number(found.get(name if split == "test" else f"val_{name}")) if isinstance(found, dict) else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content; a decision the run did not make is left out, as it always was."""
+        optional = {"decision_threshold": self.decision_threshold, "label_thresholds": self.label_thresholds,
+                    "early_stopped_after_epoch": self.early_stopped_after_epoch, "best_step": self.best_step,
+                    "partial": self.partial, "test": self.test, "promotion": self.promotion}
+        return ({"best_epoch": self.best_epoch, "validation": self.validation, "labels": self.labels}
+                | {name: value for name, value in optional.items() if value is not None})
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> "Metrics":
+        """Any JSON object reads (a published champion's file may come from an older or a foreign run): a field
+        of the wrong type counts as missing."""
+        def field_of(name: str, kind: type) -> Any:
+            value = record.get(name)
+            return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+        return cls(field_of("best_epoch", int) or 0, field_of("validation", dict) or {}, field_of("labels", list) or [],
+                   _number(record.get("decision_threshold")), field_of("label_thresholds", dict),
+                   field_of("early_stopped_after_epoch", int), field_of("best_step", int), field_of("partial", dict),
+                   field_of("test", dict), field_of("promotion", dict))
+
+    @classmethod
+    def read(cls, folder: Path) -> "Metrics | None":
+        """A model folder's metrics.json; None for a folder without one."""
+        record = _read_object(folder / METRICS)
+        if record is not None and not isinstance(record, dict):
+            raise ModelError(f"{folder / METRICS} is not a seqcls metrics record (expected an object)")
+        return None if record is None else cls.from_json(record)

@@ -27,11 +27,11 @@ from typing import Any
 from . import logs, runtime, storage
 from .errors import ModelError, UserError
 from .problem_types import TYPES
-from .records import RUN_MANIFEST, RunManifest
+from .records import METRICS, RUN_MANIFEST, Metrics, RunManifest
 from .uris import parse_uri
 
 READ_LIMIT = 1024 * 1024  # metrics.json and run_manifest.json are a few KiB
-RECORDS = ("metrics.json", RUN_MANIFEST)
+RECORDS = (METRICS, RUN_MANIFEST)
 # What `seqcls serve` takes and answers on /invocations (docs/serving.md), requests and responses alike.
 SERVED_TYPES = ["application/json", "application/jsonlines", "text/csv"]
 METADATA_VALUE_LIMIT = 256  # CustomerMetadataProperties values (botocore: CustomerMetadataValue max 256)
@@ -64,7 +64,7 @@ class VertexRegistration:
     api_endpoint: str | None = None  # Private Service Connect, or a test server
 
 
-def read_records(model: Path) -> tuple[dict[str, Any], RunManifest]:
+def read_records(model: Path) -> tuple[Metrics, RunManifest]:
     """metrics.json and run_manifest.json from a model folder or a model.tar.gz (found by base name: the
     service's archive holds the model folder's files at its root)."""
     if model.is_dir():
@@ -87,27 +87,29 @@ def read_records(model: Path) -> tuple[dict[str, Any], RunManifest]:
         raise RegistryError(f"{model}: {', '.join(too_large)} is over {READ_LIMIT // 2**20} MiB, not a seqcls run's record")
     try:
         metrics, manifest = (json.loads(found[name]) for name in RECORDS)
-        return metrics, RunManifest.from_json(manifest, f"{model}: {RUN_MANIFEST}")
+        if not isinstance(metrics, dict):
+            raise ModelError(f"{METRICS} is not an object")
+        return Metrics.from_json(metrics), RunManifest.from_json(manifest, f"{model}: {RUN_MANIFEST}")
     except (ValueError, ModelError) as err:
-        raise RegistryError(f"{model}: metrics.json or {RUN_MANIFEST} is not a seqcls record ({err})") from None
+        raise RegistryError(f"{model}: {METRICS} or {RUN_MANIFEST} is not a seqcls record ({err})") from None
 
 
-def promoted_record(metrics: dict[str, Any]) -> dict[str, Any]:
+def promoted_record(metrics: Metrics) -> dict[str, Any]:
     """The gate's record; a run without one, or one the gate kept, is not registered."""
-    record = metrics.get("promotion")
-    if not isinstance(record, dict):
+    record = metrics.promotion
+    if record is None:
         raise RegistryError("the run has no promotion record: train with promote_if set, and register promoted runs only")
     if not record.get("promoted"):
         raise RegistryError(f"the gate kept the current run, so this run is not registered: {record.get('reason')}")
     return record
 
 
-def statistics(metrics: dict[str, Any], problem_type: str) -> dict[str, Any]:
+def statistics(metrics: Metrics, problem_type: str) -> dict[str, Any]:
     """The test metrics (validation ones without a test split) in Model Monitor's model-quality shape."""
-    split = "test" if isinstance(metrics.get("test"), dict) else "validation"
-    values = {name.removeprefix("val_"): value for name, value in metrics.get(split, {}).items()
+    split, measured = ("test", metrics.test) if metrics.test is not None else ("validation", metrics.validation)
+    values = {name.removeprefix("val_"): value for name, value in measured.items()
               if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    labels = metrics.get("labels") or []
+    labels = metrics.labels
     block = TYPES[problem_type].statistics_block or ("binary_classification_metrics" if len(labels) == 2
                                                    else "multiclass_classification_metrics")
     return {"version": 0.0, "dataset": {"split": split, "labels": labels},

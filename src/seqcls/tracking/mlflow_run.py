@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .. import logs, outbound, scalars
-from ..records import RUN_MANIFEST, RunManifest
+from ..records import METRICS, RUN_MANIFEST, RunManifest
 from .base import RemoteTracker, RunContext
 
 DEFAULT_EXPERIMENT = "seqcls"
@@ -133,7 +133,7 @@ class MlflowTracker(RemoteTracker):
         """metrics.json, run_manifest.json and the model card under run/, the plots under plots/, and the model
         folder under model/ when asked; tagged with a fingerprint of the data files the manifest lists."""
         model_dir, data_dir = self.context.model_dir, self.context.output_data_dir
-        for name in ("metrics.json", RUN_MANIFEST, "README.md"):
+        for name in (METRICS, RUN_MANIFEST, "README.md"):
             if (model_dir / name).is_file():
                 self.client.log_artifact(self.mlflow_run_id, str(model_dir / name), "run")
         for plot in sorted(data_dir.glob("*.png")):
