@@ -60,10 +60,9 @@ def run(where: runtime.Platform) -> Path:
         "early_stopped_after_epoch": outcome.early_stopped_after, "best_step": outcome.best_step, "partial": partial})
     test = None
     if "test" in encoded and not partial:
-        tested, predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id,
-                                                    settings.eval_batch_size, compute, threshold)
-        metrics = dataclasses.replace(metrics, test=tested)
-        test = (splits.test, encoded["test"].labels, predictions)
+        tested, predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id, settings.eval_batch_size,
+                                                    compute, threshold)
+        metrics, test = dataclasses.replace(metrics, test=tested), (splits.test, encoded["test"].labels, predictions)
     gate_rows = champion.gate_rows("none" if partial else settings.promote_if, splits, encoded, test and test[2],
                                    lambda: dataclasses.replace(evaluate.predict(classifier, encoded["validation"],
                                    pad_token_id, settings.eval_batch_size, compute), threshold=threshold))
