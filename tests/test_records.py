@@ -37,7 +37,7 @@ def test_a_runs_manifest_reads_back_into_the_same_file(model_dir) -> None:
     text = (model_dir / RUN_MANIFEST).read_text()
     manifest = RunManifest.read(model_dir)
     assert json.dumps(manifest.to_json(), indent=2) + "\n" == text
-    assert manifest.run_id == "records-run" and manifest.promotion["promoted"] is True
+    assert manifest.run_id == "records-run" and manifest.promotion.promoted is True
     assert manifest.value("max_length") == 32 and manifest.given("max_length") and not manifest.given("seed")
     assert manifest.problem_type == SINGLE_LABEL and manifest.trained_on_pairs() is False
     assert [f["channel"] for f in manifest.data.files] == ["train", "test"] and manifest.data.rows["test"] == 30
@@ -76,3 +76,17 @@ def test_only_the_records_module_names_the_record_files() -> None:
                for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)
                and node.value in (RUN_MANIFEST, METRICS)]
     assert not spelled, spelled
+
+
+def test_the_gates_decision_reads_back_as_it_was_decided() -> None:
+    """What the registries act on is the record the gate wrote: record() and from_json() are inverse, and a block
+    that is not a decision (a foreign or broken file) reads as none rather than as a promotion."""
+    from seqcls.records import Comparison, Decision
+
+    compared = Comparison(0.41, 0.38, 527, "ab" * 32, "test", 0.03, (-0.01, 0.07), 0.95, 1000)
+    decision = Decision(True, "test_mcc", 0.41, 0.38, "week-1", 0.0, "better", "not_worse", 0.37, compared, None)
+    assert Decision.from_json(json.loads(json.dumps(decision.record()))) == decision
+    kept = Decision(False, "validation_loss", 0.6, None, "week-1", 0.01, "incomparable", incomparable="other labels")
+    assert Decision.from_json(kept.record()) == kept and Metrics.from_json({"promotion": kept.record()}).promotion == kept
+    for broken in (None, [], {"promoted": "yes"}, {"metric": "test_mcc"}):
+        assert Decision.from_json(broken) is None

@@ -23,7 +23,8 @@ from . import evaluate, losses, predict
 from .data import PAIR, TEXT, Encoded, LabelMap, Splits
 from .evaluate import Predictions
 from .problem_types import MINIMIZED_METRICS, MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from .promotion import Comparison, Incomparable
+from .promotion import Incomparable
+from .records import Comparison
 from .settings import Settings
 
 RESAMPLES = 1000

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from . import artifacts, logs
 from .errors import SettingsError
 from .problem_types import METRIC_RANGES, MINIMIZED_METRICS
-from .records import METRICS, RUN_MANIFEST, Metrics, RunManifest
+from .records import METRICS, RUN_MANIFEST, Comparison, Decision, Metrics, RunManifest
 from .settings import Settings
 from .storage import Current
 from .uris import parse_uri
@@ -36,25 +36,6 @@ class Incomparable(Exception):
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """Both models' metric on the same rows, and the bootstrap of the difference (positive: this run is better)."""
-
-    challenger: float
-    champion: float
-    rows: int
-    rows_sha256: str
-    split: str
-    improvement: float  # challenger - champion, sign flipped for metrics where lower is better
-    interval: tuple[float, float]  # of the improvement, at `confidence`: percentile bootstrap
-    confidence: float
-    resamples: int
-
-    def record(self) -> dict[str, Any]:
-        return {"split": self.split, "rows": self.rows, "rows_sha256": self.rows_sha256, "improvement": self.improvement,
-                "interval": list(self.interval), "confidence": self.confidence, "resamples": self.resamples}
-
-
-@dataclass(frozen=True)
 class Rule:
     """How the gate decides: promote_if, promote_tolerance, promote_rule, promote_if_incomparable."""
 
@@ -62,32 +43,6 @@ class Rule:
     tolerance: float = 0.0
     rule: str = "not_worse"  # or "better": the interval's lower bound must clear the tolerance
     incomparable: str = "keep"  # or "promote"
-
-
-@dataclass(frozen=True)
-class Decision:
-    promoted: bool
-    metric: str
-    value: float | None  # this run's, on the compared rows
-    current_value: float | None  # the current run's, on the same rows
-    current_run_id: str | None
-    tolerance: float
-    reason: str
-    rule: str = "not_worse"
-    current_published_value: float | None = None  # what the current run published (its own rows): for reference
-    comparison: Comparison | None = None
-    incomparable: str | None = None  # why the current run could not score the rows
-
-    def record(self) -> dict[str, Any]:
-        """The promotion event's fields and what metrics.json, run_manifest.json and promotion.json hold;
-        `promoted_flag` (1 or 0) is for SageMaker metric definitions, which read numbers only."""
-        fields = asdict(self)
-        fields["comparison"] = self.comparison.record() if self.comparison else None
-        return {"promoted": fields.pop("promoted"), "promoted_flag": int(self.promoted), **fields}
-
-    @property
-    def outcome(self) -> str:
-        return "promoted" if self.promoted else "kept"
 
 
 def metric_value(metrics: Metrics | None, metric: str) -> float | None:
@@ -176,10 +131,9 @@ class Gate:
         value = comparison.challenger if comparison else self.value
         self.decision = decide(self.rule, value, current.run_id, comparison.champion if comparison else None,
                                comparison, incomparable, published)
-        record = self.decision.record()
         for path, read in ((self.model_dir / METRICS, Metrics.read), (self.model_dir / RUN_MANIFEST, RunManifest.read)):
-            artifacts.write_json(path, replace(read(self.model_dir), promotion=record).to_json())
-        artifacts.write_json(self.output_data_dir / RECORD, record)
+            artifacts.write_json(path, replace(read(self.model_dir), promotion=self.decision).to_json())
+        artifacts.write_json(self.output_data_dir / RECORD, self.decision.record())
         return self.decision.promoted
 
     def commit(self) -> None:

@@ -11,7 +11,7 @@ before a field existed still read (the field is None).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,7 +55,7 @@ class RunManifest:
     partial: dict[str, Any] | None = None  # what a stopped run's model holds
     trackers: list[dict[str, Any]] | None = None
     onnx_int8: dict[str, Any] | None = None  # the int8 export's agreement check, when one was made
-    promotion: dict[str, Any] | None = None  # the gate's decision (promotion.py), when promote_if is set
+    promotion: Decision | None = None  # the gate's decision (promotion.py), when promote_if is set
 
     def value(self, name: str, default: Any = None) -> Any:
         """A setting's value as the run used it; `default` for a setting the run predates."""
@@ -88,7 +88,7 @@ class RunManifest:
                            "split_checks": self.data.split_checks},
                   "packages": self.packages, "device": self.device, "timing": self.timing, "partial": self.partial,
                   "trackers": self.trackers}
-        optional = {"onnx_int8": self.onnx_int8, "promotion": self.promotion}
+        optional = {"onnx_int8": self.onnx_int8, "promotion": self.promotion and self.promotion.record()}
         return record | {name: value for name, value in optional.items() if value is not None}
 
     @classmethod
@@ -101,7 +101,8 @@ class RunManifest:
                    DataRecord(list(data.get("files") or []), dict(data.get("rows") or {}), data.get("validation_source"),
                               data.get("max_length"), data.get("split_checks")),
                    dict(record.get("packages") or {}), record.get("device"), record.get("timing"),
-                   record.get("partial"), record.get("trackers"), record.get("onnx_int8"), record.get("promotion"))
+                   record.get("partial"), record.get("trackers"), record.get("onnx_int8"),
+                   Decision.from_json(record.get("promotion")))
 
     @classmethod
     def read(cls, folder: Path) -> "RunManifest | None":
@@ -124,6 +125,71 @@ def _number(value: object) -> float | None:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """Both models' metric on the same rows, and the bootstrap of the difference (positive: this run is better)."""
+
+    challenger: float
+    champion: float
+    rows: int
+    rows_sha256: str
+    split: str
+    improvement: float  # challenger - champion, sign flipped for metrics where lower is better
+    interval: tuple[float, float]  # of the improvement, at `confidence`: percentile bootstrap
+    confidence: float
+    resamples: int
+
+    def record(self) -> dict[str, Any]:
+        """The decision record's `comparison` (the two values are the decision's own value and current_value)."""
+        return {"split": self.split, "rows": self.rows, "rows_sha256": self.rows_sha256, "improvement": self.improvement,
+                "interval": list(self.interval), "confidence": self.confidence, "resamples": self.resamples}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The promotion gate's decision (promotion.py): metrics.json, run_manifest.json and promotion.json hold its
+    record(), the promotion event logs it, the registries read it back (`from_json`)."""
+
+    promoted: bool
+    metric: str
+    value: float | None  # this run's, on the compared rows
+    current_value: float | None  # the current run's, on the same rows
+    current_run_id: str | None
+    tolerance: float
+    reason: str
+    rule: str = "not_worse"
+    current_published_value: float | None = None  # what the current run published (its own rows): for reference
+    comparison: Comparison | None = None
+    incomparable: str | None = None  # why the current run could not score the rows
+
+    def record(self) -> dict[str, Any]:
+        """The JSON record; `promoted_flag` (1 or 0) is for SageMaker metric definitions, which read numbers only."""
+        fields = asdict(self)
+        fields["comparison"] = self.comparison.record() if self.comparison else None
+        return {"promoted": fields.pop("promoted"), "promoted_flag": int(self.promoted), **fields}
+
+    @property
+    def outcome(self) -> str:
+        return "promoted" if self.promoted else "kept"
+
+    @classmethod
+    def from_json(cls, record: object) -> "Decision | None":
+        """A record() read back; None for anything that is not one (a foreign or broken file)."""
+        if not isinstance(record, dict) or not isinstance(record.get("promoted"), bool):
+            return None
+        text = {name: record.get(name) if isinstance(record.get(name), str) else None
+                for name in ("metric", "current_run_id", "reason", "rule", "incomparable")}
+        compared = record.get("comparison") if isinstance(record.get("comparison"), dict) else None
+        value, current = _number(record.get("value")), _number(record.get("current_value"))
+        comparison = None if compared is None else Comparison(
+            value, current, compared.get("rows"), compared.get("rows_sha256"), compared.get("split"),
+            _number(compared.get("improvement")), tuple(compared.get("interval") or ()), _number(compared.get("confidence")),
+            compared.get("resamples"))
+        return cls(record["promoted"], text["metric"] or "", value, current, text["current_run_id"],
+                   _number(record.get("tolerance")) or 0.0, text["reason"] or "", text["rule"] or "not_worse",
+                   _number(record.get("current_published_value")), comparison, text["incomparable"])
+
+
+@dataclass(frozen=True)
 class Metrics:
     """One run's metrics.json: the kept evaluation's validation metrics (no timings, so identical runs give
     identical files), the labels, what the run decided, the test split's metrics and the promotion gate's record."""
@@ -137,7 +203,7 @@ class Metrics:
     best_step: int | None = None  # with eval_every_steps: the evaluation whose weights were kept
     partial: dict[str, Any] | None = None  # what a stopped run's model holds
     test: dict[str, Any] | None = None
-    promotion: dict[str, Any] | None = None
+    promotion: Decision | None = None
 
     def value(self, metric: str) -> float | None:
         """`test_mcc` or `validation_loss` (a promote_if name); None when the record lacks it."""
@@ -149,7 +215,8 @@ class Metrics:
         """The file's content; a decision the run did not make is left out, as it always was."""
         optional = {"decision_threshold": self.decision_threshold, "label_thresholds": self.label_thresholds,
                     "early_stopped_after_epoch": self.early_stopped_after_epoch, "best_step": self.best_step,
-                    "partial": self.partial, "test": self.test, "promotion": self.promotion}
+                    "partial": self.partial, "test": self.test,
+                    "promotion": self.promotion and self.promotion.record()}
         return ({"best_epoch": self.best_epoch, "validation": self.validation, "labels": self.labels}
                 | {name: value for name, value in optional.items() if value is not None})
 
@@ -164,7 +231,7 @@ class Metrics:
         return cls(field_of("best_epoch", int) or 0, field_of("validation", dict) or {}, field_of("labels", list) or [],
                    _number(record.get("decision_threshold")), field_of("label_thresholds", dict),
                    field_of("early_stopped_after_epoch", int), field_of("best_step", int), field_of("partial", dict),
-                   field_of("test", dict), field_of("promotion", dict))
+                   field_of("test", dict), Decision.from_json(record.get("promotion")))
 
     @classmethod
     def read(cls, folder: Path) -> "Metrics | None":

@@ -27,7 +27,7 @@ from typing import Any
 from . import logs, runtime, storage
 from .errors import ModelError, UserError
 from .problem_types import TYPES
-from .records import METRICS, RUN_MANIFEST, Metrics, RunManifest
+from .records import METRICS, RUN_MANIFEST, Decision, Metrics, RunManifest
 from .uris import parse_uri
 
 READ_LIMIT = 1024 * 1024  # metrics.json and run_manifest.json are a few KiB
@@ -94,13 +94,13 @@ def read_records(model: Path) -> tuple[Metrics, RunManifest]:
         raise RegistryError(f"{model}: {METRICS} or {RUN_MANIFEST} is not a seqcls record ({err})") from None
 
 
-def promoted_record(metrics: Metrics) -> dict[str, Any]:
+def promoted_record(metrics: Metrics) -> Decision:
     """The gate's record; a run without one, or one the gate kept, is not registered."""
     record = metrics.promotion
     if record is None:
         raise RegistryError("the run has no promotion record: train with promote_if set, and register promoted runs only")
-    if not record.get("promoted"):
-        raise RegistryError(f"the gate kept the current run, so this run is not registered: {record.get('reason')}")
+    if not record.promoted:
+        raise RegistryError(f"the gate kept the current run, so this run is not registered: {record.reason}")
     return record
 
 
@@ -116,25 +116,25 @@ def statistics(metrics: Metrics, problem_type: str) -> dict[str, Any]:
             block: {name: {"value": value} for name, value in sorted(values.items())}}
 
 
-def metadata(manifest: RunManifest, record: dict[str, Any]) -> dict[str, str]:
+def metadata(manifest: RunManifest, record: Decision) -> dict[str, str]:
     """CustomerMetadataProperties: what a deployer reads in the registry without opening the run."""
-    comparison = record.get("comparison") or {}
-    fields = {"seqcls:run_id": manifest.run_id, "seqcls:metric": record.get("metric"),
-              "seqcls:value": record.get("value"), "seqcls:champion_run_id": record.get("current_run_id"),
-              "seqcls:champion_value": record.get("current_value"), "seqcls:difference": comparison.get("improvement"),
+    comparison = record.comparison.record() if record.comparison else {}
+    fields = {"seqcls:run_id": manifest.run_id, "seqcls:metric": record.metric,
+              "seqcls:value": record.value, "seqcls:champion_run_id": record.current_run_id,
+              "seqcls:champion_value": record.current_value, "seqcls:difference": comparison.get("improvement"),
               "seqcls:interval": comparison.get("interval"), "seqcls:rows": comparison.get("rows"),
-              "seqcls:rows_sha256": comparison.get("rows_sha256"), "seqcls:rule": record.get("rule"),
-              "seqcls:reason": record.get("reason")}
+              "seqcls:rows_sha256": comparison.get("rows_sha256"), "seqcls:rule": record.rule,
+              "seqcls:reason": record.reason}
     return {key: (value if isinstance(value, str) else json.dumps(value))[:METADATA_VALUE_LIMIT]
             for key, value in fields.items() if value is not None}
 
 
-def create_request(target: Registration, manifest: RunManifest, record: dict[str, Any]) -> dict[str, Any]:
+def create_request(target: Registration, manifest: RunManifest, record: Decision) -> dict[str, Any]:
     """The CreateModelPackage request (botocore's SageMaker model: ModelPackageGroupName, InferenceSpecification,
     ModelMetrics, CustomerMetadataProperties, ModelApprovalStatus)."""
     return {
         "ModelPackageGroupName": target.group,
-        "ModelPackageDescription": f"seqcls run {manifest.run_id}: {record.get('reason')}"[:1024],
+        "ModelPackageDescription": f"seqcls run {manifest.run_id}: {record.reason}"[:1024],
         "InferenceSpecification": {
             "Containers": [{"Image": target.image, "ModelDataUrl": target.model_data_url}],
             "SupportedContentTypes": SERVED_TYPES, "SupportedResponseMIMETypes": SERVED_TYPES},
@@ -220,7 +220,7 @@ def register_vertex(target: VertexRegistration, published: str, scratch: Path) -
             artifact_uri=artifact_uri, serving_container_image_uri=spec["image_uri"], serving_container_args=spec["args"],
             serving_container_predict_route=spec["predict_route"], serving_container_health_route=spec["health_route"],
             serving_container_ports=[p["container_port"] for p in spec["ports"]], is_default_version=True,
-            version_aliases=[target.alias], version_description=f"seqcls run {run_id}: {record.get('reason')}"[:1000], labels={"seqcls-run": label(run_id)})
+            version_aliases=[target.alias], version_description=f"seqcls run {run_id}: {record.reason}"[:1000], labels={"seqcls-run": label(run_id)})
     except (exceptions.GoogleAPICallError, exceptions.RetryError) as err:
         raise RegistryError(f"registering run {run_id} as a version of Vertex AI model {target.model_id} failed: "
                             f"{err}") from None
