@@ -3,7 +3,7 @@
 Issue 15 asks to compare three batchings: random (group_by_length=false), megabatch
 (group_by_length=true: sorted within windows of 50 batches) and full length grouping, where all
 rows are sorted by length, cut into batches, and only the order of the batches is shuffled. This
-script runs the unchanged `seqcls train` command with `seqcls.train.epoch_order` replaced by
+script runs the unchanged `seqcls train` command with `seqcls.training.train.epoch_order` replaced by
 `full_order` below, so the comparison trains with the product's own code; bench/whole_job.py
 launches it for the variant `bench_batching=full`.
 
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from seqcls import cli, data, train  # noqa: E402
+from seqcls import cli, data  # noqa: E402
+from seqcls.training import train  # noqa: E402
 
 
 def full_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[np.ndarray]:

@@ -54,7 +54,7 @@ PROBE = r"""
 import importlib, json, os, pkgutil, platform, sys
 import seqcls
 for module in pkgutil.walk_packages(seqcls.__path__, "seqcls."):  # subpackages' modules too
-    if module.name not in ("seqcls.__main__", "seqcls.serve"):  # serve needs the serving stack (fastapi)
+    if module.name not in ("seqcls.__main__", "seqcls.serving.serve"):  # serve needs the serving stack (fastapi)
         importlib.import_module(module.name)
 import pythonjsonlogger, torch, transformers
 from seqcls import devices as gpu

@@ -2,7 +2,7 @@
 
 Both run in this one process on the same CoLA rows and model, one after the other, and the script
 prints samples/s for each and the ratio. The tutorial loop: per-sentence tokenization padded to
-max_length, a RandomSampler DataLoader, fp32, `loss.item()` every step. seqcls: `seqcls.train.train`
+max_length, a RandomSampler DataLoader, fp32, `loss.item()` every step. seqcls: `seqcls.training.train.train`
 itself with default settings (per-batch padding, fused AdamW; on one GPU bf16 and whole-step CUDA
 graphs, whose capture time is printed separately and not counted in samples/s).
 
@@ -33,8 +33,9 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from seqcls import data, devices, logs, train  # noqa: E402
-from seqcls.checkpoint import Checkpointer  # noqa: E402
+from seqcls import data, devices, logs  # noqa: E402
+from seqcls.training import train  # noqa: E402
+from seqcls.training.checkpoint import Checkpointer  # noqa: E402
 from seqcls.devices import Compute  # noqa: E402
 from seqcls.distributed import World  # noqa: E402
 from seqcls.settings import Settings  # noqa: E402
@@ -91,7 +92,7 @@ def tutorial(sentences: list[str], labels: np.ndarray, tokenizer, model, device:
 
 def seqcls_path(frame_rows: data.Channel, labels: np.ndarray, tokenizer, model, device: torch.device,
                 precision: str, group_by_length: bool | None = None) -> train.Outcome:
-    """seqcls.train.train for one epoch on the same rows; samples/s from its own epoch timing.
+    """seqcls.training.train.train for one epoch on the same rows; samples/s from its own epoch timing.
     group_by_length None: the settings' default."""
     grouping = {} if group_by_length is None else {"group_by_length": group_by_length}
     settings = Settings(epochs=1, log_every_steps=10_000, select_best="none", **grouping)

@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 from transformers import AlbertConfig, AlbertForSequenceClassification, get_scheduler
 
 from seqcls import model as models
-from seqcls import steps, train
-from seqcls.checkpoint import STOP, Checkpointer
+from seqcls.training import steps, train
+from seqcls.training.checkpoint import STOP, Checkpointer
 from seqcls.devices import Compute
 from seqcls.distributed import World
 from seqcls.errors import SettingsError

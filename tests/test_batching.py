@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqcls.batching import Batcher, Busy
+from seqcls.serving.batching import Batcher, Busy
 from seqcls.evaluate import Predictions
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification
 
-from seqcls import train
-from seqcls.checkpoint import Checkpointer
+from seqcls.training import train
+from seqcls.training.checkpoint import Checkpointer
 from seqcls.devices import Compute
 from seqcls.settings import Settings
 from modeltools import synthetic, tiny_bert
@@ -104,7 +104,7 @@ def test_a_real_capture_passes_its_self_check_with_dropout_and_bf16(dropout, pre
     so a faithful capture agrees within SELF_CHECK_RTOL: the default GPU path is not thrown away by its own check."""
     from transformers import get_linear_schedule_with_warmup
 
-    from seqcls import steps
+    from seqcls.training import steps
 
     device = torch.device("cuda", 0)
     model = tiny_bert()

@@ -91,7 +91,7 @@ def test_imports_form_no_cycle() -> None:
 
 
 @pytest.mark.parametrize("module, must_not_import", [
-    ("steps", "evaluate"), ("predict", "train"), ("artifacts", "train"), ("settings", "storage"),
+    ("training.steps", "evaluate"), ("predict", "training"), ("artifacts", "training"), ("settings", "storage"),
 ])
 def test_helpers_live_where_their_users_can_reach_them(module: str, must_not_import: str) -> None:
     inside = [m for m in MODULES if m == module or m.startswith(f"{module}.")]
@@ -101,7 +101,7 @@ def test_helpers_live_where_their_users_can_reach_them(module: str, must_not_imp
 
 def test_the_hf_inference_hook_is_self_contained() -> None:
     """code/inference.py runs in AWS's Hugging Face image, which has torch and transformers but no seqcls."""
-    tree = MODULES["hf_inference"]
+    tree = MODULES["serving.hf_inference"]
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     relative = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level]
@@ -115,7 +115,7 @@ def test_only_the_problem_types_module_names_a_problem_type() -> None:
     """What differs by problem type lives in problem_types.py; elsewhere a type is named by its constant, so a new
     type or metric is one edit. code/inference.py is exempt: it runs without seqcls (the test above)."""
     spelled = [f"{module}:{node.lineno}" for module, tree in MODULES.items()
-               if module not in ("problem_types", "hf_inference") for node in ast.walk(tree)
+               if module not in ("problem_types", "serving.hf_inference") for node in ast.walk(tree)
                if isinstance(node, ast.Constant) and node.value in PROBLEM_TYPE_NAMES]
     assert not spelled, spelled
 

@@ -73,7 +73,8 @@ def test_an_endpoint_picks_the_backend_from_its_environment():
 def test_the_server_answers_with_the_onnx_model(runs):
     from fastapi.testclient import TestClient
 
-    from seqcls import predict as predicting, serve
+    from seqcls import predict as predicting
+    from seqcls.serving import serve
 
     loaded = predicting.load(str(runs["with_onnx"]), {"inference_backend": "onnx"})
     torch_loaded = predicting.load(str(runs["with_onnx"]), {"precision": "fp32"})

@@ -218,7 +218,7 @@ def _train(path: str, problem_type: str, encoded: data.Encoded) -> tuple[torch.n
     """Two epochs along one path (as tests/test_steps.py's `run`), for a multi_label or regression model."""
     from transformers import get_linear_schedule_with_warmup
 
-    from seqcls import steps
+    from seqcls.training import steps
     from seqcls.devices import Compute
     from modeltools import SETTINGS
 

@@ -90,7 +90,8 @@ def test_a_presigned_output_uri_is_refused_without_echoing_its_token() -> None:
 def test_health_body_masks_the_load_error() -> None:
     from fastapi.testclient import TestClient
 
-    from seqcls import runtime, serve
+    from seqcls import runtime
+    from seqcls.serving import serve
 
     state = serve.State()
     state.error = RuntimeError(f'Could not connect to the endpoint URL: "http://u:{SECRET}@10.0.0.1:9000/b/run/config.json"')

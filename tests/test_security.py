@@ -225,7 +225,7 @@ def test_predict_refuses_a_pickle_shard_with_exit_2_naming_the_file(tmp_path: Pa
 
 
 def test_no_code_path_unpickles() -> None:
-    """Checkpoints (being added to train.py) must load with torch.load(weights_only=True): this pins it for
+    """Checkpoints (training/train.py) must load with torch.load(weights_only=True): this pins it for
     every torch.load in src/, and keeps pickle-based loaders out altogether."""
     for path, call in calls("load"):
         if ast.unparse(call.func) == "torch.load":

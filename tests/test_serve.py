@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from jobtools import clean_env
-from seqcls import predict, runtime, serve
+from seqcls import predict, runtime
+from seqcls.serving import serve
 
 SAGEMAKER = runtime.Serving(8080, ("/ping",), ("/invocations",), "unused", "sagemaker")
 VERTEX_ENV = {"AIP_HTTP_PORT": "7080", "AIP_HEALTH_ROUTE": "/v1/endpoints/1/deployedModels/2",

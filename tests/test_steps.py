@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from seqcls import data, steps
+from seqcls import data
+from seqcls.training import steps
 from seqcls.devices import Compute
 from seqcls.distributed import World
 from modeltools import CPU, SETTINGS, synthetic, tiny_bert
@@ -180,8 +181,8 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_a_warning(tmp_path, mon
     library's assertion), the job trains eagerly from the unchanged weights and says why; simulated on a CPU."""
     import logging
 
-    from seqcls import train
-    from seqcls.checkpoint import Checkpointer
+    from seqcls.training import train
+    from seqcls.training.checkpoint import Checkpointer
 
     encoded, held_out = synthetic(), synthetic(rows=20, seed=1)
     settings = Settings(epochs=1, select_best="none", learning_rate=1e-3)
@@ -282,8 +283,8 @@ def test_a_failed_self_check_trains_eagerly_with_a_warning(tmp_path, monkeypatch
     """On a mismatch the job says so and trains the same weights as a plain eager run (simulated on a CPU)."""
     import logging
 
-    from seqcls import train
-    from seqcls.checkpoint import Checkpointer
+    from seqcls.training import train
+    from seqcls.training.checkpoint import Checkpointer
 
     encoded, held_out = synthetic(), synthetic(rows=20, seed=1)
     settings = Settings(epochs=1, select_best="none", learning_rate=1e-3)

@@ -89,11 +89,11 @@ INFERENCE_HOOK = "code/inference.py"  # where sagemaker-huggingface-inference-to
 
 
 def write_inference_hook(folder: Path) -> str:
-    """code/inference.py (seqcls/hf_inference.py, verbatim): AWS's Hugging Face inference image then applies the
+    """code/inference.py (seqcls/serving/hf_inference.py, verbatim): AWS's Hugging Face inference image then applies the
     run's thresholds, problem type and label names instead of its pipeline's argmax (docs/serving-hf.md)."""
     hook = folder / INFERENCE_HOOK
     hook.parent.mkdir(exist_ok=True)
-    write_atomic(hook, resources.files("seqcls").joinpath("hf_inference.py").read_bytes())
+    write_atomic(hook, resources.files("seqcls.serving").joinpath("hf_inference.py").read_bytes())
     return INFERENCE_HOOK
 
 

@@ -96,7 +96,7 @@ def train_command(argv: Sequence[str]) -> int:
     import torch  # heavy imports (torch, transformers) only once we know the command
 
     from . import distributed, job
-    from .checkpoint import STOP
+    from .training.checkpoint import STOP
 
     STOP.install()
 
@@ -163,7 +163,7 @@ def serve_command(argv: Sequence[str]) -> int:
     try:
         extras.require("fastapi", "seqcls serve")
         extras.require("uvicorn", "seqcls serve")
-        from . import serve  # heavy imports only once the arguments are known
+        from .serving import serve  # heavy imports only once the arguments are known
 
         where = runtime.serving(args.model, args.port)
         overrides = {**where.settings, **given}

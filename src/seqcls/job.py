@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, atomic, checkpoint, data, devices, distributed, evaluate, logs, model, storage, train
+from . import artifacts, atomic, data, devices, distributed, evaluate, logs, model, storage
 from . import champion, hostdata, promotion, records, runtime, tracking, tuning
 from . import settings as hyperparameters
+from .training import checkpoint, train
 from .errors import Interrupted, SettingsError
 
 

@@ -1,6 +1,6 @@
 """Per-row training losses for every problem type: the one place the loss is defined.
 
-Both training paths (steps.py) and evaluation weight and sum these rows themselves, so a per-row
+Both training paths (training/steps.py) and evaluation weight and sum these rows themselves, so a per-row
 weight (a short batch's padding rows, class weights) multiplies a row's loss and nothing else.
 """
 

@@ -69,7 +69,7 @@ def _serialise(frame: pd.DataFrame, as_json: bool, header: bool) -> str:
 @dataclass(frozen=True)
 class Loaded:
     """A run's model loaded once, with everything that makes its answers the training run's own: the CLI labels
-    a file with it and the server (serve.py) answers every request with it."""
+    a file with it and the server (serving/serve.py) answers every request with it."""
 
     source: str
     settings: hyperparameters.Settings

@@ -13,9 +13,9 @@ if os.environ.get("FAULT_INJECT_RANK") and os.environ.get("RANK") == os.environ[
 
         seqcls.data.encoding.tokenize = _failing_tokenize
     else:
-        import seqcls.train
+        import seqcls.training.train
 
-        _collate = seqcls.train.collate
+        _collate = seqcls.training.train.collate
         _calls = {"n": 0}
 
         def _failing_collate(*args, **kwargs):
@@ -24,4 +24,4 @@ if os.environ.get("FAULT_INJECT_RANK") and os.environ.get("RANK") == os.environ[
                 raise RuntimeError("injected fault on this rank")
             return _collate(*args, **kwargs)
 
-        seqcls.train.collate = _failing_collate
+        seqcls.training.train.collate = _failing_collate

@@ -91,7 +91,7 @@ def test_each_trial_is_the_training_job_submit_would_send(aws_offline: None) -> 
 
 
 def test_objective_regex_reads_the_jobs_own_epoch_end_line(aws_offline: None, capsys: pytest.CaptureFixture[str]) -> None:
-    """The line comes from seqcls.logs with evaluate.EpochStats' fields, as train.py logs `epoch_end`."""
+    """The line comes from seqcls.logs with evaluate.EpochStats' fields, as training/train.py logs `epoch_end`."""
     regex = re.compile(_objective_regex(_request(BASE)))
     logs.setup()
     capsys.readouterr()
@@ -237,7 +237,7 @@ def test_submit_creates_the_tuning_job(aws_offline: None, capsys: pytest.Capture
 
 def test_objective_and_validation_regexes_read_step_level_evaluation_lines(aws_offline: None,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """eval_every_steps: train.py logs `evaluation` rows (EpochStats with a step) instead of epoch_end; the
+    """eval_every_steps: training/train.py logs `evaluation` rows (EpochStats with a step) instead of epoch_end; the
     validation metrics are not anchored to an event, so the tuning objective and the metric definitions read them."""
     from infra.sagemaker.metrics import metric_definitions
 

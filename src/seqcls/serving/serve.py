@@ -25,11 +25,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from . import batching, evaluate, logs, outbound
-from .data import PAIR, TEXT
-from .errors import SeqclsError
-from .problem_types import MULTI_LABEL, REGRESSION
-from .runtime import Serving
+from .. import evaluate, logs, outbound
+
+from . import batching
+from ..data import PAIR, TEXT
+from ..errors import SeqclsError
+from ..problem_types import MULTI_LABEL, REGRESSION
+from ..runtime import Serving
 
 # Vertex refuses online requests over 1.5 MB and SageMaker real-time invocations over 6 MB before they reach the
 # container; this server refuses what neither platform would deliver, so a local client learns the same limit.
@@ -68,7 +70,7 @@ class State:
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards creating the batcher
 
     def queue(self) -> batching.Batcher:
-        from . import predict
+        from .. import predict
 
         with self.lock:
             if self.batcher is None:
@@ -178,7 +180,7 @@ def parse_csv(body: bytes, pairs: bool | None) -> Records:
 def csv_lines(predictions, label_map, delimiter: str) -> str:
     """One CSV line per row, no header and no newline after the last (Batch Transform's AssembleWith=Line adds one
     after each response): the `predicted` and `prob_<label>` columns `seqcls predict` writes, in that order."""
-    from .artifacts import prediction_columns
+    from ..artifacts import prediction_columns
 
     frame = pd.DataFrame(prediction_columns(predictions, label_map, delimiter))
     return frame.to_csv(index=False, header=False, lineterminator="\n").removesuffix("\n")
@@ -356,7 +358,7 @@ def create_app(serving: Serving, state: State, max_body_bytes: int = MAX_BODY_BY
 
 def load_in_background(serving: Serving, state: State, overrides: dict[str, str], server) -> threading.Thread:
     """Load the model while the server already answers probes; on failure tell the probes and stop the server."""
-    from . import predict
+    from .. import predict
 
     def work() -> None:
         try:

@@ -22,11 +22,11 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import logs
-from .atomic import replacing
-from .distributed import World, gather_objects
-from .errors import Interrupted, UserError
-from .settings import OPERATIONAL
+from .. import logs
+from ..atomic import replacing
+from ..distributed import World, gather_objects
+from ..errors import Interrupted, UserError
+from ..settings import OPERATIONAL
 from .steps import TrainingState
 
 FORMAT_VERSION = 1

@@ -22,14 +22,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_scheduler
 
-from . import logs
+from .. import logs
 from .checkpoint import STOP, Checkpointer, Progress
-from .data import Encoded, batch_widths, collate, epoch_order, pad_multiple
-from .devices import Compute
-from .distributed import all_reduce_sum, any_rank, shard
-from .evaluate import EpochStats, epoch_validation, headline, predict, validation_metrics
-from .problem_types import better, objective
-from .settings import Settings
+from ..data import Encoded, batch_widths, collate, epoch_order, pad_multiple
+from ..devices import Compute
+from ..distributed import all_reduce_sum, any_rank, shard
+from ..evaluate import EpochStats, epoch_validation, headline, predict, validation_metrics
+from ..problem_types import better, objective
+from ..settings import Settings
 from .steps import (Batch, EagerStep, GraphSteps, ReplayMismatch, Step, TrainingState, current_lr, graphs_unavailable,
                     make_optimizer)
 

@@ -26,10 +26,10 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from .devices import Compute, autocast
-from .losses import row_losses
-from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from .settings import Settings
+from ..devices import Compute, autocast
+from ..losses import row_losses
+from ..problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL
+from ..settings import Settings
 
 WARM_UP_RUNS = 2  # per width: lazy initialisation (optimizer state, cuBLAS workspaces) must precede capture
 # The self-check's tolerance, relative, on the loss and the gradient norm: a replay runs the captured kernels on

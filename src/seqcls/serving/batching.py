@@ -20,7 +20,7 @@ from typing import Callable, ContextManager
 
 import pandas as pd
 
-from .evaluate import Predictions
+from ..evaluate import Predictions
 
 MAX_BATCH_ROWS = 256
 MAX_QUEUE_ROWS = 8192
