@@ -171,7 +171,7 @@ def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, col
     label_map = data.LabelMap(metrics["labels"])
     encoded, _ = data.tokenize(tokenizer, test, label_map.encode(test), 64)
     cpu = torch.device("cpu")
-    single_precision = devices.pick_precision(Settings(), cpu)
+    single_precision = devices.pick_precision(Settings().precision, cpu)
     single = evaluate.predict(model, encoded, 0, 256, devices.Compute(cpu, single_precision))
     again = evaluate.classification_metrics(encoded.labels, single.predicted, 2)
     assert sum(map(sum, metrics["test"]["confusion_matrix"])) == 51

@@ -25,7 +25,6 @@ from jobtools import json_lines, make_tree, run_cli
 from seqcls import devices
 from seqcls.errors import DeviceError, SettingsError
 from seqcls.runtime import declared_gpu
-from seqcls.settings import Settings
 
 DRIVER_535 = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\nGCC version:  gcc version 12.2.0\n"
 DRIVER_580 = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U22)\n"
@@ -112,11 +111,11 @@ def test_pick_device_fails_when_a_given_gpu_cannot_be_used_unless_cpu_was_asked_
                      driver_file=driver_file(tmp_path, DRIVER_535), nvidia_smi=no_smi)
     for device in ("auto", "cuda"):
         with pytest.raises(DeviceError, match="a GPU was given to this container"):
-            devices.pick_device(Settings(device=device), seen=given)
-    assert devices.pick_device(Settings(device="cpu"), seen=given).type == "cpu"
-    assert devices.pick_device(Settings(device="auto"), seen=devices.Seen()).type == "cpu"
+            devices.pick_device(device, seen=given)
+    assert devices.pick_device("cpu", seen=given).type == "cpu"
+    assert devices.pick_device("auto", seen=devices.Seen()).type == "cpu"
     with pytest.raises(SettingsError, match="device=cuda but no CUDA GPU is visible"):
-        devices.pick_device(Settings(device="cuda"), seen=devices.Seen())
+        devices.pick_device("cuda", seen=devices.Seen())
 
 
 def test_cpu_note_names_the_likely_cause():

@@ -134,9 +134,9 @@ def test_good_gate_settings_resolve() -> None:
 def test_a_test_metric_needs_a_test_channel(tmp_path) -> None:
     gated = _resolve(promote_if="test_mcc", output_uri="/models")
     with pytest.raises(SettingsError, match="promote_if=test_mcc needs a test channel.*validation_mcc"):
-        promotion.check_channels(gated, {"train": tmp_path})
-    promotion.check_channels(gated, {"train": tmp_path, "test": tmp_path})
-    promotion.check_channels(_resolve(promote_if="validation_mcc", output_uri="/models"), {"train": tmp_path})
+        promotion.check_channels(gated.promote_if, {"train": tmp_path})
+    promotion.check_channels(gated.promote_if, {"train": tmp_path, "test": tmp_path})
+    promotion.check_channels(_resolve(promote_if="validation_mcc", output_uri="/models").promote_if, {"train": tmp_path})
 
 
 def test_every_gated_metric_has_the_range_its_values_lie_in() -> None:

@@ -142,10 +142,10 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(tmp_path, 
     assert devices.cpu_has_native_bf16(native) and not devices.cpu_has_native_bf16(emulated)
     assert not devices.cpu_has_native_bf16(tmp_path / "absent")
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
-    assert devices.pick_precision(Settings(), CPU) == "fp32"
+    assert devices.pick_precision("auto", CPU) == "fp32"
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
-    assert devices.pick_precision(Settings(), CPU) == "bf16"
-    assert devices.pick_precision(Settings(precision="fp32"), CPU) == "fp32"
+    assert devices.pick_precision("auto", CPU) == "bf16"
+    assert devices.pick_precision("fp32", CPU) == "fp32"
 
 
 class FlakyForward(Exception):

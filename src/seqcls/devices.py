@@ -25,7 +25,6 @@ import torch
 
 from .distributed import World
 from .errors import DeviceError, SettingsError
-from .settings import Settings
 
 DEVICE_DIR = Path("/dev")
 DEVICE_NAME = re.compile(r"nvidia\d+")  # one per GPU; nvidiactl and nvidia-uvm come with any driver
@@ -136,9 +135,10 @@ def cpu_note(seen: Seen) -> str:
             "started without --gpus all)")
 
 
-def pick_device(settings: Settings, world: World = World(), seen: Seen | None = None) -> torch.device:
-    """The GPU of this process's local rank, or the CPU: never the CPU by surprise when a GPU was given."""
-    if settings.device == "cpu":
+def pick_device(choice: str, world: World = World(), seen: Seen | None = None) -> torch.device:
+    """The GPU of this process's local rank, or the CPU (`choice` is the device setting: auto, cpu or cuda): never
+    the CPU by surprise when a GPU was given."""
+    if choice == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
@@ -146,7 +146,7 @@ def pick_device(settings: Settings, world: World = World(), seen: Seen | None = 
     seen = look() if seen is None else seen
     if seen.given:
         raise DeviceError(unusable_reason(seen, torch.__version__, torch.version.cuda, init_error()))
-    if settings.device == "cuda":
+    if choice == "cuda":
         raise SettingsError("hyperparameter device=cuda but no CUDA GPU is visible "
                             "(run the container with --gpus all, or set device=auto to fall back to CPU)")
     return torch.device("cpu")
@@ -160,18 +160,18 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return False
 
 
-def pick_precision(settings: Settings, device: torch.device) -> str:
+def pick_precision(choice: str, device: torch.device) -> str:
     """auto: bf16 where the hardware computes it natively (GPUs that support it; CPUs with AVX512-BF16
     or AMX, where it trained CoLA 1.6x faster than fp32 to the same MCC), fp32 elsewhere."""
-    if settings.precision == "auto":
+    if choice == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_has_native_bf16() else "fp32"
-    if settings.precision == "fp16" and device.type != "cuda":
+    if choice == "fp16" and device.type != "cuda":
         raise SettingsError("hyperparameter precision=fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
-    if settings.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise SettingsError("hyperparameter precision=bf16 is not supported by this GPU; use fp16 or fp32")
-    return settings.precision
+    return choice
 
 
 def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
@@ -182,10 +182,11 @@ def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
                           cache_enabled=cache_enabled)
 
 
-def choose(settings: Settings, world: World, declared: str | None) -> tuple[Compute, str | None]:
-    """The device and precision for this process, and, when device=auto lands on the CPU, why (for job_start).
+def choose(device_choice: str, precision_choice: str, world: World, declared: str | None) -> tuple[Compute, str | None]:
+    """The device and precision for this process (from the device and precision settings), and, when device=auto
+    lands on the CPU, why (for job_start).
     Fails here, before any data work, when a GPU was given but CUDA cannot use it."""
     seen = look(declared=declared)
-    device = pick_device(settings, world, seen)
-    note = cpu_note(seen) if device.type == "cpu" and settings.device == "auto" else None
-    return Compute(device, pick_precision(settings, device), world), note
+    device = pick_device(device_choice, world, seen)
+    note = cpu_note(seen) if device.type == "cpu" and device_choice == "auto" else None
+    return Compute(device, pick_precision(precision_choice, device), world), note

@@ -137,8 +137,9 @@ def _start(where: runtime.Platform, resolved: hyperparameters.Resolved, world: d
     settings = resolved.settings
     if world.is_main and settings.checkpoint_dir:
         atomic.check_writable([where.checkpoint_dir])
-    promotion.check_channels(settings, where.channels)
-    compute, no_gpu = devices.choose(settings, world, runtime.declared_gpu(where.root))  # a given GPU must work
+    promotion.check_channels(settings.promote_if, where.channels)
+    declared = runtime.declared_gpu(where.root)  # a given GPU must work
+    compute, no_gpu = devices.choose(settings.device, settings.precision, world, declared)
     distributed.init(world, compute.device, settings.distributed_timeout_s)
     logs.event("job_start", f"seqcls run {where.run_id} on {where.name} ({compute.device.type}, {compute.precision}, "
                             f"{world.size} process{'es' if world.active else ''})" + (f"; {no_gpu}" if no_gpu else ""),

@@ -130,9 +130,9 @@ def _classifier(folder: Path, config, settings: hyperparameters.Settings, model_
         logs.warning("onnx_missing", f"{model_uri} has no {wanted} (trained without export_onnx=true, or "
                                      "export_onnx_int8=true, or its int8 check dropped it): scoring with PyTorch",
                      model=model_uri, file=wanted)
-    device = devices.pick_device(settings, world)  # under torchrun: this rank's GPU
+    device = devices.pick_device(settings.device, world)  # under torchrun: this rank's GPU
     return (model.load_model(str(folder), config, settings.seed).to(device).eval(),
-            devices.Compute(device, devices.pick_precision(settings, device)))
+            devices.Compute(device, devices.pick_precision(settings.precision, device)))
 
 
 def predict_frame(loaded: Loaded, frame: pd.DataFrame) -> evaluate.Predictions:

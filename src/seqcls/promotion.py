@@ -89,11 +89,11 @@ def decide(rule: Rule, value: float | None, current_run_id: str | None, current_
                               f"{'+' if lower else '-'} tolerance {tolerance:g}")
 
 
-def check_channels(settings: Settings, channels: Mapping[str, object]) -> None:
+def check_channels(promote_if: str, channels: Mapping[str, object]) -> None:
     """A test metric needs a test channel; checked with the settings, before any data work."""
-    if settings.promote_if.startswith("test_") and "test" not in channels:
-        raise SettingsError(f"hyperparameter promote_if={settings.promote_if} needs a test channel (test data); "
-                            f"give one or gate on validation_{settings.promote_if.removeprefix('test_')}")
+    if promote_if.startswith("test_") and "test" not in channels:
+        raise SettingsError(f"hyperparameter promote_if={promote_if} needs a test channel (test data); "
+                            f"give one or gate on validation_{promote_if.removeprefix('test_')}")
 
 
 class Gate:

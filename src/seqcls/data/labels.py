@@ -177,9 +177,10 @@ def label_balance(labels: np.ndarray, label_map: LabelMap) -> dict[str, float]:
     return {label: int(count) for label, count in zip(label_map.labels, counts)}
 
 
-def check_binary_only(settings: Settings, label_map: LabelMap) -> None:
-    if settings.decision_threshold != 0.5 and len(label_map.labels) != 2:
-        raise SettingsError(f"hyperparameter decision_threshold={settings.decision_threshold} needs exactly two labels; "
+def check_binary_only(decision_threshold: float, label_map: LabelMap) -> None:
+    """A decision threshold is for two labels; set for more, it would be silently ignored."""
+    if decision_threshold != 0.5 and len(label_map.labels) != 2:
+        raise SettingsError(f"hyperparameter decision_threshold={decision_threshold} needs exactly two labels; "
                             f"train has {len(label_map.labels)} ({', '.join(map(repr, label_map.labels[:10]))})")
 
 

@@ -79,7 +79,7 @@ def load_splits(channels: dict[str, Path | bigquery.Table], settings: Settings, 
         if split is not None:
             _check_same_inputs(train, split)
             label_map.check_known(split)
-    check_binary_only(settings, label_map)
+    check_binary_only(settings.decision_threshold, label_map)
     train, checks = check_splits(train, {"validation": validation, "test": test}, settings)
     splits = Splits(train, validation, test, label_map, validation_source,
                     label_weights(settings.class_weights, label_map, train), checks)

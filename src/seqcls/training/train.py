@@ -63,9 +63,10 @@ class Plan:
         return cls(per_epoch, epochs, total, settings.warmup_steps or int(settings.warmup_ratio * total))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, settings: Settings, plan: Plan):
-    """transformers' get_scheduler, stepped once per optimizer step (constant takes no warm-up: settings refuse one)."""
-    return get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=plan.warmup_steps,
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, plan: Plan):
+    """transformers' get_scheduler of `kind` (lr_scheduler_type), stepped once per optimizer step (constant takes no
+    warm-up: settings refuse one)."""
+    return get_scheduler(kind, optimizer, num_warmup_steps=plan.warmup_steps,
                          num_training_steps=plan.total_steps)
 
 
@@ -165,7 +166,7 @@ class _Loop:
         self.plan = Plan.of(len(data.train), settings)
         eager_reason = graphs_unavailable(settings, compute)
         optimizer = make_optimizer(model, settings, device, graphs=eager_reason is None)
-        self.state = TrainingState(model, optimizer, make_scheduler(optimizer, settings, self.plan),
+        self.state = TrainingState(model, optimizer, make_scheduler(optimizer, settings.lr_scheduler_type, self.plan),
                                    torch.amp.GradScaler(device.type, enabled=compute.precision == "fp16"))
         self.progress, self.best_weights = checkpointer.restore(self.state, world) or (Progress(), None)
         self.outcome = Outcome(stats=[EpochStats(**s) for s in self.progress.stats])
