@@ -14,7 +14,10 @@ own process with its own time limit (a stage that overruns is killed and reporte
 3. throughput: bench/train_speed.py, tutorial loop vs seqcls, same process and data, bert-base shape with
    random weights, batch 32, CoLA lengths;
 4. whole_job: bench/whole_job.py, the whole CoLA job with MiniLM, CUDA graphs vs eager, 4 epochs, same seed;
-   on a full run also batch 8 x 4 accumulated (graphs) and gradient_checkpointing=true (eager).
+   on a full run also batch 8 x 4 accumulated (graphs) and gradient_checkpointing=true (eager);
+5. inference: bench/inference_speed.py, one-sentence requests from 10 threads through the serving batcher (shared
+   passes vs one pass per request; no HTTP: the image has no fastapi) and predict's batch function over CoLA's
+   training rows, with a run of a few steps trained from the bundled MiniLM.
 
 gpu-check.md and gpu-check.json are rewritten after every stage, so a run cut short still reports what
 it measured; the combined output of all stages goes to gpu-check.log. Exit status 1 when a stage failed.
@@ -39,7 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 470  # all stages together; setup and the report fit in the rest of 8 minutes
-LIMITS_S = {"environment": 60, "tests": 90, "throughput": 120, "whole_job": 210}
+LIMITS_S = {"environment": 60, "tests": 90, "throughput": 120, "whole_job": 210, "inference": 120}
 # In the project's venv but not on the GPU image: importing seqcls must not need them.
 # (A .pth file of google-cloud-aiplatform creates empty `google.cloud` namespace modules at start-up: only
 # modules with code count.)
@@ -249,6 +252,9 @@ def bench_commands(args: argparse.Namespace, device: str, work: Path) -> dict[st
         "whole_job": ([sys.executable, "bench/whole_job.py", "--model", model, "--device", device, *sizes,
                        *(arg for variant in variants for arg in ("--variant", variant)),
                        "--json", str(work / "whole_job.json")], work / "whole_job.json"),
+        "inference": ([sys.executable, "bench/inference_speed.py", "--model", model, "--device", device,
+                       *(["--requests", "50", "--rows", "256"] if args.quick else []),
+                       "--json", str(work / "inference.json")], work / "inference.json"),
     }
 
 
@@ -289,6 +295,16 @@ def markdown(data: dict) -> str:
                          "wall s (process start to exit)", "train s", "capture s", "test MCC", "val MCC per epoch"],
                         [[v["variant"], v["path"], v.get("path_detail"), round(v["wall_s"], 1), round(v["train_s"], 1), v["capture_s"],
                           round(v["test_mcc"], 3), v["val_mcc"]] for v in job["variants"]])
+    served = (stages.get("inference") or {}).get("result")
+    if served:
+        lines += [f"## Inference ({served['device']}, {served['precision']}; {served['clients']} client threads, "
+                  f"{served['requests']} one-sentence requests through the serving batcher, no HTTP)", ""]
+        lines += _table(["batcher", "requests/s", "passes", "p50 ms", "p99 ms"],
+                        [[name, s["requests_per_s"], s["passes"], s["p50_ms"], s["p99_ms"]]
+                         for name, s in (("shared passes", served["shared_passes"]),
+                                         ("one pass per request", served["one_pass_per_request"]))])
+        lines += [f"Shared passes / one pass per request: **{served['ratio']}x**. Predict's batch function: "
+                  f"{served['predict']['rows_per_s']} rows/s over {served['predict']['rows']} CoLA rows.", ""]
     targets = data.get("targets") or {}
     lines += ["## Targets (issue 15)", ""]
     if not targets.get("judged"):

@@ -45,7 +45,7 @@ def test_the_cpu_rehearsal_builds_the_bundle_and_runs_every_stage_into_one_repor
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "gpu-check.json").read_text())
     stages = report["stages"]
-    assert list(stages) == ["bundle", "environment", "tests", "throughput", "whole_job"]
+    assert list(stages) == ["bundle", "environment", "tests", "throughput", "whole_job", "inference"]
     assert all(stage["status"] == "ok" for stage in stages.values()), stages
     env = report["environment"]
     assert env["not_on_gpu_image_but_imported"] == [] and env["seqcls_from"] == str(REPO / "src" / "seqcls")
@@ -59,9 +59,12 @@ def test_the_cpu_rehearsal_builds_the_bundle_and_runs_every_stage_into_one_repor
     assert [v["variant"] for v in variants] == ["cuda_graphs=true", "cuda_graphs=false"]
     assert all(v["path"] == "eager" and -1 <= v["test_mcc"] <= 1 and v["wall_s"] > 0 for v in variants)
     assert all(v["path_detail"] == "device is cpu" for v in variants)  # why eager, or the self-check on a GPU
+    served = stages["inference"]["result"]
+    assert served["shared_passes"]["passes"] < served["requests"] == served["one_pass_per_request"]["passes"] == 50
+    assert served["predict"]["rows"] == 256 and served["predict"]["rows_per_s"] > 0 and served["ratio"] > 0
     assert report["targets"] == {"judged": False, "why": "CPU or --quick rehearsal: targets apply to a full run on a GPU"}
     text = (out / "gpu-check.md").read_text()
-    for heading in ("## Environment", "## Stages", "## CUDA tests", "## Training throughput", "## Whole CoLA job", "## Targets"):
+    for heading in ("## Environment", "## Stages", "## CUDA tests", "## Training throughput", "## Whole CoLA job", "## Inference", "## Targets"):
         assert heading in text
     assert "===== whole_job" in (out / "gpu-check.log").read_text()
 
