@@ -132,7 +132,10 @@ class Gate:
         self.decision = decide(self.rule, value, current.run_id, comparison.champion if comparison else None,
                                comparison, incomparable, published)
         for path, read in ((self.model_dir / METRICS, Metrics.read), (self.model_dir / RUN_MANIFEST, RunManifest.read)):
-            artifacts.write_json(path, replace(read(self.model_dir), promotion=self.decision).to_json())
+            record = read(self.model_dir)
+            if record is None:  # the job writes both before it publishes: a missing one is our bug
+                raise RuntimeError(f"{path} is missing or unreadable, so the gate cannot record its decision in it")
+            artifacts.write_json(path, replace(record, promotion=self.decision).to_json())
         artifacts.write_json(self.output_data_dir / RECORD, self.decision.record())
         return self.decision.promoted
 

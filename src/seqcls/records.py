@@ -1,6 +1,6 @@
-"""The run's records as types: run_manifest.json (`RunManifest`) and metrics.json (`Metrics`), each with one writer
-(`to_json`) and one reader (`read`, `from_json`) that the job, predict, the model card, the promotion gate, the
-registry and the trackers share.
+"""The run's records as types: run_manifest.json (`RunManifest`), metrics.json (`Metrics`) and the promotion gate's
+decision that both carry (`Decision`), each with one writer (`to_json`, `record`) and one reader (`read`,
+`from_json`) that the job, predict, the model card, the promotion gate, the registry and the trackers share.
 
 run_manifest.json is what a consumer needs to rerun the job, or to predict like it, from this file alone: the run's
 id, platform and commit, every setting with where its value came from, the inputs with their digests, what the
