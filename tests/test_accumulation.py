@@ -299,7 +299,7 @@ def test_label_smoothing_is_torchs_cross_entropy_with_label_smoothing():
     with torch.no_grad():
         logits = model(**{k: torch.from_numpy(v) for k, v in batch.items() if k not in ("labels", "weights")}).logits
     settings = dataclasses.replace(BIG, label_smoothing=0.1)
-    optimizer = steps.make_optimizer(model, settings, CPU, graphs=False)
+    optimizer = steps.make_optimizer(model, settings.optimizer, CPU, graphs=False)
     state = steps.TrainingState(model, optimizer, train.make_scheduler(optimizer, settings.lr_scheduler_type, train.Plan.of(16, settings)),
                                 torch.amp.GradScaler("cpu", enabled=False))
     loss = steps.EagerStep(model, state, settings, Compute(CPU, "fp32"))([batch])

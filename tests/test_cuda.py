@@ -110,7 +110,7 @@ def test_a_real_capture_passes_its_self_check_with_dropout_and_bf16(dropout, pre
     model = tiny_bert()
     model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = dropout
     model = BertForSequenceClassification(model.config).to(device).train()
-    optimizer = steps.make_optimizer(model, SETTINGS, device, graphs=True)
+    optimizer = steps.make_optimizer(model, SETTINGS.optimizer, device, graphs=True)
     state = steps.TrainingState(model, optimizer, get_linear_schedule_with_warmup(optimizer, 0, 10),
                                 torch.amp.GradScaler("cuda", enabled=False))
     graphs = steps.GraphSteps(state, SETTINGS, Compute(device, precision), [8, 32])

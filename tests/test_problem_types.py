@@ -225,7 +225,7 @@ def _train(path: str, problem_type: str, encoded: data.Encoded) -> tuple[torch.n
     run_settings = dataclasses.replace(SETTINGS, problem_type=problem_type)
     model = _tiny_bert(3 if problem_type == "multi_label" else 1, problem_type)
     batches = [rows for epoch in (1, 2) for rows in data.epoch_order(encoded.lengths, 32, 42, epoch, False)]
-    optimizer = steps.make_optimizer(model, run_settings, torch.device("cpu"), graphs=path == "graph")
+    optimizer = steps.make_optimizer(model, run_settings.optimizer, torch.device("cpu"), graphs=path == "graph")
     scheduler = get_linear_schedule_with_warmup(optimizer, 1, len(batches))
     state = steps.TrainingState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
     compute = Compute(torch.device("cpu"), "fp32")

@@ -9,7 +9,7 @@ import pytest
 
 from seqcls import runtime, settings
 from seqcls.errors import SettingsError
-from seqcls.settings import parse_value, resolve
+from seqcls.settings import FIELDS, Optimizer, parse_value, resolve
 
 
 def test_defaults_are_the_tutorial_recipe():
@@ -230,3 +230,13 @@ def test_scale_settings_parse_from_sagemaker_strings() -> None:
     assert (defaults.gradient_accumulation_steps, defaults.gradient_checkpointing, defaults.lr_scheduler_type,
             defaults.warmup_steps, defaults.max_steps, defaults.eval_every_steps, defaults.label_smoothing) == \
         (1, False, "linear", 0, 0, 0, 0.0)
+
+
+def test_the_optimizer_group_is_a_view_of_the_flat_names_not_a_hyperparameter() -> None:
+    """make_optimizer reads only AdamW's three settings; they stay flat on the command line and in SageMaker's
+    hyperparameters.json, so the group is not a name a user can set."""
+    settings = resolve([("cli", {"learning_rate": "3e-5", "weight_decay": "0.01"})]).settings
+    assert settings.optimizer == Optimizer(learning_rate=3e-5, adam_epsilon=1e-8, weight_decay=0.01)
+    assert "optimizer" not in FIELDS
+    with pytest.raises(SettingsError, match="unknown hyperparameter 'optimizer'"):
+        resolve([("cli", {"optimizer": "adam"})])

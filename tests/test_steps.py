@@ -23,7 +23,7 @@ def run(path: str, precision: str, encoded: data.Encoded, settings: Settings = S
     model = tiny_bert().to(device)
     batches = [rows for epoch in range(1, settings.epochs + 1)
                for rows in data.epoch_order(encoded.lengths, settings.batch_size, settings.seed, epoch, False)]
-    optimizer = steps.make_optimizer(model, settings, device, graphs=path != "eager")
+    optimizer = steps.make_optimizer(model, settings.optimizer, device, graphs=path != "eager")
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * len(batches)), len(batches))
     state = steps.TrainingState(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=False))
     compute = Compute(device, precision)
@@ -64,7 +64,7 @@ def test_a_short_batch_loss_is_the_mean_over_its_real_rows():
 def _graph_steps(encoded: data.Encoded) -> tuple[steps.GraphSteps, torch.nn.Module, torch.optim.Optimizer]:
     batches = data.epoch_order(encoded.lengths, 32, 42, 1, False)
     model = tiny_bert()
-    optimizer = steps.make_optimizer(model, SETTINGS, CPU, graphs=True)
+    optimizer = steps.make_optimizer(model, SETTINGS.optimizer, CPU, graphs=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, 10)
     widths = data.batch_widths(encoded.lengths, batches, 8)
     state = steps.TrainingState(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
@@ -248,7 +248,7 @@ class _Replayed:
 
 def _graphs_replaying(settings: Settings, skew=lambda graphs: None, model=None) -> steps.GraphSteps:
     model = model or tiny_bert()
-    optimizer = steps.make_optimizer(model, settings, CPU, graphs=True)
+    optimizer = steps.make_optimizer(model, settings.optimizer, CPU, graphs=True)
     state = steps.TrainingState(model, optimizer, get_linear_schedule_with_warmup(optimizer, 0, 10),
                                 torch.amp.GradScaler("cpu", enabled=False))
     graphs = steps.GraphSteps(state, settings, Compute(CPU, "fp32"), [8, 16], capture=False)

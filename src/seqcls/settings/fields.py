@@ -62,8 +62,18 @@ FRACTION_FROM_ZERO = Bounds(low=0, high=1, high_open=True)
 
 
 @dataclass(frozen=True)
+class Optimizer:
+    """AdamW's settings, as a group: what the optimizer is built from (training/steps.py), and nothing else."""
+
+    learning_rate: float
+    adam_epsilon: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
 class Settings:
-    """Resolved hyperparameters; one snapshot logged first and stored in the run manifest."""
+    """Resolved hyperparameters; one snapshot logged first and stored in the run manifest. Flat, as the command line,
+    SageMaker and Vertex name them; a group that travels together is a typed view (`optimizer`)."""
 
     model_name_or_path: str = _setting(DEFAULT_MODEL, "Hub id or local folder; the `model` channel wins when present")
     base_model: str = _setting("", "Hub id of the pretrained model, for the model card's base_model when training from a "
@@ -218,6 +228,10 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def optimizer(self) -> Optimizer:
+        return Optimizer(self.learning_rate, self.adam_epsilon, self.weight_decay)
 
     @property
     def onnx_exports(self) -> tuple[str, ...]:

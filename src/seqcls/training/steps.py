@@ -29,7 +29,7 @@ import torch
 from ..devices import Compute, autocast
 from ..losses import row_losses
 from ..problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from ..settings import Settings
+from ..settings import Optimizer, Settings
 
 WARM_UP_RUNS = 2  # per width: lazy initialisation (optimizer state, cuBLAS workspaces) must precede capture
 # The self-check's tolerance, relative, on the loss and the gradient norm: a replay runs the captured kernels on
@@ -76,11 +76,11 @@ def graphs_unavailable(settings: Settings, compute: Compute) -> str | None:
     return None
 
 
-def make_optimizer(model: torch.nn.Module, settings: Settings, device: torch.device, graphs: bool) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, adamw: Optimizer, device: torch.device, graphs: bool) -> torch.optim.AdamW:
     """The recipe's AdamW, fused into one kernel (CPU and CUDA: ~5x faster than the per-tensor loop on
     this project's CPU) and, for CUDA graphs, capturable (step counts live on the device)."""
-    return torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, eps=settings.adam_epsilon,
-                             weight_decay=settings.weight_decay, fused=device.type in ("cpu", "cuda"),
+    return torch.optim.AdamW(model.parameters(), lr=adamw.learning_rate, eps=adamw.adam_epsilon,
+                             weight_decay=adamw.weight_decay, fused=device.type in ("cpu", "cuda"),
                              capturable=graphs)
 
 

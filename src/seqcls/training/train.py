@@ -165,7 +165,7 @@ class _Loop:
         self.forward = DistributedDataParallel(model) if world.active else model
         self.plan = Plan.of(len(data.train), settings)
         eager_reason = graphs_unavailable(settings, compute)
-        optimizer = make_optimizer(model, settings, device, graphs=eager_reason is None)
+        optimizer = make_optimizer(model, settings.optimizer, device, graphs=eager_reason is None)
         self.state = TrainingState(model, optimizer, make_scheduler(optimizer, settings.lr_scheduler_type, self.plan),
                                    torch.amp.GradScaler(device.type, enabled=compute.precision == "fp16"))
         self.progress, self.best_weights = checkpointer.restore(self.state, world) or (Progress(), None)
