@@ -118,12 +118,12 @@ def statistics(metrics: Metrics, problem_type: str) -> dict[str, Any]:
 
 def metadata(manifest: RunManifest, record: Decision) -> dict[str, str]:
     """CustomerMetadataProperties: what a deployer reads in the registry without opening the run."""
-    comparison = record.comparison.record() if record.comparison else {}
+    compared = record.comparison
     fields = {"seqcls:run_id": manifest.run_id, "seqcls:metric": record.metric,
               "seqcls:value": record.value, "seqcls:champion_run_id": record.current_run_id,
-              "seqcls:champion_value": record.current_value, "seqcls:difference": comparison.get("improvement"),
-              "seqcls:interval": comparison.get("interval"), "seqcls:rows": comparison.get("rows"),
-              "seqcls:rows_sha256": comparison.get("rows_sha256"), "seqcls:rule": record.rule,
+              "seqcls:champion_value": record.current_value, "seqcls:difference": compared and compared.improvement,
+              "seqcls:interval": compared and list(compared.interval), "seqcls:rows": compared and compared.rows,
+              "seqcls:rows_sha256": compared and compared.rows_sha256, "seqcls:rule": record.rule,
               "seqcls:reason": record.reason}
     return {key: (value if isinstance(value, str) else json.dumps(value))[:METADATA_VALUE_LIMIT]
             for key, value in fields.items() if value is not None}
