@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from seqcls.errors import SettingsError
 from seqcls.losses import row_losses
 from seqcls.settings import Settings
 from modeltools import synthetic, tiny_bert
+from storage_servers import free_port
 
 CPU = torch.device("cpu")
 # 630 rows: 20 optimizer steps of 32 rows, the last 22 (micro-batches of 8, 8 and 6 under accumulation).
@@ -94,11 +94,6 @@ def test_the_graph_step_body_accumulates_like_the_eager_step(tmp_path, monkeypat
     assert_same_weights(eager_model, graph_model, atol=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class _CountingDDP(torch.nn.parallel.DistributedDataParallel):
     """DDP with its default all-reduce wrapped in a comm hook that counts bucket syncs (torch's documented hook API)."""
@@ -137,7 +132,7 @@ def _rank(rank: int, port: int, folder: str, settings: Settings, results) -> Non
 def _two_processes(settings: Settings, folder) -> dict:
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_rank, args=(_free_port(), str(folder), settings, results), nprocs=2, join=True)
+        mp.spawn(_rank, args=(free_port(), str(folder), settings, results), nprocs=2, join=True)
         return dict(results)
 
 

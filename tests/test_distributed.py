@@ -13,6 +13,7 @@ import torch
 from jobtools import REPO, json_lines, run_cli
 from seqcls import runtime
 from seqcls.distributed import World, shard
+from storage_servers import free_port
 
 
 def test_one_process_needs_no_launcher(tmp_path):
@@ -150,7 +151,8 @@ def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, col
 
     root = make_tree(tmp_path / "ml", cola_dir, {"epochs": "1", "batch_size": "16", "log_every_steps": "2"},
                      train_rows=120, test_rows=51, model=minilm_path)
-    result = run_cli(["train"], env={"SEQCLS_OPT_ML": str(root), "SEQCLS_NPROC_PER_NODE": "2"})
+    result = run_cli(["train"], env={"SEQCLS_OPT_ML": str(root), "SEQCLS_NPROC_PER_NODE": "2",
+                                     "MASTER_PORT": str(free_port())})
     assert result.returncode == 0, result.stderr[-3000:]
     records = json_lines(result.stdout)
     assert records[0]["event"] == "launch"
@@ -190,7 +192,7 @@ def test_a_failing_rank_fails_the_job_and_is_named(tmp_path, cola_dir, minilm_pa
                      train_rows=120, test_rows=20, model=minilm_path)
     started = time.monotonic()
     result = run_cli(["train"], env={"SEQCLS_OPT_ML": str(root), "SEQCLS_NPROC_PER_NODE": "2",
-                                     "FAULT_INJECT_RANK": "1",
+                                     "MASTER_PORT": str(free_port()), "FAULT_INJECT_RANK": "1",
                                      "PYTHONPATH": f"{Path(__file__).parent / 'fault_injection'}:{REPO / 'src'}"})
     assert result.returncode != 0
     assert time.monotonic() - started < 120

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from jobtools import REPO, clean_env, json_lines, make_tree
+from storage_servers import free_port
 
 FIELDS = ("input_ids", "token_type_ids", "offsets", "labels", "weights")
 
@@ -136,11 +136,6 @@ def _torchrun(root: Path, nnodes: int, node_rank: int, nproc: int, port: int, en
         text=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def _finish(process: subprocess.Popen) -> tuple[int, list[dict], str]:
     out, err = process.communicate(timeout=900)
@@ -157,9 +152,9 @@ def test_one_host_of_two_ranks_trains_exactly_as_two_hosts_that_each_tokenize(tm
     # torchrun sets OMP_NUM_THREADS=1 only for several processes per node; the same threads in both layouts
     # keep the float reductions in the same order.
     threads = {"OMP_NUM_THREADS": "1"}
-    code, records, err = _finish(_torchrun(shared, 1, 0, 2, _free_port(), threads))
+    code, records, err = _finish(_torchrun(shared, 1, 0, 2, free_port(), threads))
     assert code == 0, err[-3000:]
-    port = _free_port()
+    port = free_port()
     hosts = [_torchrun(apart, 2, node, 1, port, threads) for node in range(2)]
     (code0, records0, err0), (code1, _, err1) = [_finish(p) for p in hosts]
     assert code0 == code1 == 0, err0[-2000:] + err1[-2000:]
@@ -180,7 +175,7 @@ def test_a_fault_in_tokenizing_fails_every_rank_with_the_reason(tmp_path, cola_d
                      model=minilm_path)
     env = {"FAULT_INJECT_RANK": "0", "FAULT_INJECT_STAGE": "tokenize",
            "PYTHONPATH": f"{Path(__file__).parent / 'fault_injection'}:{REPO / 'src'}"}
-    code, records, err = _finish(_torchrun(root, 1, 0, 2, _free_port(), env))
+    code, records, err = _finish(_torchrun(root, 1, 0, 2, free_port(), env))
     assert code != 0
     failed = {r["rank"]: r["message"] for r in records if r["event"] == "job_failed"}
     assert failed[0] == "rank 0: internal error: RuntimeError: injected fault in tokenization", failed

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from jobtools import json_lines, run_cli
+from storage_servers import free_port
 from targets import QUICK, cola, score, tags, write_csv
 
 pytestmark = pytest.mark.slow
@@ -185,7 +186,8 @@ def test_two_gloo_processes_score_the_test_split_as_one_process_does(tmp_path, c
     test_file = write_csv(tmp_path / "test.csv", header, [[r[3], target(r)] for r in test[:51]])
     result = run_cli(["train", "--train", str(train_file), "--test", str(test_file), "--model_name_or_path", str(minilm_path),
                       "--output_dir", str(tmp_path / "run"), "--problem_type", problem_type, "--precision", "fp32", *QUICK],
-                     env={"SEQCLS_NPROC_PER_NODE": "2", "SEQCLS_GIT_COMMIT": "test", "OMP_NUM_THREADS": "1"})
+                     env={"SEQCLS_NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()), "SEQCLS_GIT_COMMIT": "test",
+                          "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert next(r for r in json_lines(result.stdout) if r["event"] == "job_start")["world_size"] == 2
     model_dir = tmp_path / "run" / "model"
