@@ -310,7 +310,7 @@ def test_step_level_evaluations_are_rows_of_the_stats_table_and_points_of_the_lo
     import pandas as pd
     from PIL import Image
 
-    from seqcls import artifacts, card
+    from seqcls.saving import artifacts, card
     from seqcls.evaluate import EpochStats
     from seqcls.records import Metrics
 

@@ -110,7 +110,8 @@ def test_a_reload_that_predicts_differently_fails_the_job(tmp_path, minilm_path)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from jobtools import build_tiny_model
-    from seqcls import artifacts, data
+    from seqcls import data
+    from seqcls.saving import artifacts
     from seqcls.errors import SeqclsError
 
     folder = build_tiny_model(tmp_path / "tiny", minilm_path)

@@ -14,7 +14,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from jobtools import build_tiny_model, cola_rows, minilm_folder, run_subprocess, write_tree
-from seqcls import card
+from seqcls.saving import card
 from seqcls.records import Metrics, RunManifest
 from seqcls.settings import FIELDS, resolve
 

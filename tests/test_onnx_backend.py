@@ -110,7 +110,8 @@ def test_an_int8_model_that_disagrees_is_not_saved(runs, monkeypatch, tmp_path, 
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from seqcls import data, logs, onnxmodel
+    from seqcls import data, logs
+    from seqcls.saving import onnxmodel
     from seqcls.settings import Settings
 
     logs.setup()

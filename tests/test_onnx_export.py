@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from jobtools import build_tiny_model, cola_rows, minilm_folder, run_cli
-from seqcls import onnxmodel
+from seqcls.saving import onnxmodel
 from seqcls.errors import SeqclsError
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 
 from seqcls import evaluate, problem_types, promotion, settings
 from seqcls.errors import SettingsError
-from seqcls.records import Metrics
+from seqcls.records import Comparison, Decision, Metrics
 from seqcls.storage import Current
 
 
@@ -147,7 +147,7 @@ def test_every_gated_metric_has_the_range_its_values_lie_in() -> None:
     assert {problem_types.METRIC_RANGES[name] for name in ("accuracy", "f1_micro", "subset_accuracy")} == {(0.0, 1.0)}
 
 
-def _gate_against(tmp_path, champion: bytes | None, limit_seen: list[int] | None = None) -> promotion.Decision:
+def _gate_against(tmp_path, champion: bytes | None, limit_seen: list[int] | None = None) -> Decision:
     """This run (test MCC 0.2) decided against a champion whose published metrics.json is `champion`."""
     model_dir, output_data = tmp_path / "model", tmp_path / "data"
     model_dir.mkdir()
@@ -160,7 +160,7 @@ def _gate_against(tmp_path, champion: bytes | None, limit_seen: list[int] | None
             limit_seen.append(limit)
         return champion[: limit + 1] if champion is not None else None
 
-    def same_rows(uri: str) -> promotion.Comparison:
+    def same_rows(uri: str) -> Comparison:
         raise promotion.Incomparable("not scored in this test: only the published file is read")
 
     gate = promotion.Gate(_resolve(promote_if="test_mcc", output_uri="/models", promote_if_incomparable="promote"),
@@ -194,9 +194,19 @@ def test_a_usable_published_value_is_recorded_for_reference(tmp_path) -> None:
 @pytest.mark.parametrize("labels", [["a", "b"], ["a", "b", "c"]])
 def test_the_gate_scores_rows_with_the_runs_own_metric_definitions(name, labels) -> None:
     """Same rows, same numbers as metrics.json would give: a macro average counts a label the rows lack."""
-    from seqcls import champion
+    from seqcls.promotion import champion
     from seqcls.data import LabelMap
 
     truth, predicted = np.array([0, 1, 1, 0, 1, 0]), np.array([0, 1, 0, 0, 1, 1])  # no row of label 2
     gate = champion._metric(name, truth, LabelMap(labels))(predicted, None)
     assert gate == pytest.approx(evaluate.classification_metrics(truth, predicted, len(labels))[name])
+
+
+def test_the_gate_loads_without_torch() -> None:
+    """The publish step and the orchestrators read the gate; it writes JSON, so it must not pull in a model stack."""
+    import subprocess
+    import sys
+
+    probe = "import sys, seqcls.promotion; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", loaded

@@ -24,6 +24,7 @@ from jobtools import build_tiny_model, cola_rows, minilm_folder, run_inprocess
 from seqcls import promotion, storage
 from seqcls import settings as hyperparameters
 from seqcls.errors import StorageError
+from seqcls.records import Comparison
 from storage_servers import FakeGCS, s3_with_bucket
 
 ACCESS_KEY = "seqcls-gate"
@@ -92,12 +93,12 @@ class HookedGate(promotion.Gate):
         super().__init__(settings, model_dir, out_dir, self.published_as_scored)
         self.after_decide, self.decisions = after_decide, 0
 
-    def published_as_scored(self, champion_uri: str) -> promotion.Comparison:
+    def published_as_scored(self, champion_uri: str) -> Comparison:
         """Stand-in weights cannot score rows: the champion's published test MCC stands in for its score on this
         run's rows (these tests are about the pointer under races, not about scoring)."""
         theirs = json.loads(storage.open_store(champion_uri).read("metrics.json"))["test"]["mcc"]
         ours = json.loads((self.model_dir / "metrics.json").read_text())["test"]["mcc"]
-        return promotion.Comparison(ours, theirs, 1, "0" * 64, "test", ours - theirs, (ours - theirs, ours - theirs), 0.95, 0)
+        return Comparison(ours, theirs, 1, "0" * 64, "test", ours - theirs, (ours - theirs, ours - theirs), 0.95, 0)
 
     def decide(self, current: storage.Current) -> bool:
         promoted = super().decide(current)

@@ -93,7 +93,7 @@ def test_a_promoted_run_is_registered_approved_with_its_metrics_and_the_gate_rec
 
 
 def test_the_request_is_valid_for_the_service_model(runs) -> None:
-    from seqcls import registry
+    from seqcls.promotion import registry
 
     metrics, manifest = registry.read_records(runs["week-2"])
     request = registry.create_request(registry.Registration(GROUP, IMAGE, MODEL_URL, STATS_URI), manifest,
@@ -220,7 +220,7 @@ def test_vertex_refuses_a_location_vertex_cannot_read(vertex, tmp_path, capsys) 
     code, out = register_vertex(vertex, str(tmp_path / "published"), capsys)
     assert code == 2 and "Vertex AI reads models from gs://bucket/prefix (or its /gcs/ mount)" in out
     assert vertex.requests == []  # nothing was fetched or sent
-    from seqcls import registry
+    from seqcls.promotion import registry
 
     with pytest.raises(registry.RegistryError, match="Vertex AI reads models from gs://"):
         registry.vertex_artifact_uri("s3://bucket/published", "week-1")

@@ -113,7 +113,7 @@ def test_log_lines_mask_url_credentials_and_write_non_finite_numbers_as_null(cap
 
 
 def test_json_artifacts_write_nan_as_null(tmp_path: Path) -> None:
-    from seqcls import artifacts
+    from seqcls import atomic
 
-    artifacts.write_json(tmp_path / "metrics.json", {"test": {"mcc": math.nan, "loss": 0.5}})
+    atomic.write_json(tmp_path / "metrics.json", {"test": {"mcc": math.nan, "loss": 0.5}})
     assert strict((tmp_path / "metrics.json").read_text()) == {"test": {"mcc": None, "loss": 0.5}}

@@ -31,7 +31,7 @@ from seqcls.runtime import CHANNELS
 def sagemaker_config(argv: Sequence[str]) -> dict[str, Any]:
     from infra.sagemaker import submit
 
-    from seqcls import registry
+    from seqcls.promotion import registry
 
     parser = submit._parser()
     parser.add_argument("--model-package-group", default="seqcls",

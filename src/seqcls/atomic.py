@@ -1,5 +1,5 @@
-"""Files, safely: atomic replacement (a file appears complete or not at all), writable-folder checks, and
-which files in a folder count (hidden ones, such as staging folders and temp files, never do)."""
+"""Files, safely: atomic replacement (a file appears complete or not at all), strict JSON written that way,
+writable-folder checks, and which files in a folder count (hidden ones, such as staging folders and temp files, never do)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
+from . import outbound
 from .errors import SetupError
 
 
@@ -35,6 +36,21 @@ def replacing(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    try:
+        with replacing(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        if err.filename is None:
+            err.filename = str(path)  # "disk full" is only useful with the file that did not fit
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Strict JSON (NaN and infinities as null), URL credentials masked: see outbound."""
+    write_atomic(path, (outbound.dumps(value, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 def check_writable(folders: Iterable[Path]) -> None:

@@ -204,7 +204,7 @@ def register_command(argv: Sequence[str]) -> int:
     args = register_parser().parse_args(list(argv))
     import tempfile
 
-    from . import registry
+    from .promotion import registry
 
     try:
         extras.require("boto3" if args.registry == "sagemaker" else "google.cloud.aiplatform",

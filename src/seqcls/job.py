@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from . import artifacts, atomic, data, devices, distributed, evaluate, logs, model, storage
-from . import champion, hostdata, promotion, records, runtime, tracking, tuning
+from . import atomic, data, devices, distributed, evaluate, logs, model, storage
+from . import hostdata, promotion, records, runtime, tracking, tuning
+from .promotion import champion
+from .saving import artifacts
 from . import settings as hyperparameters
 from .training import checkpoint, train
 from .errors import Interrupted, SettingsError
@@ -83,7 +85,7 @@ def run(where: runtime.Platform) -> Path:
     if partial:  # the platform uploads the model folder as it is; the run still failed, and may resume
         raise Interrupted(f"{outcome.stopped}; a partial model ({partial['weights']}) was saved to {where.model_dir}")
 
-    # Step 6: publish a loadable copy, manifest last (never half a model); promote_if gates latest.json (promotion.py).
+    # Step 6: publish a loadable copy, manifest last (never half a model); promote_if gates latest.json (promotion/rule.py).
     storage.publish_run(where.model_uri, settings.output_uri, where.run_id, [where.model_dir, where.output_data_dir],
                         _publish_options(settings), promotion.gate(settings, where.model_dir, where.output_data_dir,
                                                                    champion.comparer(settings, gate_rows)))

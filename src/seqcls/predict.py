@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 from transformers import AutoConfig
 
-from . import artifacts, atomic, data, devices, distributed, evaluate, logs, model, onnxmodel, problem_types, storage
+from . import atomic, data, devices, distributed, evaluate, logs, model, problem_types, storage
+from .saving import artifacts, onnxmodel
 from . import settings as hyperparameters
 from .errors import ModelError, SettingsError
 from .records import RUN_MANIFEST, RunManifest

@@ -55,7 +55,7 @@ class RunManifest:
     partial: dict[str, Any] | None = None  # what a stopped run's model holds
     trackers: list[dict[str, Any]] | None = None
     onnx_int8: dict[str, Any] | None = None  # the int8 export's agreement check, when one was made
-    promotion: Decision | None = None  # the gate's decision (promotion.py), when promote_if is set
+    promotion: Decision | None = None  # the gate's decision (promotion/rule.py), when promote_if is set
 
     def value(self, name: str, default: Any = None) -> Any:
         """A setting's value as the run used it; `default` for a setting the run predates."""
@@ -146,7 +146,7 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Decision:
-    """The promotion gate's decision (promotion.py): metrics.json, run_manifest.json and promotion.json hold its
+    """The promotion gate's decision (promotion/rule.py): metrics.json, run_manifest.json and promotion.json hold its
     record(), the promotion event logs it, the registries read it back (`from_json`)."""
 
     promoted: bool

@@ -72,7 +72,7 @@ def statistics_uri(description: dict) -> str:
 
 def registration(description: dict, image: str, hyperparameters: dict) -> dict:
     """The CreateModelPackage fields beyond the operator's own: the content types `serve` takes (rendered into the
-    config from seqcls.registry), ModelMetrics (the file at `statistics_uri`) and CustomerMetadataProperties from
+    config from seqcls.promotion.registry), ModelMetrics (the file at `statistics_uri`) and CustomerMetadataProperties from
     FinalMetricDataList."""
     metrics = final_metrics(description)
     name = description["TrainingJobName"]

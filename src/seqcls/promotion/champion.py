@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score
 
-from . import evaluate, losses, predict
-from .data import PAIR, TEXT, Encoded, LabelMap, Splits
-from .evaluate import Predictions
-from .problem_types import MINIMIZED_METRICS, MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from .promotion import Incomparable
-from .records import Comparison
-from .settings import Settings
+from .. import evaluate, losses, predict
+from ..data import PAIR, TEXT, Encoded, LabelMap, Splits
+from ..evaluate import Predictions
+from ..problem_types import MINIMIZED_METRICS, MULTI_LABEL, REGRESSION, SINGLE_LABEL
+from .rule import Incomparable
+from ..records import Comparison
+from ..settings import Settings
 
 RESAMPLES = 1000
 

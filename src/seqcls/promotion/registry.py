@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import logs, runtime, storage
-from .errors import ModelError, UserError
-from .problem_types import TYPES
-from .records import METRICS, RUN_MANIFEST, Decision, Metrics, RunManifest
-from .uris import parse_uri
+from .. import logs, runtime, storage
+from ..errors import ModelError, UserError
+from ..problem_types import TYPES
+from ..records import METRICS, RUN_MANIFEST, Decision, Metrics, RunManifest
+from ..uris import parse_uri
 
 READ_LIMIT = 1024 * 1024  # metrics.json and run_manifest.json are a few KiB
 RECORDS = (METRICS, RUN_MANIFEST)

@@ -19,13 +19,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import artifacts, logs
-from .errors import SettingsError
-from .problem_types import METRIC_RANGES, MINIMIZED_METRICS
-from .records import METRICS, RUN_MANIFEST, Comparison, Decision, Metrics, RunManifest
-from .settings import Settings
-from .storage import Current
-from .uris import parse_uri
+from .. import logs
+from ..atomic import write_atomic, write_json
+from ..errors import SettingsError
+from ..problem_types import METRIC_RANGES, MINIMIZED_METRICS
+from ..records import METRICS, RUN_MANIFEST, Comparison, Decision, Metrics, RunManifest
+from ..settings import Settings
+from ..storage import Current
+from ..uris import parse_uri
 
 RECORD = "promotion.json"  # in the output-data folder: SageMaker uploads it in output.tar.gz
 READ_LIMIT = 1024 * 1024  # a champion's metrics.json is a few KiB; a larger one counts as unreadable
@@ -135,8 +136,8 @@ class Gate:
             record = read(self.model_dir)
             if record is None:  # the job writes both before it publishes: a missing one is our bug
                 raise RuntimeError(f"{path} is missing or unreadable, so the gate cannot record its decision in it")
-            artifacts.write_json(path, replace(record, promotion=self.decision).to_json())
-        artifacts.write_json(self.output_data_dir / RECORD, self.decision.record())
+            write_json(path, replace(record, promotion=self.decision).to_json())
+        write_json(self.output_data_dir / RECORD, self.decision.record())
         return self.decision.promoted
 
     def commit(self) -> None:
@@ -144,7 +145,7 @@ class Gate:
         assert decision is not None, "commit before decide"
         logs.event("promotion", f"{decision.outcome}: {decision.reason}", **decision.record())
         if self.promotion_file is not None:
-            artifacts.write_atomic(self.promotion_file, decision.outcome.encode())
+            write_atomic(self.promotion_file, decision.outcome.encode())
 
 
 def gate(settings: Settings, model_dir: Path, output_data_dir: Path,

@@ -25,30 +25,16 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from . import card, logs, onnxmodel, outbound
-from .atomic import current_umask, replacing, visible_files
-from .data import PAIR, TEXT, Channel, LabelMap, file_sha256
-from .errors import SeqclsError
-from .evaluate import EpochStats, Predictions, probability_columns, validation_metrics
-from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL, of_config
-from .records import METRICS, RUN_MANIFEST, DataRecord, Metrics, RunManifest
+from .. import logs
+from . import card, onnxmodel
+from ..atomic import current_umask, visible_files, write_atomic, write_json
+from ..data import PAIR, TEXT, Channel, LabelMap, file_sha256
+from ..errors import SeqclsError
+from ..evaluate import EpochStats, Predictions, probability_columns, validation_metrics
+from ..problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL, of_config
+from ..records import METRICS, RUN_MANIFEST, DataRecord, Metrics, RunManifest
 
 RELOAD_CHECK_ROWS = 8
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    try:
-        with replacing(path) as tmp:
-            tmp.write_bytes(data)
-    except OSError as err:
-        if err.filename is None:
-            err.filename = str(path)  # "disk full" is only useful with the file that did not fit
-        raise
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Strict JSON (NaN and infinities as null), URL credentials masked: see outbound."""
-    write_atomic(path, (outbound.dumps(value, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 @contextmanager

@@ -15,10 +15,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .data import COLUMN_SETTINGS
-from .problem_types import REGRESSION, SINGLE_LABEL, TYPES
-from .records import Metrics, RunManifest
-from .settings import FIELDS
+from ..data import COLUMN_SETTINGS
+from ..problem_types import REGRESSION, SINGLE_LABEL, TYPES
+from ..records import Metrics, RunManifest
+from ..settings import FIELDS
 
 # The `datasets` builder that reads each suffix (`load_dataset("csv", ...)`): the honest dataset "type" of local files.
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}

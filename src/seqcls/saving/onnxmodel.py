@@ -15,11 +15,11 @@ import torch
 from transformers import PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from . import logs
-from .data import PAIR, TEXT, Channel
-from .errors import ModelError, SeqclsError
-from .evaluate import Predictions
-from .problem_types import REGRESSION, of_config
+from .. import logs
+from ..data import PAIR, TEXT, Channel
+from ..errors import ModelError, SeqclsError
+from ..evaluate import Predictions
+from ..problem_types import REGRESSION, of_config
 
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
