@@ -180,7 +180,7 @@ def parse_csv(body: bytes, pairs: bool | None) -> Records:
 def csv_lines(predictions, label_map, delimiter: str) -> str:
     """One CSV line per row, no header and no newline after the last (Batch Transform's AssembleWith=Line adds one
     after each response): the `predicted` and `prob_<label>` columns `seqcls predict` writes, in that order."""
-    from ..artifacts import prediction_columns
+    from ..saving.artifacts import prediction_columns
 
     frame = pd.DataFrame(prediction_columns(predictions, label_map, delimiter))
     return frame.to_csv(index=False, header=False, lineterminator="\n").removesuffix("\n")
