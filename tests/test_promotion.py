@@ -129,6 +129,10 @@ def test_good_gate_settings_resolve() -> None:
     resolved = _resolve(promote_if="validation_f1_micro", output_uri="/models", problem_type="multi_label",
                         promote_tolerance="0.01", promotion_file="/tmp/kfp/outcome")
     assert (resolved.promote_if, resolved.promote_tolerance) == ("validation_f1_micro", 0.01)
+    # the gate reads them as one group, under its own names (the flat names stay the CLI's and the platforms')
+    assert resolved.promotion == settings.Promotion(metric="validation_f1_micro", tolerance=0.01, rule="not_worse",
+                                                    confidence=0.95, incomparable="keep", output_uri="/models",
+                                                    marker_file="/tmp/kfp/outcome", seed=42)
 
 
 def test_a_test_metric_needs_a_test_channel(tmp_path) -> None:
@@ -163,7 +167,7 @@ def _gate_against(tmp_path, champion: bytes | None, limit_seen: list[int] | None
     def same_rows(uri: str) -> Comparison:
         raise promotion.Incomparable("not scored in this test: only the published file is read")
 
-    gate = promotion.Gate(_resolve(promote_if="test_mcc", output_uri="/models", promote_if_incomparable="promote"),
+    gate = promotion.Gate(_resolve(promote_if="test_mcc", output_uri="/models", promote_if_incomparable="promote").promotion,
                           model_dir, output_data, same_rows)
     gate.decide(Current("champ", read))
     assert gate.decision is not None

@@ -107,9 +107,9 @@ class HookedGate(promotion.Gate):
         return promoted
 
 
-def gate_settings(uri: str, flag: Path) -> hyperparameters.Settings:
+def gate_settings(uri: str, flag: Path) -> hyperparameters.Promotion:
     return hyperparameters.resolve([("test", {"promote_if": "test_mcc", "output_uri": uri,
-                                              "promotion_file": str(flag)})]).settings
+                                              "promotion_file": str(flag)})]).settings.promotion
 
 
 def publish_gated(uri: str, root: Path, run_id: str, mcc: float, after_decide: Callable[[int], None] = lambda n: None):

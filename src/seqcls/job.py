@@ -86,9 +86,9 @@ def run(where: runtime.Platform) -> Path:
         raise Interrupted(f"{outcome.stopped}; a partial model ({partial['weights']}) was saved to {where.model_dir}")
 
     # Step 6: publish a loadable copy, manifest last (never half a model); promote_if gates latest.json (promotion/rule.py).
-    storage.publish_run(where.model_uri, settings.output_uri, where.run_id, [where.model_dir, where.output_data_dir],
-                        _publish_options(settings), promotion.gate(settings, where.model_dir, where.output_data_dir,
-                                                                   champion.comparer(settings, gate_rows)))
+    folders = [where.model_dir, where.output_data_dir]
+    gate = promotion.gate(settings.promotion, *folders, champion.comparer(settings.promotion, gate_rows))
+    storage.publish_run(where.model_uri, settings.output_uri, where.run_id, folders, _publish_options(settings), gate)
     checkpointer.remove()  # published: nothing is left for a later run in the same folder to resume
     _log_end(where, metrics, started, settings.problem_type, trackers)
     return where.model_dir

@@ -25,7 +25,7 @@ from ..evaluate import Predictions
 from ..problem_types import MINIMIZED_METRICS, MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from .rule import Incomparable
 from ..records import Comparison
-from ..settings import Settings
+from ..settings import Promotion
 
 RESAMPLES = 1000
 
@@ -66,12 +66,12 @@ def gate_rows(metric: str, splits: Splits, encoded: dict[str, Encoded], test: Pr
     return GateRows(split, channel.frame[columns], encoded[split].labels, splits.label_map, predictions)
 
 
-def comparer(settings: Settings, rows: GateRows | None) -> Callable[[str], Comparison]:
+def comparer(settings: Promotion, rows: GateRows | None) -> Callable[[str], Comparison]:
     """What the gate calls with the current run's URI (promotion.Gate)."""
     def scored(champion_uri: str) -> Comparison:
         if rows is None:
             raise Incomparable("this run has no scored rows of the gate's split")
-        return compare(champion_uri, rows, settings.promote_if, settings.promote_confidence, settings.seed)
+        return compare(champion_uri, rows, settings.metric, settings.confidence, settings.seed)
     return scored
 
 

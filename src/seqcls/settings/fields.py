@@ -71,9 +71,24 @@ class Optimizer:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """The promotion gate's settings, as a group (promotion/): what it compares, by which rule, where the champion
+    lives, and where the outcome marker goes. `seed` seeds the bootstrap."""
+
+    metric: str
+    tolerance: float
+    rule: str
+    confidence: float
+    incomparable: str
+    output_uri: str
+    marker_file: str
+    seed: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """Resolved hyperparameters; one snapshot logged first and stored in the run manifest. Flat, as the command line,
-    SageMaker and Vertex name them; a group that travels together is a typed view (`optimizer`)."""
+    SageMaker and Vertex name them; a group that travels together is a typed view (`optimizer`, `promotion`)."""
 
     model_name_or_path: str = _setting(DEFAULT_MODEL, "Hub id or local folder; the `model` channel wins when present")
     base_model: str = _setting("", "Hub id of the pretrained model, for the model card's base_model when training from a "
@@ -232,6 +247,11 @@ class Settings:
     @property
     def optimizer(self) -> Optimizer:
         return Optimizer(self.learning_rate, self.adam_epsilon, self.weight_decay)
+
+    @property
+    def promotion(self) -> Promotion:
+        return Promotion(self.promote_if, self.promote_tolerance, self.promote_rule, self.promote_confidence,
+                         self.promote_if_incomparable, self.output_uri, self.promotion_file, self.seed)
 
     @property
     def onnx_exports(self) -> tuple[str, ...]:
