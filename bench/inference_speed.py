@@ -108,7 +108,7 @@ def measure(part: str, run: Path, device: str, args: argparse.Namespace) -> dict
 
 def cola_sentences() -> list[str]:
     """CoLA's training sentences, read as the job reads them."""
-    return data.read_channel(COLA / "in_domain_train.tsv", "train", Settings()).frame[data.TEXT].tolist()
+    return data.read_channel(COLA / "in_domain_train.tsv", "train", Settings().reading).frame[data.TEXT].tolist()
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     settings = Settings(seed=args.seed, batch_size=args.batch_size)
-    train, _ = data.split_train_validation(data.read_channel(COLA / "in_domain_train.tsv", "train", settings),
+    train, _ = data.split_train_validation(data.read_channel(COLA / "in_domain_train.tsv", "train", settings.reading),
                                            settings.validation_split, settings.seed)
     labels = data.LabelMap.from_labels(train.frame[data.LABEL]).encode(train)
     lengths = data.tokenize(AutoTokenizer.from_pretrained(args.model), train, labels, settings.max_length)[0].lengths

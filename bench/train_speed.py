@@ -128,7 +128,7 @@ def main() -> None:
     device = devices.pick_device(settings.device, World())
     precision = devices.pick_precision(settings.precision, device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    channel = data.read_channel(COLA / "in_domain_train.tsv", "train", Settings())
+    channel = data.read_channel(COLA / "in_domain_train.tsv", "train", Settings().reading)
     channel = data.sample_rows(channel, args.rows, seed=42)
     labels = data.LabelMap(["0", "1"]).encode(channel)
     steps = -(-args.rows // 32)

@@ -73,7 +73,7 @@ def test_vertex_bigquery_uris_and_command_line_tables_become_tables_not_paths(tm
 def test_a_table_is_read_page_by_page_with_rows_and_labels_as_it_holds_them(stub, cola_dir):
     table = cola_table(cola_dir, 2 * PAGE_ROWS + 7)
     stub.tables["proj.ds.train"] = table
-    channel = data.read_channel(bigquery.parse("bq://proj.ds.train"), "train", Settings(), explicit=())
+    channel = data.read_channel(bigquery.parse("bq://proj.ds.train"), "train", Settings().reading, explicit=())
     assert list(channel.frame[data.TEXT]) == [row[0] for row in table.rows]
     assert list(channel.frame[data.LABEL]) == [str(row[1]) for row in table.rows]
     assert channel.files[0]["path"] == "bq://proj.ds.train" and channel.files[0]["rows"] == len(table.rows)
@@ -88,7 +88,7 @@ def test_a_table_is_read_page_by_page_with_rows_and_labels_as_it_holds_them(stub
 def test_no_credentials_is_one_line_saying_where_credentials_come_from(stub, tmp_path, monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
     with pytest.raises(DataError, match=r"^bq://p\.d\.t: no Google credentials \(Application Default Credentials"):
-        data.read_channel(bigquery.parse("bq://p.d.t"), "train", Settings(), explicit=())
+        data.read_channel(bigquery.parse("bq://p.d.t"), "train", Settings().reading, explicit=())
     assert stub.requests == []
 
 
@@ -96,28 +96,29 @@ def test_a_repeated_string_column_is_a_multi_label_tag_list(stub):
     fields = [{"name": "text", "type": "STRING", "mode": "NULLABLE"}, {"name": "labels", "type": "STRING", "mode": "REPEATED"}]
     rows = [[f"sentence number {i}", ["a", "b"][: i % 3]] for i in range(12)]
     stub.tables["p.d.tags"] = StubTable(fields, rows)
-    channel = data.read_channel(bigquery.parse("bq://p.d.tags"), "train", Settings(problem_type="multi_label"), explicit=())
+    tags = Settings(problem_type="multi_label").reading
+    channel = data.read_channel(bigquery.parse("bq://p.d.tags"), "train", tags, explicit=())
     assert [tuple(tags) for tags in channel.frame[data.LABEL]] == [tuple(tags) for _, tags in rows]
 
 
 def test_a_missing_and_a_denied_table_each_fail_in_one_line_naming_the_table(stub, cola_dir):
     stub.tables["p.d.secret"] = StubTable(TEXT_LABEL, [["a sentence", 1, "x"]], denied=True)
     with pytest.raises(DataError) as missing:
-        data.read_channel(bigquery.parse("bq://p.d.nothere"), "train", Settings(), explicit=())
+        data.read_channel(bigquery.parse("bq://p.d.nothere"), "train", Settings().reading, explicit=())
     assert str(missing.value).startswith("bq://p.d.nothere: no such table") and "\n" not in str(missing.value)
     with pytest.raises(DataError) as denied:
-        data.read_channel(bigquery.parse("bq://p.d.secret"), "test", Settings(), explicit=())
+        data.read_channel(bigquery.parse("bq://p.d.secret"), "test", Settings().reading, explicit=())
     assert str(denied.value).startswith("bq://p.d.secret: read denied") and "bigquery.tables.getData" in str(denied.value)
 
 
 def test_a_bad_table_is_reported_by_its_uri_not_the_temporary_export(stub):
     stub.tables["p.d.nolabel"] = StubTable([{"name": "text", "type": "STRING", "mode": "NULLABLE"}], [["only text"]] * 3)
     with pytest.raises(DataError) as err:
-        data.read_channel(bigquery.parse("bq://p.d.nolabel"), "train", Settings(), explicit=())
+        data.read_channel(bigquery.parse("bq://p.d.nolabel"), "train", Settings().reading, explicit=())
     assert "bq://p.d.nolabel" in str(err.value) and "seqcls-bq-" not in str(err.value)
     stub.tables["p.d.empty"] = StubTable(TEXT_LABEL, [])
     with pytest.raises(DataError, match="train channel bq://p.d.empty has no rows"):
-        data.read_channel(bigquery.parse("bq://p.d.empty"), "train", Settings(), explicit=())
+        data.read_channel(bigquery.parse("bq://p.d.empty"), "train", Settings().reading, explicit=())
 
 
 @pytest.fixture(scope="module")

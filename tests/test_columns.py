@@ -16,7 +16,7 @@ import pytest
 
 from jobtools import build_tiny_model, cola_rows, minilm_folder, run_inprocess, write_tree
 from seqcls import data
-from seqcls.settings import Settings
+from seqcls.settings import Reading, Settings
 
 FAST = ["--epochs", "1", "--batch_size", "8", "--max_length", "32"]
 
@@ -98,7 +98,7 @@ def test_headerless_cola_is_read_as_before(cola_dir, tmp_path):
     path = tmp_path / "train.tsv"
     path.write_text(cola_rows(cola_dir, "in_domain_train.tsv", 40), encoding="utf-8")
     for explicit in (frozenset(), None):
-        channel = data.read_channel(path, "train", Settings(), explicit=explicit)
+        channel = data.read_channel(path, "train", Settings().reading, explicit=explicit)
         assert channel.columns.record() == {"text": "sentence", "text_pair": None, "label": "label", "chosen": "cola"}
         assert len(channel.frame) == 40 and channel.frame["text"].str.len().min() > 0
 
@@ -110,12 +110,20 @@ def test_headerless_cola_is_read_as_before(cola_dir, tmp_path):
     (["text", "label", "target"], ("text", "", "label")),  # run_glue's `label` wins
 ])
 def test_the_header_rules(header, expected):
-    rule = data.ColumnRule.from_settings(Settings(), explicit=frozenset())
+    rule = data.ColumnRule.from_settings(Settings().reading, explicit=frozenset())
     columns = data.choose_columns(header, rule, labelled=True, path=Path("f.csv"))
     assert (columns.text, columns.pair, columns.label, columns.chosen) == (*expected, "auto")
 
 
 def test_an_explicit_text_column_turns_off_pair_detection():
-    rule = data.ColumnRule.from_settings(Settings(text_column="sentence1"), explicit={"text_column"})
+    rule = data.ColumnRule.from_settings(Settings(text_column="sentence1").reading, explicit={"text_column"})
     columns = data.choose_columns(["sentence1", "sentence2", "label"], rule, labelled=True, path=Path("f.csv"))
     assert (columns.text, columns.pair, columns.label) == ("sentence1", "", "label")
+
+
+def test_the_reading_group_carries_the_flat_settings_the_readers_use():
+    """data/ reads files through `Settings.reading`: the column names, the problem type and the tag delimiter."""
+    given = Settings(text_column="premise", text_pair_column="hypothesis", label_column="gold",
+                     problem_type="multi_label", label_delimiter="|")
+    assert given.reading == Reading(problem_type="multi_label", label_delimiter="|", text_column="premise",
+                                    text_pair_column="hypothesis", label_column="gold")

@@ -26,7 +26,7 @@ def tokenizer(minilm_path):
 def test_cola_layout_tsv_is_detected(cola_dir, tmp_path):
     path = tmp_path / "cola.tsv"
     path.write_text("".join(cola_lines(cola_dir, "in_domain_train.tsv", 0, 50)), encoding="utf-8")
-    channel = data.read_channel(path, "train", Settings())
+    channel = data.read_channel(path, "train", Settings().reading)
     assert len(channel.frame) == 50
     assert channel.frame["text"][0] == "Our friends won't buy this analysis, let alone the next one we propose."
     assert set(channel.frame["label"]) <= {"0", "1"}
@@ -34,7 +34,7 @@ def test_cola_layout_tsv_is_detected(cola_dir, tmp_path):
 
 
 def test_real_cola_quotes_are_kept_verbatim(cola_dir):
-    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings().reading)
     assert len(channel.frame) == 8551
     assert channel.frame["text"].str.contains('"').any()
     assert (channel.frame["label"].value_counts().to_dict()) == {"1": 6023, "0": 2528}
@@ -52,7 +52,7 @@ def test_headered_formats_with_column_names(tmp_path, suffix):
         path.write_text("".join(json.dumps({"review": t, "verdict": v}) + "\n" for t, v in ROWS))
     else:
         frame.to_parquet(path)
-    channel = data.read_channel(path, "train", Settings(text_column="review", label_column="verdict"))
+    channel = data.read_channel(path, "train", Settings(text_column="review", label_column="verdict").reading)
     assert channel.frame["text"].tolist() == [t for t, _ in ROWS]
     assert channel.frame["label"].tolist() == [v for _, v in ROWS]
 
@@ -60,7 +60,7 @@ def test_headered_formats_with_column_names(tmp_path, suffix):
 def test_sentence_pairs(tmp_path):
     path = tmp_path / "pairs.csv"
     pd.DataFrame({"premise": ["a man runs", "a dog"], "hypothesis": ["someone moves", "a cat"], "label": [1, 0]}).to_csv(path, index=False)
-    channel = data.read_channel(path, "train", Settings(text_column="premise", text_pair_column="hypothesis"))
+    channel = data.read_channel(path, "train", Settings(text_column="premise", text_pair_column="hypothesis").reading)
     assert channel.frame["text_pair"].tolist() == ["someone moves", "a cat"]
 
 
@@ -71,7 +71,7 @@ def test_a_channel_folder_concatenates_its_files_in_name_order(tmp_path):
     (folder / "a.jsonl").write_text(json.dumps({"sentence": "a1", "label": 1}) + "\n")
     (folder / ".hidden.csv").write_text("junk")
     (folder / "README.txt").write_text("not data")
-    channel = data.read_channel(folder, "train", Settings())
+    channel = data.read_channel(folder, "train", Settings().reading)
     assert channel.frame["text"].tolist() == ["a1", "b1", "b2"]
     assert [f["path"] for f in channel.files] == [str(folder / "a.jsonl"), str(folder / "b.csv")]
 
@@ -88,7 +88,7 @@ def test_integer_labels_map_numerically_and_strings_lexically():
 def test_labels_compare_across_formats(tmp_path):
     (tmp_path / "a.jsonl").write_text(json.dumps({"sentence": "x", "label": 1.0}) + "\n" + json.dumps({"sentence": "y", "label": 0}) + "\n")
     pd.DataFrame({"sentence": ["z"], "label": ["1"]}).to_csv(tmp_path / "b.csv", index=False)
-    channel = data.read_channel(tmp_path, "train", Settings())
+    channel = data.read_channel(tmp_path, "train", Settings().reading)
     assert channel.frame["label"].tolist() == ["1", "0", "1"]
 
 
@@ -97,11 +97,11 @@ def test_a_test_label_unseen_in_training_is_an_error(tmp_path):
     path = tmp_path / "test.csv"
     pd.DataFrame({"sentence": ["a", "b"], "label": ["pos", "mixed"]}).to_csv(path, index=False)
     with pytest.raises(DataError, match="test channel has label\\(s\\) 'mixed' not seen in training"):
-        label_map.encode(data.read_channel(path, "test", Settings()))
+        label_map.encode(data.read_channel(path, "test", Settings().reading))
 
 
 def test_seeded_split_is_reproducible_and_stratified(cola_dir):
-    train = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    train = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings().reading)
     a_train, a_val = data.split_train_validation(train, 0.1, seed=42)
     b_train, b_val = data.split_train_validation(train, 0.1, seed=42)
     _, c_val = data.split_train_validation(train, 0.1, seed=7)
@@ -117,7 +117,7 @@ def test_seeded_split_is_reproducible_and_stratified(cola_dir):
 
 
 def test_tokenization_lengths_and_truncation(cola_dir, tokenizer):
-    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings().reading)
     labels = data.LabelMap(["0", "1"]).encode(channel)
     encoded, stats = data.tokenize(tokenizer, channel, labels, max_length=16)
     reference = [len(ids) for ids in tokenizer(channel.frame["text"].tolist())["input_ids"]]
@@ -143,7 +143,7 @@ class _SlowOnly:
 
 @pytest.mark.parametrize("pairs", [False, True])
 def test_backend_tokenization_equals_the_transformers_call(cola_dir, tokenizer, pairs):
-    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings().reading)
     frame = channel.frame.iloc[:600].reset_index(drop=True)
     if pairs:
         frame = frame.assign(text_pair=frame["text"].iloc[::-1].tolist())
@@ -203,7 +203,7 @@ def test_split_needs_rows_for_both_sides(tmp_path):
 
 @pytest.mark.parametrize("percentile, limit", [(99.5, 512), (100, 512), (50, 512), (99.5, 24)])
 def test_max_length_auto_is_the_training_percentile_rounded_up_to_8_and_capped(cola_dir, tokenizer, percentile, limit):
-    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings().reading)
     reference = np.array([len(ids) for ids in tokenizer(channel.frame["text"].tolist())["input_ids"]])
     wanted = int(np.percentile(reference, percentile, method="higher"))
     settings = Settings(max_length="auto", max_length_percentile=percentile)
@@ -218,7 +218,7 @@ def test_max_length_auto_is_the_training_percentile_rounded_up_to_8_and_capped(c
 def test_class_weights_balanced_as_scikit_learn_and_a_given_map_by_label_name(cola_dir):
     from sklearn.utils.class_weight import compute_class_weight
 
-    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings())
+    channel = data.read_channel(cola_dir / "in_domain_train.tsv", "train", Settings().reading)
     label_map = data.LabelMap.from_labels(channel.frame["label"])
     ids = label_map.encode(channel)
     balanced = data.label_weights("balanced", label_map, channel)

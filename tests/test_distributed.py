@@ -169,7 +169,7 @@ def test_two_gloo_processes_write_once_and_evaluate_every_test_row(tmp_path, col
     metrics = json.loads((root / "model" / "metrics.json").read_text())
     model = AutoModelForSequenceClassification.from_pretrained(root / "model")
     tokenizer = AutoTokenizer.from_pretrained(root / "model")
-    test = data.read_channel(root / "input" / "data" / "test", "test", Settings())
+    test = data.read_channel(root / "input" / "data" / "test", "test", Settings().reading)
     label_map = data.LabelMap(metrics["labels"])
     encoded, _ = data.tokenize(tokenizer, test, label_map.encode(test), 64)
     cpu = torch.device("cpu")

@@ -43,7 +43,7 @@ def export_folder(folder: Path, cola_dir: Path) -> dict[str, list[str]]:
 
 def test_a_wildcard_reads_exactly_its_files_in_name_order_not_their_folder(tmp_path, cola_dir):
     written = export_folder(tmp_path / "export", cola_dir)
-    channel = data.read_channel(tmp_path / "export" / "training-*", "train", Settings(), explicit=())
+    channel = data.read_channel(tmp_path / "export" / "training-*", "train", Settings().reading, explicit=())
     assert [Path(f["path"]).name for f in channel.files] == ["training-00000-of-00002.csv", "training-00001-of-00002.csv"]
     assert list(channel.frame[data.TEXT]) == written["training-00000-of-00002.csv"] + written["training-00001-of-00002.csv"]
 
@@ -135,7 +135,7 @@ def test_vertex_text_rows_are_read_by_their_keys_and_each_channel_keeps_its_ml_u
     uses = ["training"] * 6 + ["validation"] * 2 + ["test"] * 3 + [None]
     records = vertex_jsonl(tmp_path / "dataset.jsonl", cola_dir, uses)
     for channel, use in (("train", "training"), ("validation", "validation"), ("test", "test")):
-        read = data.read_channel(tmp_path / "dataset.jsonl", channel, Settings(), explicit=())
+        read = data.read_channel(tmp_path / "dataset.jsonl", channel, Settings().reading, explicit=())
         expected = [r for r, u in zip(records, uses) if u in (use, None)]
         assert list(read.frame[data.TEXT]) == [r["textContent"] for r in expected]
         assert list(read.frame[data.LABEL]) == [r["classificationAnnotation"]["displayName"] for r in expected]
@@ -143,21 +143,21 @@ def test_vertex_text_rows_are_read_by_their_keys_and_each_channel_keeps_its_ml_u
 
 def test_vertex_multi_label_rows_give_tag_sets(tmp_path, cola_dir):
     records = vertex_jsonl(tmp_path / "tags.jsonl", cola_dir, ["training"] * 8, multi=True)
-    read = data.read_channel(tmp_path / "tags.jsonl", "train", Settings(problem_type="multi_label"), explicit=())
+    read = data.read_channel(tmp_path / "tags.jsonl", "train", Settings(problem_type="multi_label").reading, explicit=())
     assert list(read.frame[data.LABEL]) == [tuple(sorted(a["displayName"] for a in r["classificationAnnotations"]))
                                             for r in records]
     with pytest.raises(DataError, match="holds classificationAnnotations .*: set problem_type=multi_label"):
-        data.read_channel(tmp_path / "tags.jsonl", "train", Settings(), explicit=())
+        data.read_channel(tmp_path / "tags.jsonl", "train", Settings().reading, explicit=())
 
 
 def test_vertex_rows_without_inline_text_or_for_no_row_of_the_split_are_refused(tmp_path, cola_dir):
     (tmp_path / "uris.jsonl").write_text(json.dumps({"textGcsUri": "gs://b/doc.txt",
                                                      "classificationAnnotation": {"displayName": "a"}}) + "\n")
     with pytest.raises(DataError, match="reads inline textContent only"):
-        data.read_channel(tmp_path / "uris.jsonl", "train", Settings(), explicit=())
+        data.read_channel(tmp_path / "uris.jsonl", "train", Settings().reading, explicit=())
     vertex_jsonl(tmp_path / "train-only.jsonl", cola_dir, ["training"] * 4)
     with pytest.raises(DataError, match="no row is for the test split .*the file has training"):
-        data.read_channel(tmp_path / "train-only.jsonl", "test", Settings(), explicit=())
+        data.read_channel(tmp_path / "train-only.jsonl", "test", Settings().reading, explicit=())
 
 
 @pytest.mark.slow

@@ -120,7 +120,7 @@ def test_an_int8_model_that_disagrees_is_not_saved(runs, monkeypatch, tmp_path, 
     (folder / "model.int8.onnx").unlink()
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    rows = data.read_channel(runs["with_onnx"].parents[1] / "test.tsv", "test", Settings(), explicit=())
+    rows = data.read_channel(runs["with_onnx"].parents[1] / "test.tsv", "test", Settings().reading, explicit=())
     monkeypatch.setattr(onnxmodel, "INT8_MIN_LABELS_EQUAL", 1.01)
     record = onnxmodel.quantize_int8(model, tokenizer, folder, rows)
     assert record["kept"] is False and not (folder / "model.int8.onnx").exists()

@@ -89,11 +89,11 @@ def test_chunks_hold_what_the_whole_read_holds_in_order_and_never_more_rows(tmp_
     from seqcls import data
 
     folder, settings = _inputs(tmp_path / "in", cola_dir), _settings()
-    whole = data.read_channel(folder, "input", settings, labelled=False, explicit=()).frame
-    chunks = list(data.read_in_chunks(folder, "input", settings, (), 64))
+    whole = data.read_channel(folder, "input", settings.reading, labelled=False, explicit=()).frame
+    chunks = list(data.read_in_chunks(folder, "input", settings.reading, (), 64))
     assert max(len(c) for c in chunks) <= 64 and len(chunks) >= 700 // 64
     assert pd_concat(chunks).equals(whole) and len(whole) == 698  # the two blank texts dropped
-    assert data.count_rows(folder, "input", settings, ()) == 700  # lines: blank texts are still rows
+    assert data.count_rows(folder, "input", settings.reading, ()) == 700  # lines: blank texts are still rows
 
 
 def pd_concat(frames):
@@ -110,7 +110,7 @@ def test_reading_is_lazy_so_a_broken_row_near_the_end_fails_the_run_after_the_fi
 
     path = tmp_path / "rows.csv"
     path.write_text("text,extra\n" + "".join(f"sentence {i},x\n" for i in range(5000)) + "short\n", encoding="utf-8")
-    reader = data.read_in_chunks(path, "input", _settings(), (), 1000)
+    reader = data.read_in_chunks(path, "input", _settings().reading, (), 1000)
     assert len(next(reader)) == 1000
     with pytest.raises(DataError, match="has 1 field"):
         list(reader)

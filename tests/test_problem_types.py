@@ -143,7 +143,7 @@ def test_settings_refuse_metrics_of_another_problem_type(values, message):
 def _labels(tmp_path: Path, name: str, content: str, **values: str) -> data.Channel:
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    return data.read_channel(path, "train", settings.resolve([("cli", values)]).settings, explicit=set(values))
+    return data.read_channel(path, "train", settings.resolve([("cli", values)]).settings.reading, explicit=set(values))
 
 
 def test_multi_label_cells_read_alike_from_csv_jsonl_and_parquet(tmp_path):
@@ -154,7 +154,8 @@ def test_multi_label_cells_read_alike_from_csv_jsonl_and_parquet(tmp_path):
                             problem_type="multi_label")
     pd.DataFrame({"text": [t for t, _ in rows], "labels": [tags for _, tags in rows]}).to_parquet(tmp_path / "t.parquet")
     parquet_channel = data.read_channel(tmp_path / "t.parquet", "train",
-                                        settings.resolve([("cli", {"problem_type": "multi_label"})]).settings, explicit=())
+                                        settings.resolve([("cli", {"problem_type": "multi_label"})]).settings.reading,
+                                        explicit=())
     expected = [("pet", "small"), ("big",), ()]
     for channel in (csv_channel, jsonl_channel, parquet_channel):
         assert channel.frame[data.LABEL].tolist() == expected

@@ -195,7 +195,7 @@ def test_two_gloo_processes_score_the_test_split_as_one_process_does(tmp_path, c
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     run_settings = settings.resolve([("cli", {"problem_type": problem_type})]).settings
-    channel = data.read_channel(test_file, "test", run_settings, explicit=())
+    channel = data.read_channel(test_file, "test", run_settings.reading, explicit=())
     label_map = data.LabelMap([model.config.id2label[i] for i in range(model.config.num_labels)], problem_type)
     encoded, _ = data.tokenize(AutoTokenizer.from_pretrained(model_dir), channel, label_map.encode(channel), 64)
     one = evaluate.predict(model, encoded, 0, 256, devices.Compute(torch.device("cpu"), "fp32"))

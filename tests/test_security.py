@@ -307,7 +307,7 @@ def test_a_symlinked_channel_folder_and_links_inside_it_are_fine(tmp_path: Path)
     (real / "b.csv").symlink_to(real / "a.csv")
     channel = tmp_path / "train"
     channel.symlink_to(real, target_is_directory=True)
-    assert len(data.read_channel(channel, "train", Settings()).frame) == 48
+    assert len(data.read_channel(channel, "train", Settings().reading).frame) == 48
 
 
 def test_run_id_cannot_leave_the_output_folder(tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch,

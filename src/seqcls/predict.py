@@ -180,12 +180,12 @@ def _score_file(loaded: Loaded, input_path: Path, output_path: Path, chunk_rows:
                 world: distributed.World) -> int:
     """Every chunk scored (shared across ranks) and, on rank 0, written; returns the rows scored."""
     done, scoring = 0, time.perf_counter()
-    estimate = data.count_rows(input_path, "input", loaded.settings, loaded.explicit)
+    estimate = data.count_rows(input_path, "input", loaded.settings.reading, loaded.explicit)
     as_json = output_path.suffix.lower() in (".jsonl", ".json")
     with (atomic.replacing(output_path) if world.is_main else contextlib.nullcontext()) as tmp, \
             (tmp.open("w", encoding="utf-8", newline="") if tmp else contextlib.nullcontext()) as out, \
             casting_once(loaded):
-        for frame in data.read_in_chunks(input_path, "input", loaded.settings, loaded.explicit, chunk_rows):
+        for frame in data.read_in_chunks(input_path, "input", loaded.settings.reading, loaded.explicit, chunk_rows):
             columns = _score_shard(loaded, frame, world)
             if out is not None:
                 out.write(_serialise(frame.assign(**columns), as_json, header=done == 0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
-from ..settings import Settings
+from ..settings import Reading
 
 COLA_TEXT, COLA_LABEL = "sentence", "label"
 TEXT, PAIR, LABEL = "text", "text_pair", "label"
@@ -46,7 +46,7 @@ class ColumnRule:
     label: str | None
 
     @classmethod
-    def from_settings(cls, settings: Settings, explicit: Collection[str] | None = None) -> "ColumnRule":
+    def from_settings(cls, reading: Reading, explicit: Collection[str] | None = None) -> "ColumnRule":
         """`explicit`: the setting names given by the user (a source other than the default); None: all of them.
 
         A pair is only looked for when the text column is chosen too: `--text_column sentence1` alone means one text.
@@ -54,8 +54,8 @@ class ColumnRule:
         given = COLUMN_SETTINGS if explicit is None else COLUMN_SETTINGS & set(explicit)
         text_given = "text_column" in given
         pair_given = text_given or "text_pair_column" in given
-        return cls(settings.text_column if text_given else None, settings.text_pair_column if pair_given else None,
-                   settings.label_column if "label_column" in given else None)
+        return cls(reading.text_column if text_given else None, reading.text_pair_column if pair_given else None,
+                   reading.label_column if "label_column" in given else None)
 
     @property
     def names(self) -> set[str]:

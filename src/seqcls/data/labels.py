@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import DataError, SettingsError
 from ..problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL
-from ..settings import Settings, class_weight_map
+from ..settings import Reading, class_weight_map
 from .columns import LABEL, Channel
 
 
@@ -57,17 +57,17 @@ def normalise_label(value: object) -> str:
     return text
 
 
-def read_labels(labels: pd.Series, path: Path, column: str, settings: Settings) -> tuple[list, str]:
+def read_labels(labels: pd.Series, path: Path, column: str, reading: Reading) -> tuple[list, str]:
     """One file's labels as the problem type reads them, and their kind: "integer" or "name" classes
     (single_label), "tags" (multi_label: a tuple of names per row, possibly empty) or "number" (regression)."""
-    if settings.problem_type == MULTI_LABEL:
-        return [_tag_set(value, settings.label_delimiter) for value in labels.tolist()], "tags"
+    if reading.problem_type == MULTI_LABEL:
+        return [_tag_set(value, reading.label_delimiter) for value in labels.tolist()], "tags"
     empty = labels.isna() | (labels.astype(str).str.strip() == "")
     if empty.any():
         row = int(np.flatnonzero(empty.to_numpy())[0])
         raise DataError(f"{path}: row {row + 1} has an empty label in column {column!r} ({int(empty.sum())} such rows)")
     normalised = [normalise_label(v) for v in labels.tolist()]
-    if settings.problem_type == REGRESSION:
+    if reading.problem_type == REGRESSION:
         return _targets(normalised, path, column), "number"
     return normalised, _check_label_kinds(pd.Series(normalised), path, column)
 

@@ -20,7 +20,7 @@ from .. import bigquery, logs
 from ..atomic import visible_files
 from ..errors import DataError
 from ..problem_types import MULTI_LABEL
-from ..settings import Settings
+from ..settings import Reading
 from .columns import LABEL, PAIR, TEXT, Channel, ColumnRule, Columns, channel_columns, file_columns
 from .labels import read_labels
 
@@ -168,7 +168,7 @@ def _check_no_short_rows(path: Path, delimiter: str, quoting: int, expected: int
                                 f"expected {expected}: check the delimiter and quoting")
 
 
-def _canonical(frame: pd.DataFrame, path: Path, columns: Columns, settings: Settings) -> tuple[pd.DataFrame, str]:
+def _canonical(frame: pd.DataFrame, path: Path, columns: Columns, reading: Reading) -> tuple[pd.DataFrame, str]:
     """Canonical columns, checked; also returns the label kind (see `read_labels`; "" when unlabelled)."""
     text_col, label_col, labelled = columns.text, columns.label, bool(columns.label)
     wanted = [text_col] + ([columns.pair] if columns.pair else []) + ([label_col] if labelled else [])
@@ -189,7 +189,7 @@ def _canonical(frame: pd.DataFrame, path: Path, columns: Columns, settings: Sett
             raise DataError(f"{path}: row {row + 1} has {int(lengths[row]):,} characters in column {source!r} (limit "
                             f"{MAX_TEXT_CHARS:,}): an unclosed quote or a wrong delimiter can merge many rows into one")
     if labelled:
-        out[LABEL], kind = read_labels(frame[label_col], path, label_col, settings)
+        out[LABEL], kind = read_labels(frame[label_col], path, label_col, reading)
         return out, kind
     return out, ""
 
@@ -234,39 +234,39 @@ def _vertex_text_rows(frame: pd.DataFrame, path: Path, channel: str, problem_typ
     return out[mine].reset_index(drop=True)
 
 
-def read_channel(source: Path | bigquery.Table, channel: str, settings: Settings, labelled: bool = True,
+def read_channel(source: Path | bigquery.Table, channel: str, reading: Reading, labelled: bool = True,
                  explicit: Collection[str] | None = None) -> Channel:
     """Read every file of a channel (or a BigQuery table) into one frame; rows with empty text are dropped and counted.
 
     `explicit`: the column settings the user gave (None: all); the others are chosen from each file's header.
     """
     if isinstance(source, bigquery.Table):
-        return _read_table(source, channel, settings, labelled, explicit)
-    return _read_files(channel_files(source, channel), source, channel, settings, labelled, explicit)
+        return _read_table(source, channel, reading, labelled, explicit)
+    return _read_files(channel_files(source, channel), source, channel, reading, labelled, explicit)
 
 
-def _read_table(table: bigquery.Table, channel: str, settings: Settings, labelled: bool,
+def _read_table(table: bigquery.Table, channel: str, reading: Reading, labelled: bool,
                 explicit: Collection[str] | None) -> Channel:
     """The table's rows exported to a temporary Parquet file, then read as a file; messages and the manifest
     name the table, never the temporary file."""
     with tempfile.TemporaryDirectory(prefix="seqcls-bq-") as folder:
         file = bigquery.export(table, Path(folder), channel)
         try:
-            read = _read_files([file], table, channel, settings, labelled, explicit)
+            read = _read_files([file], table, channel, reading, labelled, explicit)
         except DataError as err:
             raise DataError(str(err).replace(str(file), str(table))) from None
     return dataclasses.replace(read, files=[{**f, "path": str(table)} for f in read.files])
 
 
-def _read_files(found: list[Path], source: Path | bigquery.Table, channel: str, settings: Settings, labelled: bool,
+def _read_files(found: list[Path], source: Path | bigquery.Table, channel: str, reading: Reading, labelled: bool,
                 explicit: Collection[str] | None) -> Channel:
-    rule = ColumnRule.from_settings(settings, explicit)
+    rule = ColumnRule.from_settings(reading, explicit)
     frames, files, kinds, chosen = [], [], {}, []
     for file in found:
         frame, cola = _read_file(file, rule)
-        frame = _vertex_text_rows(frame, file, channel, settings.problem_type)
+        frame = _vertex_text_rows(frame, file, channel, reading.problem_type)
         columns = file_columns(frame, file, rule, labelled, cola)
-        frame, kind = _canonical(frame, file, columns, settings)
+        frame, kind = _canonical(frame, file, columns, reading)
         frames.append(frame)
         chosen.append((file, columns))
         files.append({"channel": channel, "path": str(file), "sha256": file_sha256(file), "rows": len(frame),
@@ -280,31 +280,31 @@ def _read_files(found: list[Path], source: Path | bigquery.Table, channel: str, 
     return Channel(channel, combined, files, columns)
 
 
-def read_in_chunks(source: Path, channel: str, settings: Settings, explicit: Collection[str] | None,
+def read_in_chunks(source: Path, channel: str, reading: Reading, explicit: Collection[str] | None,
                    chunk_rows: int) -> Iterator[pd.DataFrame]:
     """What read_channel(labelled=False) holds (text, [text_pair]), in file order, at most `chunk_rows` rows at a
     time and never all at once: `seqcls predict` over any number of rows. The same checks, file by file."""
-    rule = ColumnRule.from_settings(settings, explicit)
+    rule = ColumnRule.from_settings(reading, explicit)
     chosen: list[tuple[Path, Columns]] = []
     dropped = kept = 0
     for file in channel_files(source, channel):
         for frame, cola in _file_frames(file, rule, chunk_rows):
-            frame = _vertex_text_rows(frame, file, channel, settings.problem_type)
+            frame = _vertex_text_rows(frame, file, channel, reading.problem_type)
             columns = file_columns(frame, file, rule, False, cola)
             if not chosen or chosen[-1][0] != file:
                 chosen.append((file, columns))
                 channel_columns(chosen, channel)
-            frame, empty = _without_empty_text(_canonical(frame, file, columns, settings)[0])
+            frame, empty = _without_empty_text(_canonical(frame, file, columns, reading)[0])
             dropped, kept = dropped + empty, kept + len(frame)
             if len(frame):
                 yield frame
     _dropped_or_empty(dropped, kept, source, channel)
 
 
-def count_rows(source: Path, channel: str, settings: Settings, explicit: Collection[str] | None) -> int:
+def count_rows(source: Path, channel: str, reading: Reading, explicit: Collection[str] | None) -> int:
     """About how many rows the channel holds, without reading them: Parquet's metadata, else the non-blank lines
     less a header (a quoted text spanning lines counts more than once). For progress and the time left only."""
-    rule, rows = ColumnRule.from_settings(settings, explicit), 0
+    rule, rows = ColumnRule.from_settings(reading, explicit), 0
     for file in channel_files(source, channel):
         if file.suffix.lower() == ".parquet":
             rows += pq.ParquetFile(file).metadata.num_rows

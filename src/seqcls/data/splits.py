@@ -61,20 +61,20 @@ def load_splits(channels: dict[str, Path | bigquery.Table], settings: Settings, 
     """
     if "train" not in channels:
         raise DataError("no train channel: mount data at <root>/input/data/train, set AIP_TRAINING_DATA_URI, or pass --train PATH")
-    train = sample_rows(read_channel(channels["train"], "train", settings, explicit=explicit), settings.max_train_samples,
-                        settings.seed)
+    train = sample_rows(read_channel(channels["train"], "train", settings.reading, explicit=explicit),
+                        settings.max_train_samples, settings.seed)
     # Labels come from the whole train channel, so a rare class that the hold-out split happens to move
     # entirely into validation is still a class, not an "unseen" label.
     label_map = LabelMap.from_labels(train.frame[LABEL], settings.problem_type)
     check_label_count(label_map, train)
     if "validation" in channels:
-        validation = read_channel(channels["validation"], "validation", settings, explicit=explicit)
+        validation = read_channel(channels["validation"], "validation", settings.reading, explicit=explicit)
         validation_source = "channel"
     else:
         train, validation = split_train_validation(train, settings.validation_split, settings.seed,
                                                    stratified=settings.problem_type == SINGLE_LABEL)
         validation_source = "split"
-    test = read_channel(channels["test"], "test", settings, explicit=explicit) if "test" in channels else None
+    test = read_channel(channels["test"], "test", settings.reading, explicit=explicit) if "test" in channels else None
     for split in (validation, test):
         if split is not None:
             _check_same_inputs(train, split)

@@ -71,6 +71,18 @@ class Optimizer:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """How rows are read from a file (data/): the columns the user named and how the problem type reads labels.
+    Empty columns are not "unset": data/columns.py decides from `explicit` which ones the user gave."""
+
+    problem_type: str
+    label_delimiter: str
+    text_column: str
+    text_pair_column: str
+    label_column: str
+
+
+@dataclass(frozen=True)
 class Promotion:
     """The promotion gate's settings, as a group (promotion/): what it compares, by which rule, where the champion
     lives, and where the outcome marker goes. `seed` seeds the bootstrap."""
@@ -88,7 +100,7 @@ class Promotion:
 @dataclass(frozen=True)
 class Settings:
     """Resolved hyperparameters; one snapshot logged first and stored in the run manifest. Flat, as the command line,
-    SageMaker and Vertex name them; a group that travels together is a typed view (`optimizer`, `promotion`)."""
+    SageMaker and Vertex name them; a group that travels together is a typed view (`optimizer`, `reading`, `promotion`)."""
 
     model_name_or_path: str = _setting(DEFAULT_MODEL, "Hub id or local folder; the `model` channel wins when present")
     base_model: str = _setting("", "Hub id of the pretrained model, for the model card's base_model when training from a "
@@ -247,6 +259,11 @@ class Settings:
     @property
     def optimizer(self) -> Optimizer:
         return Optimizer(self.learning_rate, self.adam_epsilon, self.weight_decay)
+
+    @property
+    def reading(self) -> Reading:
+        return Reading(self.problem_type, self.label_delimiter, self.text_column, self.text_pair_column,
+                       self.label_column)
 
     @property
     def promotion(self) -> Promotion:
