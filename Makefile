@@ -14,8 +14,8 @@ WARMUP_RATIO ?= 0.1
 RUN_DIR ?= runs/cola-minilm-$(shell date -u +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 # `make test` runs whole test files on this many pytest-xdist workers, each torch on one thread (OMP_NUM_THREADS),
-# so the suite's many single-process stretches (startup, servers, subprocess jobs) overlap: 22 min 41 s against
-# 32 min serially on 2 cores (docs/measured.md). TEST_WORKERS=0: serially, torch on every core.
+# so the suite's many single-process stretches (startup, servers, subprocess jobs) overlap on 2 cores
+# (docs/measured.md, "Test suite and CI"). TEST_WORKERS=0: serially, torch on every core.
 TEST_WORKERS ?= 2
 
 .PHONY: install run test check lint clean image image-build image-test lock audit gpu-bundle gpu-check
