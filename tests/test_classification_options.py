@@ -107,8 +107,8 @@ def test_predict_truncates_to_the_length_config_json_names(run, tmp_path):
     assert config["inference_max_length"] == manifest["data"]["max_length"]
     config["inference_max_length"] = 7
     (folder / "config.json").write_text(json.dumps(config))
-    assert predict.load(str(folder), {}).settings.max_length == 7
-    assert predict.load(str(folder), {"max_length": "12"}).settings.max_length == 12
+    assert predict.load(str(folder), {}).max_length == 7
+    assert predict.load(str(folder), {"max_length": "12"}).max_length == 12
     del config["inference_max_length"]  # a folder from before config.json carried it: the manifest's
     (folder / "config.json").write_text(json.dumps(config))
-    assert predict.load(str(folder), {}).settings.max_length == manifest["data"]["max_length"]
+    assert predict.load(str(folder), {}).max_length == manifest["data"]["max_length"]

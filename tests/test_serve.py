@@ -240,7 +240,7 @@ def test_a_body_over_the_limit_is_refused(loaded) -> None:
 def test_a_text_over_max_length_is_truncated_as_training_did(loaded) -> None:
     """Rows longer than max_length are cut to it: anything after the first max_length tokens changes nothing."""
     model = loaded["binary"]
-    long_text = " ".join(f"word{i}" for i in range(4 * model.settings.max_length))
+    long_text = " ".join(f"word{i}" for i in range(4 * model.max_length))
     predictions = post(client_for(model), {"instances": [long_text, long_text + " and then a different ending"]}).json()
     first, second = predictions["predictions"]
     assert first == second

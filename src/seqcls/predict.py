@@ -73,8 +73,11 @@ class Loaded:
     a file with it and the server (serving/serve.py) answers every request with it."""
 
     source: str
-    settings: hyperparameters.Settings
+    reading: hyperparameters.Reading  # how an input file's rows are read: its columns, the tag delimiter
     explicit: frozenset[str]  # settings given (not defaulted): which columns a file is read by
+    max_length: int  # the tokens a row is truncated to: the training run's (config.json), or --max_length
+    batch_size: int  # rows per forward: eval_batch_size
+    timeout_s: int  # distributed_timeout_s: how long a torchrun rank waits for its peers
     tokenizer: object
     classifier: torch.nn.Module
     label_map: data.LabelMap
@@ -115,7 +118,8 @@ def load(model_uri: str, overrides: Mapping[str, str], world: distributed.World 
         pairs = manifest.trained_on_pairs() if manifest else None
     label_map = data.LabelMap([config.id2label[i] for i in range(config.num_labels)],
                               problem_types.of_config(config.problem_type))
-    return Loaded(model_uri, settings, frozenset(resolved.explicit), tokenizer, classifier, label_map,
+    return Loaded(model_uri, settings.reading, frozenset(resolved.explicit), int(settings.max_length),
+                  settings.eval_batch_size, settings.distributed_timeout_s, tokenizer, classifier, label_map,
                   getattr(config, "decision_threshold", None), compute, pairs)
 
 
@@ -140,9 +144,9 @@ def predict_frame(loaded: Loaded, frame: pd.DataFrame) -> evaluate.Predictions:
     """The one batch function: rows with `text` (and `text_pair`) tokenized with the training run's max_length
     (longer rows truncated as training truncated them), scored, with the run's decision thresholds."""
     channel = data.Channel("input", frame, [])
-    encoded, _ = data.tokenize(loaded.tokenizer, channel, loaded.label_map.blank(len(frame)), loaded.settings.max_length)
+    encoded, _ = data.tokenize(loaded.tokenizer, channel, loaded.label_map.blank(len(frame)), loaded.max_length)
     predictions = evaluate.predict(loaded.classifier, encoded, model.pad_token_id(loaded.tokenizer),
-                                   loaded.settings.eval_batch_size, loaded.compute)
+                                   loaded.batch_size, loaded.compute)
     return dataclasses.replace(predictions, threshold=loaded.threshold)
 
 
@@ -163,7 +167,7 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
     started = time.perf_counter()
     world = distributed.from_env()
     loaded = load(model_uri, overrides, world)
-    distributed.init(world, loaded.compute.device, loaded.settings.distributed_timeout_s)
+    distributed.init(world, loaded.compute.device, loaded.timeout_s)
     try:
         rows = _score_file(loaded, input_path, output_path, chunk_rows, world)
     finally:
@@ -180,12 +184,12 @@ def _score_file(loaded: Loaded, input_path: Path, output_path: Path, chunk_rows:
                 world: distributed.World) -> int:
     """Every chunk scored (shared across ranks) and, on rank 0, written; returns the rows scored."""
     done, scoring = 0, time.perf_counter()
-    estimate = data.count_rows(input_path, "input", loaded.settings.reading, loaded.explicit)
+    estimate = data.count_rows(input_path, "input", loaded.reading, loaded.explicit)
     as_json = output_path.suffix.lower() in (".jsonl", ".json")
     with (atomic.replacing(output_path) if world.is_main else contextlib.nullcontext()) as tmp, \
             (tmp.open("w", encoding="utf-8", newline="") if tmp else contextlib.nullcontext()) as out, \
             casting_once(loaded):
-        for frame in data.read_in_chunks(input_path, "input", loaded.settings.reading, loaded.explicit, chunk_rows):
+        for frame in data.read_in_chunks(input_path, "input", loaded.reading, loaded.explicit, chunk_rows):
             columns = _score_shard(loaded, frame, world)
             if out is not None:
                 out.write(_serialise(frame.assign(**columns), as_json, header=done == 0))
@@ -201,7 +205,7 @@ def _score_shard(loaded: Loaded, frame: pd.DataFrame, world: distributed.World) 
     puts the ranks' answers back in input order (the other ranks get {})."""
     mine = frame.iloc[world.rank::world.size]
     columns = (artifacts.prediction_columns(predict_frame(loaded, mine), loaded.label_map,
-                                            loaded.settings.label_delimiter) if len(mine) else None)
+                                            loaded.reading.label_delimiter) if len(mine) else None)
     if not world.active:
         return columns or {}
     parts = distributed.gather_objects(columns, world)

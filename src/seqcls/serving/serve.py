@@ -251,7 +251,7 @@ def _lines(records: Records, predictions, loaded, as_csv: bool) -> Response:
     """One line per input record, in order; no newline after the last (Batch Transform's AssembleWith=Line adds
     one after each response). A refused record's line: {"error": reason}, or one CSV field "ERROR: reason"."""
     if as_csv:
-        scored = csv_lines(predictions, loaded.label_map, loaded.settings.label_delimiter).split("\n") if predictions else []
+        scored = csv_lines(predictions, loaded.label_map, loaded.reading.label_delimiter).split("\n") if predictions else []
         refusal = _csv_error
     else:
         scored = [outbound.dumps(r) for r in prediction_records(predictions, loaded.label_map)] if predictions else []
@@ -371,7 +371,7 @@ def load_in_background(serving: Serving, state: State, overrides: dict[str, str]
         logs.event("serve_ready", f"serving {serving.model_uri} on port {serving.port}", model=serving.model_uri,
                    port=serving.port, routes=[*serving.health_routes, *serving.predict_routes],
                    problem_type=loaded.label_map.problem_type, labels=loaded.label_map.labels,
-                   max_length=loaded.settings.max_length, decision_threshold=loaded.threshold,
+                   max_length=loaded.max_length, decision_threshold=loaded.threshold,
                    device=loaded.compute.device.type)
 
     thread = threading.Thread(target=work, name="seqcls-model-loader", daemon=True)
