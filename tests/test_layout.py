@@ -59,34 +59,35 @@ def test_only_the_runtime_module_reads_the_environment() -> None:
     assert others <= {"logs"} and len(readers.get("logs", [])) <= 1, readers
 
 
-def imports_of(module: str) -> set[str]:
-    """The seqcls modules `module` imports, resolved from its relative imports (subpackages included)."""
+def relative_imports(module: str):
+    """(line, base package, `from` module or None, imported names) for each relative import in `module`, those
+    inside functions included; the base is the package the dots name, as a list of parts."""
     package = module.split(".") if module in PACKAGES else module.split(".")[:-1]
-    found = set()
     for node in ast.walk(MODULES[module]):
         if isinstance(node, ast.ImportFrom) and node.level:
-            base = package[:len(package) - node.level + 1]
-            if node.module:
-                target = ".".join(base + node.module.split("."))
-                found.add(target)
-                found.update(f"{target}.{alias.name}" for alias in node.names)
-            else:
-                found.update(".".join(base + [alias.name]) for alias in node.names)
+            yield node.lineno, package[:len(package) - node.level + 1], node.module, [a.name for a in node.names]
+
+
+def imports_of(module: str) -> set[str]:
+    """The seqcls modules `module` imports, resolved from its relative imports (subpackages included)."""
+    found = set()
+    for _, base, source, names in relative_imports(module):
+        if source:
+            target = ".".join(base + source.split("."))
+            found.add(target)
+            found.update(f"{target}.{name}" for name in names)
+        else:
+            found.update(".".join(base + [name]) for name in names)
     return found & set(MODULES)
 
 
 def test_every_relative_import_names_a_module_that_exists() -> None:
     """Lazy imports inside functions too: a module moved into a subpackage must not leave one pointing at its old
     place (serve.csv_lines imported `..artifacts` after artifacts moved to saving/, and only a server test saw it)."""
-    missing = []
-    for module, tree in MODULES.items():
-        package = module.split(".") if module in PACKAGES else module.split(".")[:-1]
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level and node.module:
-                target = ".".join(package[:len(package) - node.level + 1] + node.module.split("."))
-                if target not in MODULES:
-                    missing.append(f"{module}:{node.lineno}: {target}")
-    assert not missing, missing
+    targets = [(f"{module}:{line}", ".".join(base + source.split(".")))
+               for module in MODULES for line, base, source, _ in relative_imports(module) if source]
+    missing = [f"{where}: {target}" for where, target in targets if target not in MODULES]
+    assert targets and not missing, missing
 
 
 def test_imports_form_no_cycle() -> None:

@@ -89,8 +89,8 @@ class HookedGate(promotion.Gate):
     """The real gate, with a hook after each decision: lets a test hold a run between deciding and moving
     latest.json, so both runs have read the same latest.json (our code, not the platform's, is paused)."""
 
-    def __init__(self, settings, model_dir: Path, out_dir: Path, after_decide: Callable[[int], None]) -> None:
-        super().__init__(settings, model_dir, out_dir, self.published_as_scored)
+    def __init__(self, promotion, model_dir: Path, out_dir: Path, after_decide: Callable[[int], None]) -> None:
+        super().__init__(promotion, model_dir, out_dir, self.published_as_scored)
         self.after_decide, self.decisions = after_decide, 0
 
     def published_as_scored(self, champion_uri: str) -> Comparison:

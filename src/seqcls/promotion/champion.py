@@ -66,12 +66,12 @@ def gate_rows(metric: str, splits: Splits, encoded: dict[str, Encoded], test: Pr
     return GateRows(split, channel.frame[columns], encoded[split].labels, splits.label_map, predictions)
 
 
-def comparer(settings: Promotion, rows: GateRows | None) -> Callable[[str], Comparison]:
+def comparer(promotion: Promotion, rows: GateRows | None) -> Callable[[str], Comparison]:
     """What the gate calls with the current run's URI (promotion.Gate)."""
     def scored(champion_uri: str) -> Comparison:
         if rows is None:
             raise Incomparable("this run has no scored rows of the gate's split")
-        return compare(champion_uri, rows, settings.metric, settings.confidence, settings.seed)
+        return compare(champion_uri, rows, promotion.metric, promotion.confidence, promotion.seed)
     return scored
 
 

@@ -101,12 +101,12 @@ class Gate:
     """What storage asks, per attempt at moving latest.json: decide, and record the decision in the files it
     then uploads; `commit` once the decision stood (manifest written, pointer moved or left)."""
 
-    def __init__(self, settings: Promotion, model_dir: Path, output_data_dir: Path,
+    def __init__(self, promotion: Promotion, model_dir: Path, output_data_dir: Path,
                  compare: Callable[[str], Comparison]) -> None:
-        self.rule = Rule(settings.metric, settings.tolerance, settings.rule, settings.incomparable)
-        self.metric = settings.metric
-        self.champions = parse_uri(settings.output_uri)
-        self.promotion_file = Path(settings.marker_file) if settings.marker_file else None
+        self.rule = Rule(promotion.metric, promotion.tolerance, promotion.rule, promotion.incomparable)
+        self.metric = promotion.metric
+        self.champions = parse_uri(promotion.output_uri)
+        self.promotion_file = Path(promotion.marker_file) if promotion.marker_file else None
         self.model_dir, self.output_data_dir = model_dir, output_data_dir
         self.value = metric_value(Metrics.read(model_dir), self.metric)
         self.compare = compare
@@ -147,11 +147,11 @@ class Gate:
             write_atomic(self.promotion_file, decision.outcome.encode())
 
 
-def gate(settings: Promotion, model_dir: Path, output_data_dir: Path,
+def gate(promotion: Promotion, model_dir: Path, output_data_dir: Path,
          compare: Callable[[str], Comparison]) -> Gate | None:
     """The gate for this run's publish; None when promote_if=none (latest.json moves to every run). `compare` scores
     the current run (by its URI) on this run's rows."""
-    return None if settings.metric == "none" else Gate(settings, model_dir, output_data_dir, compare)
+    return None if promotion.metric == "none" else Gate(promotion, model_dir, output_data_dir, compare)
 
 
 def _parse(raw: bytes) -> Metrics | None:
