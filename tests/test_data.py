@@ -172,6 +172,18 @@ def test_epoch_order_covers_every_row_once_in_full_batches(tmp_path):
         assert not all(len(a) == len(b) and (a == b).all() for a, b in zip(batches, other_epoch))
 
 
+def test_eval_batches_within_a_window_are_the_same_whether_the_rows_come_whole_or_in_window_multiples():
+    """What makes `seqcls predict`'s streamed file the in-memory bytes: a row's batch depends on its window alone."""
+    lengths = np.random.default_rng(1).integers(3, 60, size=2500)
+    whole = data.eval_order(lengths, 64, window=500)
+    pieces = [start + b for start in range(0, 2500, 1000) for b in data.eval_order(lengths[start:start + 1000], 64, 500)]
+    assert [b.tolist() for b in whole] == [b.tolist() for b in pieces]
+    assert sorted(np.concatenate(whole).tolist()) == list(range(2500))
+    assert all(np.all(np.diff(lengths[np.concatenate(whole[i:i + 8])]) >= 0) for i in range(0, len(whole), 8))
+    unwindowed = [start + b for start in range(0, 2500, 1000) for b in data.eval_order(lengths[start:start + 1000], 64)]
+    assert [b.tolist() for b in data.eval_order(lengths, 64)] != [b.tolist() for b in unwindowed]
+
+
 def test_length_grouping_pads_less():
     lengths = np.random.default_rng(0).integers(3, 60, size=5000)
 

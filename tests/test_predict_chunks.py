@@ -9,12 +9,18 @@ from pathlib import Path
 import pytest
 
 from jobtools import build_tiny_model, cola_rows, minilm_folder
-from seqcls import logs, predict
+from seqcls import evaluate, logs, predict
 
 # Each row its own batch, in fp32: a row's scores then depend on that row alone. In a batch they move with the batch's
 # shape (bf16: the 4th decimal; fp32: the last bit, as the CPU kernels' summation order follows the shape), and a
-# chunk boundary or a rank's share changes which rows are batched together (seen once as one differing digit).
+# rank's share changes which rows are batched together.
 FP32 = {"precision": "fp32", "eval_batch_size": "1"}
+
+
+@pytest.fixture(autouse=True)
+def small_sort_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 100 rows and more, as predict.run requires, hold whole sort windows."""
+    monkeypatch.setattr(predict, "SORT_WINDOW_ROWS", 100)
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +37,27 @@ def rows(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
-def test_chunks_write_the_same_bytes_as_one_chunk_and_report_progress(suffix, tiny, rows, tmp_path, capsys) -> None:
+def test_chunks_write_the_same_bytes_as_one_chunk_and_report_progress(suffix, tiny, rows, tmp_path, capsys,
+                                                                     monkeypatch) -> None:
+    """Batches of many rows, at the default precision: a chunk holds whole sort windows, so every row is batched
+    with the same neighbours as in one chunk of the whole file (the batches are compared, as the tiny model's
+    scores rarely show a neighbour's effect), and scored to the same bits."""
+    batches: list[list] = []
+    collate = evaluate.collate
+
+    def recorded(encoded, positions, *args):
+        batch = collate(encoded, positions, *args)
+        batches[-1].append(sorted(map(tuple, batch["input_ids"].tolist())))
+        return batch
+
+    monkeypatch.setattr(evaluate, "collate", recorded)
     logs.setup()
-    predict.run(str(tiny), rows, tmp_path / f"whole{suffix}", FP32, chunk_rows=10_000)
-    capsys.readouterr()
-    predict.run(str(tiny), rows, tmp_path / f"chunked{suffix}", FP32, chunk_rows=1_000)
+    for name, chunk_rows in (("whole", 10_000), ("chunked", 1_000)):
+        batches.append([])
+        predict.run(str(tiny), rows, tmp_path / f"{name}{suffix}", {"eval_batch_size": "64"}, chunk_rows=chunk_rows)
+        if name == "whole":
+            capsys.readouterr()
+    assert sorted(batches[0]) == sorted(batches[1]) and len(batches[0]) == 25 * 2
     assert (tmp_path / f"chunked{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes()
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     progress = [e for e in events if e["event"] == "predict_progress"]
@@ -176,3 +198,9 @@ def test_casting_once_keeps_each_weights_cast_and_scores_alike(tiny) -> None:
         stale = predict.predict_frame(loaded, frame).logits
     fresh = predict.predict_frame(loaded, frame).logits
     assert (held == cast_per_pass).all() and (stale == held).all() and not (fresh == held).all()
+
+
+def test_chunks_that_would_split_a_sort_window_are_refused(tiny, rows, tmp_path) -> None:
+    with pytest.raises(ValueError, match="multiple of SORT_WINDOW_ROWS"):
+        predict.run(str(tiny), rows, tmp_path / "out.csv", FP32, chunk_rows=150)
+    assert list(tmp_path.iterdir()) == []

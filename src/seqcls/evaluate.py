@@ -62,12 +62,13 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_size: int, compute: Compute) -> Predictions:
+def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_size: int, compute: Compute,
+            window: int | None = None) -> Predictions:
     """Logits for every row, each rank predicting every world.size-th row, gathered in row order; the
     problem type and any decision thresholds come from the model's config.
 
-    Batches are sorted by length (least padding) and results stay on the device until the end, so
-    there is one host sync per split rather than one per batch.
+    Batches are sorted by length (least padding; within each `window` rows, see data.eval_order) and results stay
+    on the device until the end, so there is one host sync per split rather than one per batch.
     """
     device, world = compute.device, compute.world
     was_training = model.training
@@ -75,7 +76,7 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
         model.eval()
     mine = np.arange(len(encoded))[world.rank::world.size]
     logits = torch.empty((len(mine), model.config.num_labels), dtype=torch.float32, device=device)
-    for positions in eval_order(encoded.lengths[mine], batch_size):
+    for positions in eval_order(encoded.lengths[mine], batch_size, window):
         batch = collate(encoded, mine[positions], pad_token_id, pad_multiple(device.type))
         inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()
                   if k not in ("labels", "weights")}

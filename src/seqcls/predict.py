@@ -26,7 +26,9 @@ from .errors import ModelError, SettingsError
 from .records import RUN_MANIFEST, RunManifest
 from .uris import parse_uri
 
-CHUNK_ROWS = 50_000  # rows scored and written at a time: bounds the token arrays and scores, paces the progress events
+SORT_WINDOW_ROWS = 10_000  # rows sorted by length together into batches: what decides a row's batch (predict_frame)
+CHUNK_ROWS = 5 * SORT_WINDOW_ROWS  # rows scored and written at a time: bounds the token arrays and scores, paces the
+# progress events; a multiple of the window, so a file streamed chunk by chunk gets the bytes of one whole chunk
 # Settings that describe the input and the model, taken from the training run when it recorded them.
 INHERITED = ("max_length", "text_column", "text_pair_column", "eval_batch_size", "label_delimiter")
 
@@ -142,11 +144,13 @@ def _classifier(folder: Path, config, settings: hyperparameters.Settings, model_
 
 def predict_frame(loaded: Loaded, frame: pd.DataFrame) -> evaluate.Predictions:
     """The one batch function: rows with `text` (and `text_pair`) tokenized with the training run's max_length
-    (longer rows truncated as training truncated them), scored, with the run's decision thresholds."""
+    (longer rows truncated as training truncated them), scored, with the run's decision thresholds. Rows are
+    batched within windows of SORT_WINDOW_ROWS, so every row's scores are the same bits in any frame that starts
+    on a window boundary (run's chunks)."""
     channel = data.Channel("input", frame, [])
     encoded, _ = data.tokenize(loaded.tokenizer, channel, loaded.label_map.blank(len(frame)), loaded.max_length)
     predictions = evaluate.predict(loaded.classifier, encoded, model.pad_token_id(loaded.tokenizer),
-                                   loaded.batch_size, loaded.compute)
+                                   loaded.batch_size, loaded.compute, SORT_WINDOW_ROWS)
     return dataclasses.replace(predictions, threshold=loaded.threshold)
 
 
@@ -164,6 +168,8 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
     whatever the row count (reading included), `predict_progress` reports rows/s and the time left, and the
     output file appears complete or not at all. Under torchrun each rank scores its share of every chunk on its
     own device and rank 0 writes the rows in input order (`_score_shard`)."""
+    if chunk_rows % SORT_WINDOW_ROWS:
+        raise ValueError(f"chunk_rows ({chunk_rows}) must be a multiple of SORT_WINDOW_ROWS ({SORT_WINDOW_ROWS})")
     started = time.perf_counter()
     world = distributed.from_env()
     loaded = load(model_uri, overrides, world)

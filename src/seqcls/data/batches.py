@@ -23,10 +23,18 @@ def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, gro
     return np.split(order, range(batch_size, len(order), batch_size))
 
 
-def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Evaluation batches sorted by length (least padding); callers restore row order by index."""
-    order = np.argsort(lengths, kind="stable")
-    return np.split(order, range(batch_size, len(order), batch_size))
+def eval_order(lengths: np.ndarray, batch_size: int, window: int | None = None) -> list[np.ndarray]:
+    """Evaluation batches sorted by length (least padding); callers restore row order by index.
+
+    With a `window`, rows are sorted and batched within each `window` consecutive rows, so a row's batch depends
+    on its window alone: a file scored a multiple of `window` rows at a time is batched, and so scored to the
+    bit, exactly as when scored whole (the CPU kernels' summation order follows a batch's shape)."""
+    window = window or max(len(lengths), 1)
+    batches: list[np.ndarray] = []
+    for start in range(0, len(lengths), window):
+        order = start + np.argsort(lengths[start:start + window], kind="stable")
+        batches += np.split(order, range(batch_size, len(order), batch_size))
+    return batches
 
 
 def pad_multiple(device_type: str) -> int:
