@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from transformers import AlbertConfig, AlbertForSequenceClassification, get_scheduler
 
 from seqcls import model as models
-from seqcls.training import steps, train
+from seqcls.training import schedule, steps, train
 from seqcls.training.checkpoint import STOP, Checkpointer
 from seqcls.devices import Compute
 from seqcls.distributed import World
@@ -156,16 +156,16 @@ def test_two_gloo_processes_accumulate_like_one_and_sync_once_per_optimizer_step
 SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
-def test_every_schedule_steps_as_transformers_get_scheduler_does(tmp_path, monkeypatch, schedule):
+@pytest.mark.parametrize("kind", SCHEDULES)
+def test_every_schedule_steps_as_transformers_get_scheduler_does(tmp_path, monkeypatch, kind):
     """40 rows in steps of 2 x 4: 5 optimizer steps an epoch, 2 epochs; warmup_steps=4 wins over warmup_ratio."""
-    warm_up = {"warmup_ratio": 0.0} if schedule == "constant" else {"warmup_steps": 4, "warmup_ratio": 0.5}
-    settings = dataclasses.replace(BIG, batch_size=4, gradient_accumulation_steps=2, epochs=2, lr_scheduler_type=schedule,
+    warm_up = {"warmup_ratio": 0.0} if kind == "constant" else {"warmup_steps": 4, "warmup_ratio": 0.5}
+    settings = dataclasses.replace(BIG, batch_size=4, gradient_accumulation_steps=2, epochs=2, lr_scheduler_type=kind,
                                    **warm_up)
     _, _, events = run(settings, tmp_path, monkeypatch, data=train.TrainData(synthetic(rows=40), synthetic(rows=8), 0))
     logged = progress(events)[1]
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=settings.learning_rate)
-    reference = get_scheduler(schedule, optimizer, num_warmup_steps=None if schedule == "constant" else 4,
+    reference = get_scheduler(kind, optimizer, num_warmup_steps=None if kind == "constant" else 4,
                               num_training_steps=10)
     expected = []
     for _ in range(10):
@@ -173,7 +173,7 @@ def test_every_schedule_steps_as_transformers_get_scheduler_does(tmp_path, monke
         reference.step()
         expected.append(optimizer.param_groups[0]["lr"])
     assert logged == expected
-    assert len(set(expected)) == 1 if schedule == "constant" else len(set(expected)) >= 4  # a schedule that moves
+    assert len(set(expected)) == 1 if kind == "constant" else len(set(expected)) >= 4  # a schedule that moves
 
 
 def test_max_steps_ends_the_run_mid_epoch_and_sets_the_schedule_length(tmp_path, monkeypatch):
@@ -183,7 +183,7 @@ def test_max_steps_ends_the_run_mid_epoch_and_sets_the_schedule_length(tmp_path,
     assert steps_logged == list(range(1, 8)) and {f["total_steps"] for n, f in events if n == "train_progress"} == {7}
     assert [s.epoch for s in outcome.stats] == [1, 2]  # max_steps runs past `epochs`; the last epoch is cut at step 7
     assert progress(events)[1][-1] == 0.0  # linear decay reached its end at max_steps
-    plan = train.Plan.of(40, settings)
+    plan = schedule.Plan.of(40, settings)
     assert (plan.steps_per_epoch, plan.epochs, plan.total_steps) == (5, 2, 7)
 
 
@@ -295,7 +295,7 @@ def test_label_smoothing_is_torchs_cross_entropy_with_label_smoothing():
         logits = model(**{k: torch.from_numpy(v) for k, v in batch.items() if k not in ("labels", "weights")}).logits
     settings = dataclasses.replace(BIG, label_smoothing=0.1)
     optimizer = steps.make_optimizer(model, settings.optimizer, CPU, graphs=False)
-    state = steps.TrainingState(model, optimizer, train.make_scheduler(optimizer, settings.lr_scheduler_type, train.Plan.of(16, settings)),
+    state = steps.TrainingState(model, optimizer, schedule.make_scheduler(optimizer, settings.lr_scheduler_type, schedule.Plan.of(16, settings)),
                                 torch.amp.GradScaler("cpu", enabled=False))
     loss = steps.EagerStep(model, state, settings, Compute(CPU, "fp32"))([batch])
     smoothed = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, torch.from_numpy(batch["labels"]))

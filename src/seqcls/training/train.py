@@ -1,4 +1,4 @@
-"""Training: AdamW + a transformers schedule, the explicit loop, validation per epoch or every N steps,
+"""Training: the explicit loop (AdamW from steps.py, the schedule from schedule.py), validation per epoch or every N steps,
 gradient accumulation, and a clean stop on SIGTERM.
 
 The loop is written out (no Trainer) so that resume can be exact and, on one GPU, each step can be
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from transformers import get_scheduler
 
 from .. import logs
 from .checkpoint import STOP, Checkpointer, Progress
+from .schedule import Plan, make_scheduler
 from ..data import Encoded, batch_widths, collate, epoch_order, pad_multiple
 from ..devices import Compute
 from ..distributed import all_reduce_sum, any_rank, shard
@@ -41,33 +41,6 @@ class TrainData:
     train: Encoded
     validation: Encoded
     pad_token_id: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How long the run is, in optimizer steps: the schedule, the progress bar and max_steps follow it."""
-
-    steps_per_epoch: int
-    epochs: int  # with max_steps: as many as it takes, the last maybe cut short
-    total_steps: int
-    warmup_steps: int
-
-    @classmethod
-    def of(cls, rows: int, settings: Settings) -> "Plan":
-        per_epoch = -(-rows // (settings.batch_size * settings.gradient_accumulation_steps))
-        if settings.max_steps:
-            epochs, total = -(-settings.max_steps // per_epoch), settings.max_steps
-        else:
-            epochs, total = settings.epochs, per_epoch * settings.epochs
-        # warmup_steps wins over warmup_ratio, as in transformers' TrainingArguments; the ratio rounds down, as before.
-        return cls(per_epoch, epochs, total, settings.warmup_steps or int(settings.warmup_ratio * total))
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, plan: Plan):
-    """transformers' get_scheduler of `kind` (lr_scheduler_type), stepped once per optimizer step (constant takes no
-    warm-up: settings refuse one)."""
-    return get_scheduler(kind, optimizer, num_warmup_steps=plan.warmup_steps,
-                         num_training_steps=plan.total_steps)
 
 
 @dataclass(frozen=True)
