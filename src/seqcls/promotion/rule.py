@@ -104,11 +104,10 @@ class Gate:
     def __init__(self, promotion: Promotion, model_dir: Path, output_data_dir: Path,
                  compare: Callable[[str], Comparison]) -> None:
         self.rule = Rule(promotion.metric, promotion.tolerance, promotion.rule, promotion.incomparable)
-        self.metric = promotion.metric
         self.champions = parse_uri(promotion.output_uri)
         self.promotion_file = Path(promotion.marker_file) if promotion.marker_file else None
         self.model_dir, self.output_data_dir = model_dir, output_data_dir
-        self.value = metric_value(Metrics.read(model_dir), self.metric)
+        self.value = metric_value(Metrics.read(model_dir), self.rule.metric)
         self.compare = compare
         self.compared: dict[str, tuple[Comparison | None, str | None]] = {}  # a lost race re-decides: score once
         self.decision: Decision | None = None
@@ -126,7 +125,8 @@ class Gate:
 
     def decide(self, current: Current) -> bool:
         raw = current.read(METRICS, READ_LIMIT) if current.run_id else None
-        published = usable(self.metric, metric_value(_parse(raw), self.metric)) if raw is not None else None
+        metric = self.rule.metric
+        published = usable(metric, metric_value(_parse(raw), metric)) if raw is not None else None
         comparison, incomparable = self._compared(current.run_id) if current.run_id else (None, None)
         value = comparison.challenger if comparison else self.value
         self.decision = decide(self.rule, value, current.run_id, comparison.champion if comparison else None,
