@@ -26,7 +26,6 @@ from .distributed import gather_rows
 from .losses import row_losses
 from .problem_types import MULTI_LABEL, REGRESSION, SINGLE_LABEL, TYPES, of_config
 from .records import Metrics
-from .settings import Settings
 
 DEFAULT_THRESHOLD = 0.5  # a multi_label row has a label when its sigmoid reaches the label's threshold
 
@@ -96,6 +95,20 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
                        None if thresholds is None else np.asarray(thresholds, dtype=np.float32))
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """A trained model with what scoring it takes (its pad id, rows per forward, device and precision): the job's
+    threshold tuning, test metrics and gate rows all score with the same one."""
+
+    model: torch.nn.Module
+    pad_token_id: int
+    batch_size: int  # eval_batch_size
+    compute: Compute
+
+    def predict(self, encoded: Encoded) -> Predictions:
+        return predict(self.model, encoded, self.pad_token_id, self.batch_size, self.compute)
+
+
 def best_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     """The decision threshold on `scores` (the second label's probability) with the highest MCC, and that MCC.
 
@@ -117,18 +130,17 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float
     return float(midpoints[chosen]), float(mcc[chosen])
 
 
-def resolve_threshold(model: torch.nn.Module, validation: Encoded, pad_token_id: int, settings: Settings,
-                      compute: Compute, tune: bool = True) -> float | None:
+def resolve_threshold(scorer: Scorer, validation: Encoded, given: float | str, tune: bool = True) -> float | None:
     """decision_threshold for the weights the model ends on, as config.json and metrics.json both record it:
     for a two-label single_label model 0.5 (the default), the number given, or for `auto` the validation split's
     best by MCC (logged beside the MCC at 0.5); `auto` without `tune` (a stopped run, whose grace period is for
     saving) stays at 0.5. None for every other model (no second label to decide)."""
-    binary = of_config(model.config.problem_type) == SINGLE_LABEL and model.config.num_labels == 2
+    config = scorer.model.config
+    binary = of_config(config.problem_type) == SINGLE_LABEL and config.num_labels == 2
     default = DEFAULT_THRESHOLD if binary else None
-    given = settings.decision_threshold
     if given != "auto" or not tune:
         return default if given in (0.5, "auto") else float(given)
-    predictions = predict(model, validation, pad_token_id, settings.eval_batch_size, compute)
+    predictions = scorer.predict(validation)
     labels = validation.labels
     if len(np.unique(labels)) < 2:
         logs.warning("decision_threshold_kept", "decision_threshold=auto: validation holds one label only; keeping 0.5")
@@ -253,12 +265,12 @@ def headline(stats: dict[str, Any], problem_type: str) -> str:
     return f"{shown} {stats[name]:.4f}"
 
 
-def test_metrics(model: torch.nn.Module, test_set: Encoded, pad_token_id: int, batch_size: int,
-                 compute: Compute, threshold: float | None = None) -> tuple[dict[str, object], Predictions]:
+def test_metrics(scorer: Scorer, test_set: Encoded, threshold: float | None = None) -> tuple[dict[str, object], Predictions]:
     """Step 4 of the tutorial: the test split's metrics (logged as `test_metrics`) and its predictions, decided
     by the run's decision threshold (single_label, two labels) or per-label thresholds (multi_label, from the config)."""
-    predictions = dataclasses.replace(predict(model, test_set, pad_token_id, batch_size, compute), threshold=threshold)
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    predictions = dataclasses.replace(scorer.predict(test_set), threshold=threshold)
+    config = scorer.model.config
+    names = [config.id2label[i] for i in range(config.num_labels)]
     if predictions.problem_type == MULTI_LABEL:
         metrics = multi_label_metrics(test_set.labels, predictions.predicted, names)
         message = f"test micro-F1 {metrics['f1_micro']:.4f}, subset accuracy {metrics['subset_accuracy']:.4f}"
@@ -266,7 +278,7 @@ def test_metrics(model: torch.nn.Module, test_set: Encoded, pad_token_id: int, b
         metrics = regression_metrics(test_set.labels, predictions.predicted)
         message = f"test Pearson {metrics['pearson']:.4f}, MSE {metrics['mse']:.4f}"
     else:
-        metrics = classification_metrics(test_set.labels, predictions.predicted, model.config.num_labels)
+        metrics = classification_metrics(test_set.labels, predictions.predicted, config.num_labels)
         message = f"test MCC {metrics['mcc']:.4f}, accuracy {metrics['accuracy']:.4f}"
     metrics["loss"] = predictions.loss
     logs.event("test_metrics", message, **test_fields(metrics))
@@ -301,18 +313,18 @@ def best_f1_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
     return float(ranked[int(f1.argmax())])
 
 
-def tune_thresholds(model: torch.nn.Module, validation: Encoded, pad_token_id: int, settings: Settings,
-                    compute: Compute, tune: bool = True) -> dict[str, float] | None:
+def tune_thresholds(scorer: Scorer, validation: Encoded, tune: bool = True) -> dict[str, float] | None:
     """multi_label: per label, the threshold with the best F1 on validation, stored in the config (so it is
     saved with the model and used by the test metrics and `seqcls predict`); returned by label name for
     metrics.json. None for the other problem types, and without `tune` (a stopped run: 0.5 stays)."""
-    if settings.problem_type != MULTI_LABEL or not tune:
+    config = scorer.model.config
+    if of_config(config.problem_type) != MULTI_LABEL or not tune:
         return None
-    model.config.label_thresholds = None  # tune on the raw scores, not on earlier thresholds
-    scores = predict(model, validation, pad_token_id, settings.eval_batch_size, compute).probabilities
+    config.label_thresholds = None  # tune on the raw scores, not on earlier thresholds
+    scores = scorer.predict(validation).probabilities
     thresholds = [best_f1_threshold(validation.labels[:, i], scores[:, i]) for i in range(scores.shape[1])]
-    model.config.label_thresholds = thresholds
-    named = {model.config.id2label[i]: round(t, 6) for i, t in enumerate(thresholds)}
+    config.label_thresholds = thresholds
+    named = {config.id2label[i]: round(t, 6) for i, t in enumerate(thresholds)}
     logs.event("thresholds_tuned", f"decision thresholds tuned on {len(validation)} validation rows",
                label_thresholds=named)
     return named

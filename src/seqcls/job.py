@@ -55,20 +55,19 @@ def run(where: runtime.Platform) -> Path:
 
     # Step 4: the decision threshold (config.json, read by predict and code/inference.py), test, the gate's rows.
     partial = outcome.partial(kept_best=settings.select_best != "none")  # stopped (SIGTERM): no tuning, test or gate
-    threshold = evaluate.resolve_threshold(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
+    scorer = evaluate.Scorer(classifier, pad_token_id, settings.eval_batch_size, compute)
+    threshold = evaluate.resolve_threshold(scorer, encoded["validation"], settings.decision_threshold, not partial)
     classifier.config.decision_threshold, classifier.config.inference_max_length = threshold, max_length
-    label_thresholds = evaluate.tune_thresholds(classifier, encoded["validation"], pad_token_id, settings, compute, not partial)
+    label_thresholds = evaluate.tune_thresholds(scorer, encoded["validation"], not partial)
     metrics = artifacts.metrics_record(outcome.stats, outcome.best_epoch, splits.label_map.labels, {
         "problem_type": settings.problem_type, "decision_threshold": threshold, "label_thresholds": label_thresholds,
         "early_stopped_after_epoch": outcome.early_stopped_after, "best_step": outcome.best_step, "partial": partial})
     test = None
     if "test" in encoded and not partial:
-        tested, predictions = evaluate.test_metrics(classifier, encoded["test"], pad_token_id, settings.eval_batch_size,
-                                                    compute, threshold)
+        tested, predictions = evaluate.test_metrics(scorer, encoded["test"], threshold)
         metrics, test = dataclasses.replace(metrics, test=tested), (splits.test, encoded["test"].labels, predictions)
     gate_rows = champion.gate_rows("none" if partial else settings.promote_if, splits, encoded, test and test[2],
-                                   lambda: dataclasses.replace(evaluate.predict(classifier, encoded["validation"],
-                                   pad_token_id, settings.eval_batch_size, compute), threshold=threshold))
+                                   lambda: dataclasses.replace(scorer.predict(encoded["validation"]), threshold=threshold))
     if not world.is_main:
         return where.model_dir  # rank 0 alone writes and publishes
 
