@@ -22,12 +22,17 @@ TEST_WORKERS ?= 2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip uv
+
+# uv installs what pip does in a fifth of the time (docs/measured.md, "Test suite and CI") but reads no pip
+# configuration, so pip's find-links (where this machine keeps its CPU build of torch 2.13.0) are handed to it.
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_INSTALL = SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip install --quiet \
+  --no-config --index-url https://pypi.org/simple $(foreach d,$(FIND_LINKS),--find-links $(d))
 
 install: $(BIN)/python
-	# torch first, pinned: on these machines 2.13.0 resolves to the local CPU wheel (no CUDA download).
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[sagemaker,vertex,serve,onnx,trackers,dev,infra,servetest,pipelines]'
+	# torch pinned: with the find-links above, 2.13.0 resolves to the local CPU wheel (no CUDA download).
+	$(UV_INSTALL) --python $(BIN)/python torch==2.13.0 -e '.[sagemaker,vertex,serve,onnx,trackers,dev,infra,servetest,pipelines]'
 	$(MAKE) airflow-venv
 
 # Airflow 3 and its providers for tests/infra/test_airflow.py, in a venv of their own: Airflow's pins
@@ -36,11 +41,9 @@ AIRFLOW_VENV := $(VENV)/airflow
 .PHONY: airflow-venv
 airflow-venv: $(AIRFLOW_VENV)/bin/airflow
 $(AIRFLOW_VENV)/bin/airflow: infra/airflow/requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet uv
 	rm -rf $(AIRFLOW_VENV)
 	$(BIN)/uv venv --quiet --python $(PYTHON) $(AIRFLOW_VENV)
-	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip install --quiet --no-config \
-	  --index-url https://pypi.org/simple --python $(AIRFLOW_VENV)/bin/python -r infra/airflow/requirements.txt 'moto[sagemaker]==5.2.5'
+	$(UV_INSTALL) --python $(AIRFLOW_VENV)/bin/python -r infra/airflow/requirements.txt 'moto[sagemaker]==5.2.5'
 
 run:
 	@test -f $(COLA_DIR)/in_domain_train.tsv || { echo "CoLA not found in $(COLA_DIR): download https://nyu-mll.github.io/CoLA/cola_public_1.1.zip, unzip, and pass COLA_DIR=.../cola_public/raw"; exit 2; }
@@ -59,9 +62,10 @@ test: $(HF_VENV)/.ready
 # its handler (sagemaker-huggingface-inference-toolkit 2.6.0, the last on PyPI, and multi-model-server, whose Python
 # modules it imports) on the transformers of AWS's newest 4.x image, 2.6.0-transformers4.51.3-{cpu,gpu}-py312.
 # torch is our 2.13.0 (the CPU wheel here), not the image's 2.6.0: the hook's answers depend on transformers.
-$(HF_VENV)/.ready:
-	$(PYTHON) -m venv $(HF_VENV)
-	$(HF_VENV)/bin/python -m pip install --quiet torch==2.13.0 transformers==$(HF_TRANSFORMERS) \
+$(HF_VENV)/.ready: | $(BIN)/python
+	rm -rf $(HF_VENV)
+	$(BIN)/uv venv --quiet --python $(PYTHON) $(HF_VENV)
+	$(UV_INSTALL) --python $(HF_VENV)/bin/python torch==2.13.0 transformers==$(HF_TRANSFORMERS) \
 	  sagemaker-huggingface-inference-toolkit==2.6.0 multi-model-server==1.1.11
 	touch $@
 
@@ -108,7 +112,6 @@ image-test: image-build $(BIN)/python
 
 # Re-pin container/requirements.txt for Python 3.11 on x86_64 Linux (the bases' Python).
 lock: $(BIN)/python
-	$(BIN)/pip install --quiet uv
 	SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip compile --quiet --no-config \
 	  --index-url https://pypi.org/simple --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 	  --custom-compile-command 'make lock' --extra sagemaker --extra vertex --extra serve --extra onnx --extra trackers -o container/requirements.txt pyproject.toml container/requirements.in
