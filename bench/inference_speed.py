@@ -100,7 +100,7 @@ def measure(part: str, run: Path, device: str, args: argparse.Namespace) -> dict
     loaded = predict.load(str(run), {"device": device})
     sentences = cola_sentences()
     if part == "predict":
-        return {"device": str(loaded.compute.device), "precision": loaded.compute.precision,
+        return {"device": str(loaded.scorer.compute.device), "precision": loaded.scorer.compute.precision,
                 **predict_rows(loaded, sentences[:args.rows] if args.rows else sentences)}
     rows = batching.MAX_BATCH_ROWS if part == "shared_passes" else 1
     return serve_requests(loaded, sentences[:args.requests], args.clients, rows)

@@ -202,8 +202,8 @@ def bare_forward_ms(model: Path, sentence: str, repeats: int) -> float:
     with torch.no_grad(), predict.casting_once(loaded):  # as evaluate.predict: inference_mode defeats the cast cache
         for _ in range(repeats + 5):
             started = time.perf_counter()
-            with devices.autocast(loaded.compute.device, loaded.compute.precision):
-                loaded.classifier(**inputs)
+            with devices.autocast(loaded.scorer.compute.device, loaded.scorer.compute.precision):
+                loaded.scorer.model(**inputs)
             timings.append(time.perf_counter() - started)
     return float(np.median(timings[5:])) * 1000
 

@@ -194,7 +194,7 @@ def test_casting_once_keeps_each_weights_cast_and_scores_alike(tiny) -> None:
     with predict.casting_once(loaded):
         held = predict.predict_frame(loaded, frame).logits
         with torch.no_grad():
-            loaded.classifier.classifier.weight.add_(1.0)
+            loaded.scorer.model.classifier.weight.add_(1.0)
         stale = predict.predict_frame(loaded, frame).logits
     fresh = predict.predict_frame(loaded, frame).logits
     assert (held == cast_per_pass).all() and (stale == held).all() and not (fresh == held).all()

@@ -98,15 +98,16 @@ def predict(model: torch.nn.Module, encoded: Encoded, pad_token_id: int, batch_s
 @dataclass(frozen=True)
 class Scorer:
     """A trained model with what scoring it takes (its pad id, rows per forward, device and precision): the job's
-    threshold tuning, test metrics and gate rows all score with the same one."""
+    threshold tuning, test metrics and gate rows all score with the same one, and so does predict's batch function
+    for a loaded run (predict.Loaded)."""
 
     model: torch.nn.Module
     pad_token_id: int
     batch_size: int  # eval_batch_size
     compute: Compute
 
-    def predict(self, encoded: Encoded) -> Predictions:
-        return predict(self.model, encoded, self.pad_token_id, self.batch_size, self.compute)
+    def predict(self, encoded: Encoded, window: int | None = None) -> Predictions:
+        return predict(self.model, encoded, self.pad_token_id, self.batch_size, self.compute, window)
 
 
 def best_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:

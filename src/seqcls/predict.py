@@ -78,19 +78,17 @@ class Loaded:
     reading: hyperparameters.Reading  # how an input file's rows are read: its columns, the tag delimiter
     explicit: frozenset[str]  # settings given (not defaulted): which columns a file is read by
     max_length: int  # the tokens a row is truncated to: the training run's (config.json), or --max_length
-    batch_size: int  # rows per forward: eval_batch_size
     timeout_s: int  # distributed_timeout_s: how long a torchrun rank waits for its peers
     tokenizer: object
-    classifier: torch.nn.Module
+    scorer: evaluate.Scorer  # the classifier (torch or ONNX) with its pad id, eval_batch_size, device and precision
     label_map: data.LabelMap
     threshold: float | None  # single_label, two labels: the training run's decision_threshold (config.json)
-    compute: devices.Compute
     pairs: bool | None = None  # trained on text pairs (run_manifest.json); None when the folder does not say
 
     @property
     def backend(self) -> str:
-        if isinstance(self.classifier, onnxmodel.OnnxClassifier):
-            return "onnx_int8" if self.classifier.path.name == onnxmodel.ONNX_INT8_FILE else "onnx"
+        if isinstance(self.scorer.model, onnxmodel.OnnxClassifier):
+            return "onnx_int8" if self.scorer.model.path.name == onnxmodel.ONNX_INT8_FILE else "onnx"
         return "torch"
 
 
@@ -120,9 +118,10 @@ def load(model_uri: str, overrides: Mapping[str, str], world: distributed.World 
         pairs = manifest.trained_on_pairs() if manifest else None
     label_map = data.LabelMap([config.id2label[i] for i in range(config.num_labels)],
                               problem_types.of_config(config.problem_type))
+    scorer = evaluate.Scorer(classifier, model.pad_token_id(tokenizer), settings.eval_batch_size, compute)
     return Loaded(model_uri, settings.reading, frozenset(resolved.explicit), int(settings.max_length),
-                  settings.eval_batch_size, settings.distributed_timeout_s, tokenizer, classifier, label_map,
-                  getattr(config, "decision_threshold", None), compute, pairs)
+                  settings.distributed_timeout_s, tokenizer, scorer, label_map,
+                  getattr(config, "decision_threshold", None), pairs)
 
 
 def _classifier(folder: Path, config, settings: hyperparameters.Settings, model_uri: str,
@@ -149,8 +148,7 @@ def predict_frame(loaded: Loaded, frame: pd.DataFrame) -> evaluate.Predictions:
     on a window boundary (run's chunks)."""
     channel = data.Channel("input", frame, [])
     encoded, _ = data.tokenize(loaded.tokenizer, channel, loaded.label_map.blank(len(frame)), loaded.max_length)
-    predictions = evaluate.predict(loaded.classifier, encoded, model.pad_token_id(loaded.tokenizer),
-                                   loaded.batch_size, loaded.compute, SORT_WINDOW_ROWS)
+    predictions = loaded.scorer.predict(encoded, SORT_WINDOW_ROWS)
     return dataclasses.replace(predictions, threshold=loaded.threshold)
 
 
@@ -159,7 +157,7 @@ def casting_once(loaded: Loaded) -> contextlib.AbstractContextManager:
     file's chunks): autocast keeps each weight's bf16/fp16 copy until its outermost context exits, so the weights
     are cast once instead of on every pass (the same values: MiniLM on one sentence, 2 CPU cores, 9.8 -> 5.2 ms).
     Enter it in the thread that scores: autocast's state is per thread."""
-    return devices.autocast(loaded.compute.device, loaded.compute.precision)
+    return devices.autocast(loaded.scorer.compute.device, loaded.scorer.compute.precision)
 
 
 def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[str, str],
@@ -173,7 +171,7 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
     started = time.perf_counter()
     world = distributed.from_env()
     loaded = load(model_uri, overrides, world)
-    distributed.init(world, loaded.compute.device, loaded.timeout_s)
+    distributed.init(world, loaded.scorer.compute.device, loaded.timeout_s)
     try:
         rows = _score_file(loaded, input_path, output_path, chunk_rows, world)
     finally:
@@ -181,7 +179,7 @@ def run(model_uri: str, input_path: Path, output_path: Path, overrides: Mapping[
     summary = Summary(rows, output_path, loaded.label_map.labels, round(time.perf_counter() - started, 2))
     logs.event("predictions_written", f"{summary.rows} predictions from {model_uri} written to {output_path}",
                model=model_uri, input=str(input_path), output=str(output_path), rows=summary.rows,
-               labels=summary.labels, problem_type=loaded.label_map.problem_type, device=loaded.compute.device.type,
+               labels=summary.labels, problem_type=loaded.label_map.problem_type, device=loaded.scorer.compute.device.type,
                backend=loaded.backend, ranks=world.size, seconds=summary.seconds)
     return summary
 

@@ -372,7 +372,7 @@ def load_in_background(serving: Serving, state: State, overrides: dict[str, str]
                    port=serving.port, routes=[*serving.health_routes, *serving.predict_routes],
                    problem_type=loaded.label_map.problem_type, labels=loaded.label_map.labels,
                    max_length=loaded.max_length, decision_threshold=loaded.threshold,
-                   device=loaded.compute.device.type)
+                   device=loaded.scorer.compute.device.type)
 
     thread = threading.Thread(target=work, name="seqcls-model-loader", daemon=True)
     thread.start()
