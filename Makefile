@@ -26,9 +26,9 @@ $(BIN)/python:
 
 # uv installs what pip does in half the time (docs/measured.md, "Test suite and CI") but reads no pip configuration,
 # so pip's find-links (where this machine keeps its CPU build of torch 2.13.0) are handed to it; its index is PyPI
-# unless UV_DEFAULT_INDEX names a mirror. --compile-bytecode
-# as pip does: these machines set PYTHONDONTWRITEBYTECODE=1, so without .pyc files from the install every test
-# process would compile torch, transformers and the SDKs again (the suite took 45% longer).
+# unless UV_DEFAULT_INDEX names a mirror. --compile-bytecode as pip does: these machines set PYTHONDONTWRITEBYTECODE=1,
+# so without .pyc files from the install every test process would compile torch, transformers and the SDKs again
+# (the suite took 45% longer).
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_INSTALL = SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip install --quiet --compile-bytecode \
   --no-config $(foreach d,$(FIND_LINKS),--find-links $(d))
