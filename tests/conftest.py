@@ -15,21 +15,30 @@ SERVER_FIXTURES = {"s3", "aws", "gcs", "gcs_client", "servers", "backend", "serv
 E2E_MODULES = {"test_bad_inputs", "test_gpu_detection", "test_security", "test_model_card", "test_airflow",
                "test_scripts", "test_gpu_check"}
 LANES = ("e2e", "server", "image", "cuda")
-# Files that take several minutes alone, collected first: `make test` hands whole files to two xdist workers in
-# collection order (--dist loadfile --no-loadscope-reorder), so the longest starts at once instead of ending last
-# alone on one core (the CoLA contrast, three MiniLM runs: 559 of the suite's 1,361 s when it was last).
-RUN_FIRST = ("test_promotion_contrast",)
+# `make test` hands whole files to two xdist workers in collection order (--dist loadfile --no-loadscope-reorder),
+# each file to the first worker that runs short of tests. So the files that cost most go first, longest first (each
+# 90-300 s of one core; `--durations` in docs/measured.md, "Test suite and CI"), then the other files with a server,
+# a subprocess job or an image test, and the unit-only files last: they fill in while the other worker ends its last
+# file, instead of one long file ending alone on one core.
+RUN_FIRST = ("test_promotion_contrast", "test_resume", "test_airflow", "test_hf_inference", "test_tracking",
+             "test_problem_types_job", "test_gpu_check", "test_vertex")
+
+
+def _module(item: pytest.Item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1] not in RUN_FIRST)  # stable: the rest keep order
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
-        if item.get_closest_marker("slow") or item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES:
+        if item.get_closest_marker("slow") or _module(item) in E2E_MODULES:
             item.add_marker(pytest.mark.e2e)
         if not any(item.get_closest_marker(lane) for lane in LANES):
             item.add_marker(pytest.mark.unit)
+    costly = {_module(item) for item in items if not item.get_closest_marker("unit")}
+    first = {name: rank for rank, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: (first.get(_module(item), len(first)), _module(item) not in costly))  # stable
 
 
 @pytest.fixture(scope="session")
