@@ -62,9 +62,9 @@ def test_a_better_retrain_on_noisier_rows_is_promoted_and_a_weaker_one_on_easier
         rows = str(cola_dir / "in_domain_train.tsv")
         clean, noisy = cola_dir / "in_domain_dev.tsv", noisy_copy(cola_dir / "out_of_domain_dev.tsv", tmp_path / "noisy.tsv")
         first = week(tmp_path, env, minilm_path, "week-1", [rows, "--max_train_samples", "5000", "--epochs", "2"], clean)
-        last_weeks = tmp_path / "week-1" / "model"
-        second = week(tmp_path, env, last_weeks, "week-2", [rows, "--epochs", "1"], noisy)
-        third = week(tmp_path, env, last_weeks, "week-3",
+        week_1_model = tmp_path / "week-1" / "model"
+        second = week(tmp_path, env, week_1_model, "week-2", [rows, "--epochs", "1"], noisy)
+        third = week(tmp_path, env, week_1_model, "week-3",
                      [rows, "--max_train_samples", "320", "--epochs", "1"], clean, learning_rate="2e-5")
         latest = json.loads(s3.client().get_object(Bucket=BUCKET, Key="published/latest.json")["Body"].read())
 
