@@ -1,5 +1,6 @@
-"""Each problem type end to end through `seqcls train` and `seqcls predict` on CPU, with MiniLM, on targets
-derived from real CoLA rows (in_domain_train.tsv, 240 rows at a stride for train, 60 other rows for test):
+"""Each problem type end to end through `seqcls train` and `seqcls predict` on CPU, with MiniLM cut to its first
+layer (tests/servetools.py: what is checked here needs a trained model, not a good one, at a fraction of the cost),
+on targets derived from real CoLA rows (in_domain_train.tsv, 240 rows at a stride for train, 60 other rows for test):
 
 - multi-class (single_label, more than two classes): CoLA's own `source` column (the paper a sentence comes
   from, e.g. `bc01`, `ks08`) as the label; test rows are the ones whose source occurs in train.
@@ -24,15 +25,16 @@ import pytest
 
 from jobtools import json_lines, run_cli
 from storage_servers import free_port
+from servetools import small_encoder
 from targets import QUICK, cola, score, tags, write_csv
 
 pytestmark = pytest.mark.slow
 
 
 
-def train_and_predict(folder: Path, minilm: Path, train: Path, test: Path, args: list[str]) -> dict[str, object]:
+def train_and_predict(folder: Path, model: Path, train: Path, test: Path, args: list[str]) -> dict[str, object]:
     """`seqcls train` into folder/run, then `seqcls predict` (fp32) of the run's model on the test file."""
-    trained = run_cli(["train", "--train", str(train), "--test", str(test), "--model_name_or_path", str(minilm),
+    trained = run_cli(["train", "--train", str(train), "--test", str(test), "--model_name_or_path", str(model),
                        "--output_dir", str(folder / "run"), *QUICK, *args], env={"SEQCLS_GIT_COMMIT": "test"})
     assert trained.returncode == 0, trained.stderr[-3000:]
     model_dir = folder / "run" / "model"
@@ -74,33 +76,38 @@ def pipeline_scores(model_dir: Path, texts: list[str]) -> list[dict[str, float]]
 
 
 @pytest.fixture(scope="module")
-def multi_class(tmp_path_factory, cola_dir, minilm_path):
+def encoder(tmp_path_factory, minilm_path) -> Path:
+    return small_encoder(tmp_path_factory.mktemp("encoder"), minilm_path)
+
+
+@pytest.fixture(scope="module")
+def multi_class(tmp_path_factory, cola_dir, encoder):
     folder = tmp_path_factory.mktemp("multi_class")
     train, test = cola(cola_dir)
     sources = {row[0] for row in train}
     train_file = write_csv(folder / "train.csv", ["text", "label"], [[r[3], r[0]] for r in train])
     test_file = write_csv(folder / "test.csv", ["text", "label"], [[r[3], r[0]] for r in test if r[0] in sources])
-    return train_and_predict(folder, minilm_path, train_file, test_file, [])
+    return train_and_predict(folder, encoder, train_file, test_file, [])
 
 
 @pytest.fixture(scope="module")
-def multi_label(tmp_path_factory, cola_dir, minilm_path):
+def multi_label(tmp_path_factory, cola_dir, encoder):
     folder = tmp_path_factory.mktemp("multi_label")
     train, test = cola(cola_dir)
     train_file = write_csv(folder / "train.csv", ["text", "labels"], [[r[3], ",".join(tags(r))] for r in train])
     test_file = folder / "test.jsonl"
     test_file.write_text("".join(json.dumps({"text": r[3], "labels": tags(r)}) + "\n" for r in test), encoding="utf-8")
-    return train_and_predict(folder, minilm_path, train_file, test_file,
+    return train_and_predict(folder, encoder, train_file, test_file,
                              ["--problem_type", "multi_label", "--select_best", "f1_micro"])
 
 
 @pytest.fixture(scope="module")
-def regression(tmp_path_factory, cola_dir, minilm_path):
+def regression(tmp_path_factory, cola_dir, encoder):
     folder = tmp_path_factory.mktemp("regression")
     train, test = cola(cola_dir)
     train_file = write_csv(folder / "train.csv", ["text", "label"], [[r[3], score(r)] for r in train])
     test_file = write_csv(folder / "test.csv", ["text", "label"], [[r[3], score(r)] for r in test])
-    return train_and_predict(folder, minilm_path, train_file, test_file, ["--problem_type", "regression"])
+    return train_and_predict(folder, encoder, train_file, test_file, ["--problem_type", "regression"])
 
 
 def test_multi_class_trains_on_cola_sources_and_pipeline_agrees_with_predict(multi_class):
@@ -168,7 +175,7 @@ def test_regression_trains_and_pipeline_gives_predicts_scores(regression):
 
 
 @pytest.mark.parametrize("problem_type", ["multi_label", "regression"])
-def test_two_gloo_processes_score_the_test_split_as_one_process_does(tmp_path, cola_dir, minilm_path, problem_type):
+def test_two_gloo_processes_score_the_test_split_as_one_process_does(tmp_path, cola_dir, encoder, problem_type):
     """torch.distributed (2 CPU processes): sharded multi-hot rows or targets train, the gathered test
     predictions (and, multi_label, the thresholds tuned on gathered validation scores) give the metrics
     one process computes from the saved model."""
@@ -184,7 +191,7 @@ def test_two_gloo_processes_score_the_test_split_as_one_process_does(tmp_path, c
         header, target = ["text", "label"], score
     train_file = write_csv(tmp_path / "train.csv", header, [[r[3], target(r)] for r in train[:120]])
     test_file = write_csv(tmp_path / "test.csv", header, [[r[3], target(r)] for r in test[:51]])
-    result = run_cli(["train", "--train", str(train_file), "--test", str(test_file), "--model_name_or_path", str(minilm_path),
+    result = run_cli(["train", "--train", str(train_file), "--test", str(test_file), "--model_name_or_path", str(encoder),
                       "--output_dir", str(tmp_path / "run"), "--problem_type", problem_type, "--precision", "fp32", *QUICK],
                      env={"SEQCLS_NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()), "SEQCLS_GIT_COMMIT": "test",
                           "OMP_NUM_THREADS": "1"})
