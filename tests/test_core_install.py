@@ -58,7 +58,7 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The command line of `seqcls` run in the core-only environment."""
     site = _core_site(tmp_path_factory.mktemp("core") / "site-packages")
     launcher = (f"import site, sys; site.addsitedir({str(site)!r}); sys.path.insert(0, {str(REPO / 'src')!r}); "
-                "from seqcls.cli import main; sys.exit(main(sys.argv[1:]))")
+                "from seqcls.cli import run; run()")
     return [sys.executable, "-S", "-c", launcher]
 
 

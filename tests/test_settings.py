@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -141,6 +142,20 @@ def test_help_lists_every_hyperparameter(argv: list[str], capsys: pytest.Capture
         assert f"--{name} (default: " in out, name
     assert "--max_length (default: 64; auto | >= 2 and <= 8192)" in out
     assert "--precision (default: auto; auto | fp32 | bf16 | fp16)" in out
+
+
+def test_the_script_exits_with_mains_code_with_the_heap_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`seqcls`, `python -m seqcls` and the image's `train` end through cli.exit_with: main's exit code, every
+    object frozen so that the interpreter's last garbage collection skips them."""
+    from seqcls import cli
+
+    monkeypatch.setattr(cli, "main", lambda: 143)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.run()
+        assert exited.value.code == 143 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.parametrize("written", [

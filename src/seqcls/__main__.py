@@ -1,7 +1,5 @@
 """`python -m seqcls`: the same command line as the `seqcls` script (the image and the tests run it this way)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()
