@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def exit_with(code: int) -> NoReturn:
     """Exit without the interpreter's last garbage collection over torch's, transformers' and the SDKs' objects: about
-    a second at the end of every command (1.1-1.2 s measured, docs/measured.md) that frees nothing an ending process
+    a second at the end of every command (1.1-1.3 s measured, docs/measured.md) that frees nothing an ending process
     needs freed. Every file is written and closed before main returns, and atexit handlers still run."""
     gc.freeze()
     sys.exit(code)
